@@ -1,0 +1,233 @@
+//! `Engine`: the set of websites and the two calls everything else uses, `ingest` and
+//! `realtime`.
+//!
+//! Websites live in a sharded `DashMap`; a call looks its website up, clones the `Arc` and lets
+//! the shard go before doing any work, so adding or removing websites never waits on traffic.
+//! The engine has no clock of its own and does no IO: callers pass `now` and timestamps.
+
+use std::sync::Arc;
+
+use dashmap::DashMap;
+
+use crate::error::EngineError;
+use crate::event::{Event, VisitorId, WebsiteId};
+use crate::limits::EngineLimits;
+use crate::website::{Ingested, Realtime, WebsiteState};
+
+#[derive(Debug)]
+pub struct Engine {
+    limits: EngineLimits,
+    websites: DashMap<WebsiteId, Arc<WebsiteState>>,
+}
+
+impl Engine {
+    /// An engine with no websites, or an error when `limits` are inconsistent.
+    pub fn new(limits: EngineLimits) -> Result<Self, EngineError> {
+        limits.validate()?;
+        Ok(Self {
+            limits,
+            websites: DashMap::new(),
+        })
+    }
+
+    pub fn limits(&self) -> &EngineLimits {
+        &self.limits
+    }
+
+    /// Starts tracking a website.
+    pub fn add_website(&self, id: WebsiteId) -> Result<(), EngineError> {
+        if self.websites.len() >= self.limits.max_websites {
+            return Err(EngineError::TooManyWebsites {
+                limit: self.limits.max_websites,
+            });
+        }
+        match self.websites.entry(id) {
+            dashmap::Entry::Occupied(_) => Err(EngineError::WebsiteExists),
+            dashmap::Entry::Vacant(slot) => {
+                slot.insert(Arc::new(WebsiteState::new(self.limits)));
+                Ok(())
+            }
+        }
+    }
+
+    /// Forgets a website and everything held for it.
+    pub fn remove_website(&self, id: &WebsiteId) -> Result<(), EngineError> {
+        self.websites
+            .remove(id)
+            .map(|_| ())
+            .ok_or(EngineError::UnknownWebsite)
+    }
+
+    pub fn has_website(&self, id: &WebsiteId) -> bool {
+        self.websites.contains_key(id)
+    }
+
+    pub fn website_count(&self) -> usize {
+        self.websites.len()
+    }
+
+    fn website(&self, id: &WebsiteId) -> Result<Arc<WebsiteState>, EngineError> {
+        self.websites
+            .get(id)
+            .map(|entry| Arc::clone(entry.value()))
+            .ok_or(EngineError::UnknownWebsite)
+    }
+
+    /// Records an event for its website. `carried_from` is the visitor's id under yesterday's
+    /// salt during the carry-over after midnight (`SaltSchedule::identify` computes it).
+    pub fn ingest(
+        &self,
+        event: Event,
+        carried_from: Option<VisitorId>,
+    ) -> Result<Ingested, EngineError> {
+        let website = self.website(&event.website)?;
+        Ok(website.ingest(event, carried_from))
+    }
+
+    /// Active visitors, events in the window and the most recent events of `website` at `now_ms`.
+    pub fn realtime(
+        &self,
+        website: &WebsiteId,
+        now_ms: i64,
+        include_bots: bool,
+    ) -> Result<Realtime, EngineError> {
+        Ok(self.website(website)?.realtime(now_ms, include_bots))
+    }
+
+    /// Advances every website to `now_ms`, evicting what expired. The server calls this on a
+    /// timer so idle websites give their memory back.
+    pub fn advance_to(&self, now_ms: i64) {
+        let websites: Vec<Arc<WebsiteState>> = self
+            .websites
+            .iter()
+            .map(|e| Arc::clone(e.value()))
+            .collect();
+        for website in websites {
+            website.advance_to(now_ms);
+        }
+    }
+
+    /// Bytes held for all websites.
+    pub fn memory_bytes(&self) -> usize {
+        self.websites
+            .iter()
+            .map(|entry| entry.value().memory_bytes())
+            .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Browser, DeviceType, EventKind, Timestamp};
+
+    fn site(id: &str) -> WebsiteId {
+        WebsiteId::new(id).unwrap()
+    }
+
+    fn event(website: &str, ts: i64, visitor: u64, is_bot: bool, target: &str) -> Event {
+        Event {
+            website: site(website),
+            ts: Timestamp::from_unix_ms(ts).unwrap(),
+            visitor: VisitorId(visitor),
+            kind: EventKind::Pageview,
+            target: Arc::from(target),
+            referrer_domain: None,
+            is_bot,
+            browser: Browser::Chrome,
+            device: DeviceType::Desktop,
+            country: None,
+        }
+    }
+
+    #[test]
+    fn unknown_and_duplicate_websites_are_refused() {
+        let engine = Engine::new(EngineLimits::default()).unwrap();
+        assert_eq!(
+            engine.ingest(event("nope", 1, 1, false, "/"), None),
+            Err(EngineError::UnknownWebsite)
+        );
+        engine.add_website(site("a")).unwrap();
+        assert_eq!(
+            engine.add_website(site("a")),
+            Err(EngineError::WebsiteExists)
+        );
+        engine.remove_website(&site("a")).unwrap();
+        assert!(engine.realtime(&site("a"), 1, false).is_err());
+    }
+
+    #[test]
+    fn max_websites_is_enforced() {
+        let limits = EngineLimits {
+            max_websites: 2,
+            ..EngineLimits::default()
+        };
+        let engine = Engine::new(limits).unwrap();
+        engine.add_website(site("a")).unwrap();
+        engine.add_website(site("b")).unwrap();
+        assert_eq!(
+            engine.add_website(site("c")),
+            Err(EngineError::TooManyWebsites { limit: 2 })
+        );
+    }
+
+    #[test]
+    fn exactly_100_humans_come_back_when_bots_dominate() {
+        let engine = Engine::new(EngineLimits::default()).unwrap();
+        engine.add_website(site("a")).unwrap();
+        let t0 = 1_700_000_000_000;
+        let mut ts = t0;
+        for human in 0..150_u64 {
+            ts += 1;
+            engine
+                .ingest(event("a", ts, human, false, "/h"), None)
+                .unwrap();
+            for bot in 0..20_u64 {
+                ts += 1;
+                engine
+                    .ingest(event("a", ts, 1_000_000 + bot, true, "/bot"), None)
+                    .unwrap();
+            }
+        }
+        let humans = engine.realtime(&site("a"), ts, false).unwrap();
+        assert_eq!(humans.recent_events.len(), 100);
+        assert!(humans.recent_events.iter().all(|e| !e.event.is_bot));
+        assert_eq!(humans.active_visitors, 150);
+        assert_eq!(humans.total_in_window, 150);
+        let all = engine.realtime(&site("a"), ts, true).unwrap();
+        assert_eq!(all.active_visitors, 170);
+        assert_eq!(all.total_in_window, 150 * 21);
+        assert!(all.recent_events.iter().any(|e| e.event.is_bot));
+    }
+
+    #[test]
+    fn an_event_older_than_the_window_is_outside_and_changes_nothing() {
+        let engine = Engine::new(EngineLimits::default()).unwrap();
+        engine.add_website(site("a")).unwrap();
+        let now = 1_700_000_000_000;
+        engine.ingest(event("a", now, 1, false, "/"), None).unwrap();
+        let old = now - i64::from(EngineLimits::DEFAULT_WINDOW_SECS) * 1000;
+        assert_eq!(
+            engine.ingest(event("a", old, 2, false, "/old"), None),
+            Ok(Ingested::OutsideWindow)
+        );
+        let answer = engine.realtime(&site("a"), now, false).unwrap();
+        assert_eq!((answer.active_visitors, answer.total_in_window), (1, 1));
+    }
+
+    #[test]
+    fn advance_to_frees_an_idle_websites_visitors() {
+        let engine = Engine::new(EngineLimits::default()).unwrap();
+        engine.add_website(site("a")).unwrap();
+        let now = 1_700_000_000_000;
+        for v in 0..1000 {
+            engine.ingest(event("a", now, v, false, "/"), None).unwrap();
+        }
+        engine.advance_to(now + 2 * 3_600_000);
+        let answer = engine
+            .realtime(&site("a"), now + 2 * 3_600_000, false)
+            .unwrap();
+        assert_eq!(answer.active_visitors, 0);
+        assert!(answer.recent_events.is_empty());
+    }
+}

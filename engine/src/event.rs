@@ -1,0 +1,275 @@
+//! The event and its parts: `Event`, `WebsiteId`, `VisitorId`, `Timestamp`, and the small
+//! enums (`EventKind`, `Browser`, `DeviceType`, `CountryCode`) a realtime row shows.
+//!
+//! These are plain values. Parsing untrusted input into them is the server's job; this module only
+//! guarantees that a constructed value is within its documented limits.
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::error::EngineError;
+
+/// Milliseconds since the Unix epoch, UTC.
+///
+/// The engine accepts `0 ..= Timestamp::MAX_MS` (the year 2527); the upper bound lets the event
+/// tally pack a timestamp into 44 bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp(i64);
+
+impl Timestamp {
+    /// The largest accepted value: `2^44 - 1` milliseconds.
+    pub const MAX_MS: i64 = (1 << 44) - 1;
+    /// Milliseconds in one UTC day.
+    pub const DAY_MS: i64 = 86_400_000;
+
+    /// A timestamp from unix milliseconds, or an error when it is negative or past `MAX_MS`.
+    pub fn from_unix_ms(ms: i64) -> Result<Self, EngineError> {
+        if (0..=Self::MAX_MS).contains(&ms) {
+            Ok(Self(ms))
+        } else {
+            Err(EngineError::TimestampOutOfRange { unix_ms: ms })
+        }
+    }
+
+    /// Unix milliseconds.
+    pub fn unix_ms(self) -> i64 {
+        self.0
+    }
+
+    /// The UTC day number (days since 1970-01-01) this instant falls on.
+    pub fn utc_day(self) -> i64 {
+        self.0.div_euclid(Self::DAY_MS)
+    }
+
+    /// Milliseconds elapsed since the start of this instant's UTC day.
+    pub fn ms_into_day(self) -> i64 {
+        self.0.rem_euclid(Self::DAY_MS)
+    }
+}
+
+/// A website's identifier: 1 to 64 characters of `[A-Za-z0-9_-]`, so it is safe in a URL path
+/// and a file name without escaping.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct WebsiteId(Arc<str>);
+
+impl WebsiteId {
+    /// The longest accepted id, in bytes.
+    pub const MAX_LEN: usize = 64;
+
+    /// Validates `id` and wraps it.
+    pub fn new(id: &str) -> Result<Self, EngineError> {
+        let valid = !id.is_empty()
+            && id.len() <= Self::MAX_LEN
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if valid {
+            Ok(Self(Arc::from(id)))
+        } else {
+            Err(EngineError::InvalidWebsiteId)
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for WebsiteId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A pseudonymous visitor: the first 8 bytes of a salted sha256, read big-endian.
+///
+/// Displayed as 16 lowercase hex characters. It is only as stable as the daily salt behind it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct VisitorId(pub u64);
+
+impl VisitorId {
+    /// Parses exactly 16 hex characters (either case).
+    pub fn from_hex(hex: &str) -> Option<Self> {
+        if hex.len() != 16 {
+            return None;
+        }
+        u64::from_str_radix(hex, 16).ok().map(Self)
+    }
+}
+
+impl fmt::Display for VisitorId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+/// What happened: a page was viewed, or the site reported a named custom event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    Pageview,
+    Custom,
+}
+
+impl EventKind {
+    /// The name used in the API and the log: `pageview` or `event`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pageview => "pageview",
+            Self::Custom => "event",
+        }
+    }
+}
+
+/// Browser family, as classified from the User-Agent by the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Browser {
+    Chrome,
+    Edge,
+    Firefox,
+    Safari,
+    Opera,
+    SamsungInternet,
+    YandexBrowser,
+    UcBrowser,
+    InternetExplorer,
+    Other,
+}
+
+impl Browser {
+    pub const ALL: [Browser; 10] = [
+        Self::Chrome,
+        Self::Edge,
+        Self::Firefox,
+        Self::Safari,
+        Self::Opera,
+        Self::SamsungInternet,
+        Self::YandexBrowser,
+        Self::UcBrowser,
+        Self::InternetExplorer,
+        Self::Other,
+    ];
+
+    /// The display name used in the realtime API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Chrome => "Chrome",
+            Self::Edge => "Edge",
+            Self::Firefox => "Firefox",
+            Self::Safari => "Safari",
+            Self::Opera => "Opera",
+            Self::SamsungInternet => "Samsung Internet",
+            Self::YandexBrowser => "Yandex Browser",
+            Self::UcBrowser => "UC Browser",
+            Self::InternetExplorer => "Internet Explorer",
+            Self::Other => "Other",
+        }
+    }
+}
+
+/// Device class, as classified from the User-Agent by the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum DeviceType {
+    Desktop,
+    Mobile,
+    Tablet,
+    Other,
+}
+
+impl DeviceType {
+    pub const ALL: [DeviceType; 4] = [Self::Desktop, Self::Mobile, Self::Tablet, Self::Other];
+
+    /// The name used in the realtime API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Desktop => "desktop",
+            Self::Mobile => "mobile",
+            Self::Tablet => "tablet",
+            Self::Other => "other",
+        }
+    }
+}
+
+/// An ISO 3166-1 alpha-2 country code, upper-case ASCII.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CountryCode([u8; 2]);
+
+impl CountryCode {
+    /// Accepts two ASCII letters in either case and stores them upper-cased.
+    pub fn new(code: &str) -> Option<Self> {
+        match code.as_bytes() {
+            [a, b] if a.is_ascii_alphabetic() && b.is_ascii_alphabetic() => {
+                Some(Self([a.to_ascii_uppercase(), b.to_ascii_uppercase()]))
+            }
+            _ => None,
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Both bytes are ASCII letters by construction, so this never falls back.
+        std::str::from_utf8(&self.0).unwrap_or("??")
+    }
+}
+
+/// One recorded event.
+///
+/// `target` is the page path for a pageview and the event name for a custom event; the server
+/// has already dropped query strings and fragments, which can carry personal data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub website: WebsiteId,
+    pub ts: Timestamp,
+    pub visitor: VisitorId,
+    pub kind: EventKind,
+    pub target: Arc<str>,
+    pub referrer_domain: Option<Arc<str>>,
+    pub is_bot: bool,
+    pub browser: Browser,
+    pub device: DeviceType,
+    pub country: Option<CountryCode>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn visitor_id_displays_as_16_lowercase_hex_and_parses_back() {
+        let id = VisitorId(0x00ab_cdef_0123_4567);
+        assert_eq!(id.to_string(), "00abcdef01234567");
+        assert_eq!(VisitorId::from_hex("00ABCDEF01234567"), Some(id));
+        assert_eq!(VisitorId::from_hex("abc"), None);
+        assert_eq!(VisitorId::from_hex("zzzzzzzzzzzzzzzz"), None);
+    }
+
+    #[test]
+    fn website_id_accepts_only_url_safe_slugs() {
+        let check = |id: &str, ok: bool| assert_eq!(WebsiteId::new(id).is_ok(), ok, "{id:?}");
+        check("my-site_01", true);
+        check(&"a".repeat(64), true);
+        check(&"a".repeat(65), false);
+        check("", false);
+        check("a/b", false);
+        check("a b", false);
+        check("é", false);
+    }
+
+    #[test]
+    fn timestamp_rejects_negative_and_too_large() {
+        assert!(Timestamp::from_unix_ms(-1).is_err());
+        assert!(Timestamp::from_unix_ms(Timestamp::MAX_MS + 1).is_err());
+        let ts = Timestamp::from_unix_ms(Timestamp::DAY_MS * 3 + 5).unwrap();
+        assert_eq!((ts.utc_day(), ts.ms_into_day()), (3, 5));
+    }
+
+    #[test]
+    fn country_code_is_two_letters_uppercased() {
+        assert_eq!(
+            CountryCode::new("gb").map(|c| c.as_str().to_owned()),
+            Some("GB".into())
+        );
+        assert_eq!(CountryCode::new("G1"), None);
+        assert_eq!(CountryCode::new("GBR"), None);
+    }
+}

@@ -1,0 +1,36 @@
+//! Pulse's engine: the in-memory state that answers "who is on my site right now" in
+//! microseconds. Pure data structures: no IO, no threads of its own, no clock reads — every
+//! time-dependent call takes `now` or a timestamp from the caller.
+//!
+//! # Layout
+//! - `event`: `Event`, `WebsiteId`, `VisitorId`, `Timestamp` and the small enums of a row.
+//! - `identity`: `Salt`, `SaltSchedule`, `visitor_id()` — cookie-less ids and the midnight carry.
+//! - `limits`: `EngineLimits`, every bound and default in one place.
+//! - `ring`: `EventRing`, recent events that readers copy without blocking the writer.
+//! - `window`: `VisitorWindow`, the exact sliding set of active visitors.
+//! - `tally`: `EventTally`, the exact sliding count of events.
+//! - `website`: `WebsiteState`, one website's rings and windows behind one writer lock.
+//! - `engine`: `Engine`, the websites and the `ingest` / `realtime` calls.
+//! - `error`: `EngineError`.
+
+mod engine;
+mod error;
+mod event;
+mod identity;
+mod limits;
+mod ring;
+mod tally;
+mod website;
+mod window;
+
+pub use engine::Engine;
+pub use error::EngineError;
+pub use event::{
+    Browser, CountryCode, DeviceType, Event, EventKind, Timestamp, VisitorId, WebsiteId,
+};
+pub use identity::{visitor_id, DailySalt, Identity, Salt, SaltSchedule};
+pub use limits::EngineLimits;
+pub use ring::{EventRing, RecentEvent};
+pub use tally::EventTally;
+pub use website::{Ingested, Realtime, WebsiteState};
+pub use window::{Recorded, VisitorWindow};

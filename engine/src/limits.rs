@@ -1,0 +1,82 @@
+//! `EngineLimits`: every size the engine bounds, with its default, in one place.
+//!
+//! The server maps its flags onto this struct; nothing else in the engine hard-codes a size.
+
+use crate::error::EngineError;
+
+/// Bounds and windows for the engine. `EngineLimits::default()` is what `pulse` runs with when no
+/// flag overrides it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineLimits {
+    /// Length of the sliding "active" window. A visitor is active at `now` when it has an event
+    /// with `now - window_secs < ts <= now`.
+    pub window_secs: u32,
+    /// Events each website keeps per class (humans, bots) for the recent-events list. Must be at
+    /// least `recent_limit`; headroom above it absorbs events that arrive out of order.
+    pub ring_capacity: usize,
+    /// Most events a realtime answer lists.
+    pub recent_limit: usize,
+    /// Most websites the engine holds.
+    pub max_websites: usize,
+}
+
+impl EngineLimits {
+    pub const DEFAULT_WINDOW_SECS: u32 = 30 * 60;
+    pub const DEFAULT_RING_CAPACITY: usize = 256;
+    pub const DEFAULT_RECENT_LIMIT: usize = 100;
+    pub const DEFAULT_MAX_WEBSITES: usize = 1_000;
+
+    /// The window in milliseconds.
+    pub fn window_ms(&self) -> i64 {
+        i64::from(self.window_secs) * 1000
+    }
+
+    /// Checks the relations between fields; the engine refuses limits that fail this.
+    pub fn validate(&self) -> Result<(), EngineError> {
+        if self.window_secs == 0 {
+            return Err(EngineError::InvalidConfig("window_secs must be at least 1"));
+        }
+        if self.recent_limit == 0 {
+            return Err(EngineError::InvalidConfig(
+                "recent_limit must be at least 1",
+            ));
+        }
+        if self.ring_capacity < self.recent_limit {
+            return Err(EngineError::InvalidConfig(
+                "ring_capacity must be at least recent_limit",
+            ));
+        }
+        if self.max_websites == 0 {
+            return Err(EngineError::InvalidConfig(
+                "max_websites must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Default for EngineLimits {
+    fn default() -> Self {
+        Self {
+            window_secs: Self::DEFAULT_WINDOW_SECS,
+            ring_capacity: Self::DEFAULT_RING_CAPACITY,
+            recent_limit: Self::DEFAULT_RECENT_LIMIT,
+            max_websites: Self::DEFAULT_MAX_WEBSITES,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_ring_below_limit_is_refused() {
+        assert_eq!(EngineLimits::default().validate(), Ok(()));
+        let limits = EngineLimits {
+            ring_capacity: 99,
+            ..EngineLimits::default()
+        };
+        assert!(limits.validate().is_err());
+    }
+}
