@@ -1,1 +1,159 @@
+//! Criterion benches of the engine on one core: ingest with and without the sha256 visitor-id
+//! step, realtime query latency at 1k / 100k / 1M active visitors against a naive scan baseline,
+//! eviction cost, and a printed bytes-per-active-visitor figure.
+//!
+//! Run: `cargo bench -p pulse-benches --bench engine`.
 
+// Test and bench code: a failed unwrap is a failed check, which is what we want here.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::HashSet;
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use pulse_benches::{cheap_visitor, filled_engine, EventFactory, T0_MS};
+use pulse_engine::{Engine, EngineLimits, Event, VisitorWindow};
+
+/// Steady-state ingest: 200k distinct visitors cycling, the clock moving 1 ms per 4 events, so
+/// the window fills and evicts as it would under ~4k events/s of real traffic.
+fn ingest(c: &mut Criterion) {
+    let mut group = c.benchmark_group("ingest");
+    const BATCH: u64 = 10_000;
+    group.throughput(Throughput::Elements(BATCH));
+    for hashed in [false, true] {
+        let name = if hashed {
+            "with_sha256_id"
+        } else {
+            "precomputed_id"
+        };
+        group.bench_function(name, |b| {
+            let factory = EventFactory::new("bench");
+            let engine = Engine::new(EngineLimits::default()).unwrap();
+            engine.add_website(factory.website().clone()).unwrap();
+            let mut n = 0_u64;
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    for _ in 0..BATCH {
+                        let client = n % 200_000;
+                        let visitor = if hashed {
+                            factory.hashed_visitor(client)
+                        } else {
+                            cheap_visitor(client)
+                        };
+                        let event = factory.event(n, T0_MS + (n / 4) as i64, visitor);
+                        black_box(engine.ingest(event, None).ok());
+                        n += 1;
+                    }
+                }
+                start.elapsed()
+            });
+        });
+    }
+    group.finish();
+}
+
+/// The naive baseline: every event in a Vec, scanned per query (what the model test does).
+fn naive_realtime(events: &[Event], now_ms: i64, window_ms: i64) -> (usize, Vec<&Event>) {
+    let cutoff = now_ms - window_ms;
+    let in_window: Vec<&Event> = events
+        .iter()
+        .filter(|e| !e.is_bot && e.ts.unix_ms() > cutoff && e.ts.unix_ms() <= now_ms)
+        .collect();
+    let visitors: HashSet<u64> = in_window.iter().map(|e| e.visitor.0).collect();
+    let mut recent = in_window;
+    recent.sort_by_key(|e| std::cmp::Reverse(e.ts));
+    recent.truncate(100);
+    (visitors.len(), recent)
+}
+
+fn realtime(c: &mut Criterion) {
+    let mut group = c.benchmark_group("realtime");
+    for visitors in [1_000_u64, 100_000, 1_000_000] {
+        let factory = EventFactory::new("bench");
+        let (engine, now) = filled_engine(&factory, visitors);
+        let answer = engine.realtime(factory.website(), now, false).unwrap();
+        assert_eq!(answer.active_visitors, visitors);
+        assert_eq!(answer.recent_events.len(), 100.min(visitors as usize));
+        group.bench_with_input(BenchmarkId::new("engine", visitors), &visitors, |b, _| {
+            b.iter(|| black_box(engine.realtime(factory.website(), now, false).ok()));
+        });
+        if visitors <= 100_000 {
+            let span_ms = 29 * 60 * 1000;
+            let events: Vec<Event> = (0..visitors)
+                .map(|v| {
+                    let ts = T0_MS + (v as i64 * span_ms) / visitors as i64;
+                    let mut e = factory.event(v, ts, cheap_visitor(v));
+                    e.is_bot = false;
+                    e
+                })
+                .collect();
+            let window_ms = EngineLimits::default().window_ms();
+            assert_eq!(naive_realtime(&events, now, window_ms).0, visitors as usize);
+            group.bench_with_input(
+                BenchmarkId::new("naive_scan", visitors),
+                &visitors,
+                |b, _| {
+                    b.iter(|| black_box(naive_realtime(&events, now, window_ms).0));
+                },
+            );
+        }
+    }
+    group.finish();
+}
+
+/// Cost of expiring visitors: fill a window with 100k visitors, then advance past all of them
+/// one second at a time.
+fn eviction(c: &mut Criterion) {
+    let mut group = c.benchmark_group("eviction");
+    const VISITORS: u64 = 100_000;
+    group.throughput(Throughput::Elements(VISITORS));
+    group.bench_function("advance_through_100k_visitors", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let mut window = VisitorWindow::new(1800);
+                for v in 0..VISITORS {
+                    window.record(cheap_visitor(v), T0_MS + (v as i64 * 17), None);
+                }
+                let end = T0_MS + VISITORS as i64 * 17 + 1_800_000;
+                let start = Instant::now();
+                let mut now = T0_MS + 1_800_000;
+                while now <= end {
+                    window.advance_to(now);
+                    now += 1000;
+                }
+                window.advance_to(end);
+                total += start.elapsed();
+                assert!(window.is_empty());
+            }
+            total
+        });
+    });
+    group.finish();
+}
+
+/// Not a timing: prints the window's bytes per active visitor at 1M visitors.
+fn bytes_per_visitor(_: &mut Criterion) {
+    for visitors in [100_000_u64, 1_000_000] {
+        let mut window = VisitorWindow::new(1800);
+        for v in 0..visitors {
+            window.record(
+                cheap_visitor(v),
+                T0_MS + (v as i64 * 1_700_000) / visitors as i64,
+                None,
+            );
+        }
+        let bytes = window.memory_bytes();
+        println!(
+            "bytes_per_active_visitor/{visitors}: {:.1} ({} bytes for {} visitors)",
+            bytes as f64 / window.len() as f64,
+            bytes,
+            window.len()
+        );
+    }
+}
+
+criterion_group!(benches, ingest, realtime, eviction, bytes_per_visitor);
+criterion_main!(benches);

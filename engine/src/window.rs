@@ -400,9 +400,13 @@ mod tests {
         assert_eq!(window.len(), 1);
         assert_eq!(window.last_seen(v(1)), None);
         assert_eq!(window.last_seen(v(2)), Some(1_000_500));
+        // The folded visitor keeps the later timestamp even if the carried id was seen later.
+        window.record(v(10), 1_002_000, None);
+        window.record(v(11), 1_001_500, Some(v(10)));
+        assert_eq!(window.last_seen(v(11)), Some(1_002_000));
         // Carry from an id that is not active adds the new id only.
         window.record(v(3), 1_001_000, Some(v(99)));
-        assert_eq!(window.len(), 2);
+        assert_eq!(window.len(), 3);
     }
 
     #[test]
