@@ -109,6 +109,11 @@ impl SaltSchedule {
         self.previous.as_ref()
     }
 
+    /// How long after midnight yesterday's ids still matter.
+    pub fn carry_ms(&self) -> i64 {
+        self.carry_ms
+    }
+
     /// The day whose salt must be installed before identifying events at `now`, if any.
     pub fn day_to_rotate(&self, now: Timestamp) -> Option<i64> {
         let day = now.utc_day();

@@ -1,0 +1,251 @@
+//! Which address a request comes from: the socket peer, unless the peer is a trusted reverse
+//! proxy, in which case the right-most untrusted hop of `X-Forwarded-For` (or `X-Real-IP`).
+//!
+//! Owns `Cidr` parsing and the forwarding rules. It never stores or logs the address; the caller
+//! hashes it into a visitor id and drops it.
+
+use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr;
+
+use axum::http::HeaderMap;
+
+/// An IPv4 or IPv6 network, `addr/prefix`; a bare address means a single host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    network: IpAddr,
+    prefix: u8,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid CIDR {0:?}: expected an address or address/prefix, like 10.0.0.0/8 or ::1")]
+pub struct InvalidCidr(String);
+
+impl FromStr for Cidr {
+    type Err = InvalidCidr;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        let invalid = || InvalidCidr(s.to_owned());
+        let (addr, prefix) = match s.split_once('/') {
+            Some((addr, prefix)) => (addr, Some(prefix)),
+            None => (s, None),
+        };
+        let network: IpAddr = addr.parse().map_err(|_| invalid())?;
+        let max = if network.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(invalid)?,
+            None => max,
+        };
+        Ok(Self { network, prefix })
+    }
+}
+
+impl Cidr {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        // Compare IPv4-mapped IPv6 addresses as IPv4, as a dual-stack socket reports them.
+        let ip = ip.to_canonical();
+        match (self.network, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The reverse proxies whose forwarding headers are believed.
+#[derive(Debug, Clone, Default)]
+pub struct TrustedProxies(Vec<Cidr>);
+
+impl TrustedProxies {
+    pub fn new(cidrs: Vec<Cidr>) -> Self {
+        Self(cidrs)
+    }
+
+    fn trusts(&self, ip: IpAddr) -> bool {
+        self.0.iter().any(|cidr| cidr.contains(ip))
+    }
+
+    /// The client address of a request that arrived from `peer` with `headers`.
+    pub fn client_ip(&self, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
+        let peer_ip = peer.ip().to_canonical();
+        if !self.trusts(peer_ip) {
+            return peer_ip;
+        }
+        let mut hops: Vec<&str> = Vec::new();
+        for value in headers.get_all("x-forwarded-for") {
+            let Ok(value) = value.to_str() else {
+                return peer_ip;
+            };
+            hops.extend(value.split(',').map(str::trim).filter(|h| !h.is_empty()));
+        }
+        if hops.is_empty() {
+            return headers
+                .get("x-real-ip")
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_hop)
+                .unwrap_or(peer_ip);
+        }
+        // Walk from the nearest hop outwards; the first address we do not trust is the client,
+        // since anything further left could have been written by the client itself.
+        let mut client = peer_ip;
+        for hop in hops.iter().rev() {
+            let Some(ip) = parse_hop(hop) else {
+                return client;
+            };
+            client = ip;
+            if !self.trusts(ip) {
+                break;
+            }
+        }
+        client
+    }
+}
+
+/// Parses one forwarding hop: an address, or an address with a port (`1.2.3.4:80`, `[::1]:80`).
+fn parse_hop(hop: &str) -> Option<IpAddr> {
+    let hop = hop.trim();
+    hop.parse::<IpAddr>()
+        .or_else(|_| hop.parse::<SocketAddr>().map(|s| s.ip()))
+        .ok()
+        .map(|ip| ip.to_canonical())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn check(trusted: &[&str], peer: &str, xff: &[&str], real_ip: Option<&str>, expected: &str) {
+        let proxies = TrustedProxies::new(trusted.iter().map(|c| c.parse().unwrap()).collect());
+        let mut headers = HeaderMap::new();
+        for value in xff {
+            headers.append("x-forwarded-for", HeaderValue::from_str(value).unwrap());
+        }
+        if let Some(ip) = real_ip {
+            headers.insert("x-real-ip", HeaderValue::from_str(ip).unwrap());
+        }
+        let peer: SocketAddr = peer.parse().unwrap();
+        let got = proxies.client_ip(peer, &headers);
+        assert_eq!(
+            got,
+            expected.parse::<IpAddr>().unwrap(),
+            "{trusted:?} {peer} {xff:?}"
+        );
+    }
+
+    #[test]
+    fn client_ip_follows_only_trusted_proxies() {
+        // No trusted proxies: headers are ignored.
+        check(&[], "10.0.0.1:1", &["1.1.1.1"], None, "10.0.0.1");
+        // Trusted peer: the right-most untrusted hop wins, spoofed left entries are ignored.
+        check(
+            &["10.0.0.0/8"],
+            "10.0.0.1:1",
+            &["6.6.6.6, 1.1.1.1"],
+            None,
+            "1.1.1.1",
+        );
+        check(
+            &["10.0.0.0/8"],
+            "10.0.0.1:1",
+            &["1.1.1.1, 10.0.0.7"],
+            None,
+            "1.1.1.1",
+        );
+        check(
+            &["10.0.0.0/8"],
+            "10.0.0.1:1",
+            &["1.1.1.1", "10.0.0.7"],
+            None,
+            "1.1.1.1",
+        );
+        // Every hop trusted: the left-most is the client.
+        check(
+            &["10.0.0.0/8"],
+            "10.0.0.1:1",
+            &["10.0.0.9, 10.0.0.7"],
+            None,
+            "10.0.0.9",
+        );
+        // Ports and IPv6.
+        check(
+            &["::1"],
+            "[::1]:5",
+            &["[2001:db8::1]:443"],
+            None,
+            "2001:db8::1",
+        );
+        check(
+            &["127.0.0.1"],
+            "127.0.0.1:5",
+            &["203.0.113.5:8080"],
+            None,
+            "203.0.113.5",
+        );
+        // X-Real-IP only without X-Forwarded-For.
+        check(
+            &["127.0.0.1"],
+            "127.0.0.1:5",
+            &[],
+            Some("198.51.100.2"),
+            "198.51.100.2",
+        );
+        check(
+            &["127.0.0.1"],
+            "127.0.0.1:5",
+            &["1.1.1.1"],
+            Some("2.2.2.2"),
+            "1.1.1.1",
+        );
+        // Garbage stops the walk at the last good hop.
+        check(
+            &["127.0.0.1"],
+            "127.0.0.1:5",
+            &["nonsense"],
+            None,
+            "127.0.0.1",
+        );
+        // An IPv4-mapped peer matches an IPv4 range.
+        check(
+            &["127.0.0.0/8"],
+            "[::ffff:127.0.0.1]:5",
+            &["9.9.9.9"],
+            None,
+            "9.9.9.9",
+        );
+    }
+
+    #[test]
+    fn cidr_parsing_and_matching() {
+        let net: Cidr = "192.168.0.0/16".parse().unwrap();
+        assert!(net.contains("192.168.200.1".parse().unwrap()));
+        assert!(!net.contains("192.169.0.1".parse().unwrap()));
+        assert!(!net.contains("::1".parse().unwrap()));
+        let all: Cidr = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains("8.8.8.8".parse().unwrap()));
+        for bad in [
+            "",
+            "10.0.0.0/",
+            "10.0.0.0/33",
+            "::/129",
+            "host/8",
+            "10.0.0.0/-1",
+        ] {
+            assert!(bad.parse::<Cidr>().is_err(), "{bad:?}");
+        }
+    }
+}

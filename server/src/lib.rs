@@ -1,0 +1,163 @@
+//! The `pulse` server: HTTP ingest and realtime API over the engine, with websites, salts,
+//! bot classification, privacy signals and the hardening an internet-facing service needs.
+//!
+//! `run(config, listener, shutdown)` serves until `shutdown` completes, then stops accepting,
+//! lets in-flight requests finish and returns — the shape of tokio's mini-redis. Only this crate
+//! knows HTTP, JSON and configuration.
+//!
+//! # Layout
+//! - `config`: `Config` (flags and `PULSE_*` variables), `HttpLimits`.
+//! - `state`: `AppState`, what handlers share.
+//! - `routes`: the router and one module per route (`collect`, `realtime`, `websites`, `health`).
+//! - `auth`: the admin token check. `body`: bounded, timed body reading.
+//! - `client_ip`: trusted proxies and `X-Forwarded-For`. `referrer`: referrer hosts.
+//! - `user_agent`: bot, browser and device classification in one pass.
+//! - `salts`: daily salts on disk. `websites`: the website registry and its file.
+//! - `geoip`: optional country lookup. `clock`: now and RFC 3339.
+//! - `atomic_file`: crash-safe small-file replacement. `error`: `ApiError`, `ServerError`.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tower::ServiceExt;
+
+pub mod atomic_file;
+pub mod auth;
+pub mod body;
+pub mod client_ip;
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod geoip;
+pub mod referrer;
+pub mod routes;
+pub mod salts;
+pub mod state;
+pub mod user_agent;
+pub mod websites;
+
+pub use config::Config;
+pub use error::ServerError;
+pub use state::AppState;
+
+/// Largest request head (request line plus headers) a connection may buffer. Browsers send a
+/// few KiB; anything near this is abuse, and hyper answers 431.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Most headers in one request; hyper answers 431 beyond it.
+const MAX_HEADERS: usize = 100;
+/// How long in-flight requests get to finish after shutdown begins.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often idle state is evicted and salts are rotated or destroyed without traffic.
+const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Refuses configurations that would expose the admin API without a token.
+pub fn check_exposure(config: &Config) -> Result<(), ServerError> {
+    let has_token = config.admin_token.as_deref().is_some_and(|t| !t.is_empty());
+    if !has_token && !config.listen.ip().is_loopback() {
+        return Err(ServerError::TokenRequired {
+            addr: config.listen,
+        });
+    }
+    Ok(())
+}
+
+/// Serves `listener` with `state` until `shutdown` completes: then stops accepting, drains
+/// in-flight requests (up to `DRAIN_TIMEOUT`) and returns.
+pub async fn run(
+    state: Arc<AppState>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
+    state.ready.store(true, Ordering::Release);
+    serve(state, listener, shutdown).await
+}
+
+async fn serve(
+    state: Arc<AppState>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
+    let limits = state.http;
+    let app = routes::router(Arc::clone(&state));
+    let connections = Arc::new(Semaphore::new(limits.max_connections));
+    let graceful = GracefulShutdown::new();
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(MAX_HEAD_BYTES)
+        .max_headers(MAX_HEADERS);
+
+    let maintenance = tokio::spawn(maintain(Arc::clone(&state)));
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            permit = Arc::clone(&connections).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Usually out of file descriptors: back off instead of spinning.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+            request
+                .extensions_mut()
+                .insert(ConnectInfo::<SocketAddr>(peer));
+            app.clone().oneshot(request.map(axum::body::Body::new))
+        });
+        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    tracing::info!("shutting down: draining connections");
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some connections did not finish within the drain timeout");
+    }
+    maintenance.abort();
+    Ok(())
+}
+
+async fn maintain(state: Arc<AppState>) {
+    let mut ticker = tokio::time::interval(MAINTENANCE_INTERVAL);
+    loop {
+        ticker.tick().await;
+        let now_ms = clock::now_ms();
+        state.engine.advance_to(now_ms);
+        if let Ok(now) = pulse_engine::Timestamp::from_unix_ms(now_ms) {
+            if let Err(error) = state.salts.maintain(now) {
+                tracing::error!(%error, "salt maintenance failed");
+            }
+        }
+    }
+}

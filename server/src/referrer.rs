@@ -1,0 +1,126 @@
+//! Referrer normalisation: from whatever a browser sent as `referrer` to the host shown in the
+//! realtime list — lower-cased, port, credentials and a leading `www.` removed — or nothing, for
+//! a self-referral, an empty value or anything that is not a URL with a host.
+//!
+//! Only the host survives: paths and query strings of referrers can carry personal data.
+
+/// Longest host kept, in bytes (the DNS limit).
+const MAX_HOST_LEN: usize = 253;
+
+/// The normalised host of `url`, or `None` when it has none.
+pub fn normalized_host(url: &str) -> Option<String> {
+    let url = url.trim();
+    let (_, rest) = url.split_once("://")?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = if let Some(bracketed) = host_port.strip_prefix('[') {
+        // An IPv6 literal keeps its brackets so it cannot be confused with a port.
+        let end = bracketed.find(']')?;
+        &host_port[..end + 2]
+    } else {
+        host_port.split(':').next().unwrap_or("")
+    };
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    let host = host.strip_prefix("www.").unwrap_or(&host);
+    let valid = !host.is_empty()
+        && host.len() <= MAX_HOST_LEN
+        && host.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b'[' | b']' | b':')
+        });
+    valid.then(|| host.to_owned())
+}
+
+/// The website's own domain as configured, normalised like a referrer host.
+pub fn normalized_domain(domain: &str) -> String {
+    let domain = domain.trim();
+    let host = if domain.contains("://") {
+        normalized_host(domain).unwrap_or_default()
+    } else {
+        normalized_host(&format!("http://{domain}")).unwrap_or_default()
+    };
+    host
+}
+
+/// The referrer domain to record for a website whose normalised domain is `site_domain`:
+/// `None` for a missing or invalid referrer and for a self-referral (the site itself or any of
+/// its subdomains).
+pub fn referrer_domain(referrer: Option<&str>, site_domain: &str) -> Option<String> {
+    let host = normalized_host(referrer?)?;
+    let is_self = !site_domain.is_empty()
+        && (host == site_domain
+            || host
+                .strip_suffix(site_domain)
+                .is_some_and(|prefix| prefix.ends_with('.')));
+    (!is_self).then_some(host)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(referrer: &str, site: &str, expected: Option<&str>) {
+        let site = normalized_domain(site);
+        assert_eq!(
+            referrer_domain(Some(referrer), &site).as_deref(),
+            expected,
+            "{referrer:?} on {site:?}"
+        );
+    }
+
+    #[test]
+    fn referrers_become_lowercase_hosts_without_www() {
+        check(
+            "https://WWW.Google.com/search?q=secret",
+            "example.com",
+            Some("google.com"),
+        );
+        check(
+            "http://news.ycombinator.com:8080/item?id=1",
+            "example.com",
+            Some("news.ycombinator.com"),
+        );
+        check(
+            "https://user:pass@www.bing.com/",
+            "example.com",
+            Some("bing.com"),
+        );
+        check("https://t.co", "example.com", Some("t.co"));
+        check(
+            "android-app://com.google.android.gm/",
+            "example.com",
+            Some("com.google.android.gm"),
+        );
+        check(
+            "http://[2001:db8::1]:80/x",
+            "example.com",
+            Some("[2001:db8::1]"),
+        );
+        check(
+            "https://example.com.evil.net/",
+            "example.com",
+            Some("example.com.evil.net"),
+        );
+        check(
+            "https://notexample.com/",
+            "example.com",
+            Some("notexample.com"),
+        );
+    }
+
+    #[test]
+    fn self_referrals_and_junk_become_none() {
+        check("https://example.com/pricing", "example.com", None);
+        check("https://www.example.com/", "https://Example.com", None);
+        check("https://blog.example.com/post", "www.example.com", None);
+        check("", "example.com", None);
+        check("not a url", "example.com", None);
+        check("https:///path-only", "example.com", None);
+        check("https://exa mple.com/", "example.com", None);
+        check(
+            &format!("https://{}.com/", "a".repeat(300)),
+            "example.com",
+            None,
+        );
+        assert_eq!(referrer_domain(None, "example.com"), None);
+    }
+}

@@ -1,0 +1,561 @@
+//! `POST /api/collect`: pageviews and custom events from browsers — untrusted input.
+//!
+//! `parse_batch` is the whole parse-validate-normalise step as a pure function of the body
+//! bytes (the fuzz target calls it directly); the handler adds what comes from the connection:
+//! content type, client address, User-Agent, privacy signals, the website's settings and the
+//! clock. A batch is all-or-nothing: every event is validated and its website resolved before any
+//! is recorded.
+
+use std::borrow::Cow;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use pulse_engine::{EngineError, Event, EventKind, Timestamp, WebsiteId};
+use serde::de::{self, IgnoredAny, SeqAccess, Visitor};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::body::read_body;
+use crate::clock;
+use crate::error::ApiError;
+use crate::referrer::referrer_domain;
+use crate::state::AppState;
+use crate::user_agent;
+use crate::websites::WebsiteEntry;
+
+/// Most events in one request.
+pub const MAX_BATCH: usize = 50;
+/// Longest custom event name, in characters.
+pub const MAX_EVENT_NAME_CHARS: usize = 100;
+/// Largest `event_data` object, serialised, in bytes.
+pub const MAX_EVENT_DATA_BYTES: usize = 4096;
+/// Longest `url` or `referrer`, in bytes.
+pub const MAX_URL_BYTES: usize = 2048;
+/// Longest `screen`, `language` or `utm_*` value, in characters.
+pub const MAX_SHORT_FIELD_CHARS: usize = 256;
+
+/// One event as sent, each field kept raw until it is validated on its own, so an error names
+/// the field it is about.
+#[derive(Deserialize)]
+struct RawEvent<'a> {
+    #[serde(borrow)]
+    website_id: Option<&'a RawValue>,
+    #[serde(borrow, rename = "type")]
+    kind: Option<&'a RawValue>,
+    #[serde(borrow)]
+    url: Option<&'a RawValue>,
+    #[serde(borrow)]
+    referrer: Option<&'a RawValue>,
+    #[serde(borrow)]
+    event_name: Option<&'a RawValue>,
+    #[serde(borrow)]
+    event_data: Option<&'a RawValue>,
+    #[serde(borrow)]
+    screen: Option<&'a RawValue>,
+    #[serde(borrow)]
+    language: Option<&'a RawValue>,
+    #[serde(borrow)]
+    utm_source: Option<&'a RawValue>,
+    #[serde(borrow)]
+    utm_medium: Option<&'a RawValue>,
+    #[serde(borrow)]
+    utm_campaign: Option<&'a RawValue>,
+    #[serde(borrow)]
+    utm_term: Option<&'a RawValue>,
+    #[serde(borrow)]
+    utm_content: Option<&'a RawValue>,
+}
+
+/// A JSON array of events that keeps at most `MAX_BATCH + 1` of them and only counts the rest,
+/// so an array of thousands of tiny elements never allocates thousands of events.
+struct Batch<'a> {
+    events: Vec<RawEvent<'a>>,
+    total: usize,
+}
+
+impl<'de> Deserialize<'de> for Batch<'de> {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct BatchVisitor;
+        impl<'de> Visitor<'de> for BatchVisitor {
+            type Value = Batch<'de>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an array of event objects")
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut events = Vec::new();
+                let mut total = 0;
+                loop {
+                    if events.len() <= MAX_BATCH {
+                        match seq.next_element::<RawEvent<'de>>()? {
+                            Some(event) => events.push(event),
+                            None => break,
+                        }
+                    } else if seq.next_element::<IgnoredAny>()?.is_none() {
+                        break;
+                    }
+                    total += 1;
+                }
+                Ok(Batch { events, total })
+            }
+        }
+        deserializer.deserialize_seq(BatchVisitor)
+    }
+}
+
+/// A validated, normalised event, before the connection's context is added.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CollectEvent {
+    pub website_id: WebsiteId,
+    pub kind: EventKind,
+    /// The page path (pageviews; query and fragment dropped) or the event name (custom events).
+    pub target: String,
+    /// The referrer as sent; reduced to a host against the website's domain later.
+    pub referrer: Option<String>,
+}
+
+/// Parses and validates a collect body: one event object or an array of 1 to `MAX_BATCH`.
+pub fn parse_batch(body: &[u8]) -> Result<Vec<CollectEvent>, ApiError> {
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    let invalid_json = |e: serde_json::Error| {
+        ApiError::invalid_json(format!("the body is not a valid event or batch: {e}"))
+    };
+    match first {
+        Some(b'[') => {
+            let batch: Batch<'_> = serde_json::from_slice(body).map_err(invalid_json)?;
+            if batch.total == 0 {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "empty_batch",
+                    "the batch holds no events",
+                ));
+            }
+            if batch.total > MAX_BATCH {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "batch_too_large",
+                    format!(
+                        "the batch holds {} events; at most {MAX_BATCH} are accepted",
+                        batch.total
+                    ),
+                ));
+            }
+            batch
+                .events
+                .iter()
+                .enumerate()
+                .map(|(i, raw)| {
+                    validate(raw).map_err(|mut e| {
+                        e.message = format!("event {i}: {}", e.message);
+                        e
+                    })
+                })
+                .collect()
+        }
+        Some(b'{') => {
+            let raw: RawEvent<'_> = serde_json::from_slice(body).map_err(invalid_json)?;
+            Ok(vec![validate(&raw)?])
+        }
+        Some(_) => Err(ApiError::invalid_json(
+            "the body must be an event object or an array of event objects",
+        )),
+        None => Err(ApiError::invalid_json("the body is empty")),
+    }
+}
+
+/// A JSON string field, or `None` when absent or null.
+fn string_field<'a>(
+    raw: Option<&'a RawValue>,
+    name: &str,
+    max_chars: usize,
+) -> Result<Option<Cow<'a, str>>, ApiError> {
+    let Some(raw) = raw else {
+        return Ok(None);
+    };
+    // Borrow when the string has no escapes; otherwise unescape into an owned copy.
+    let value = match serde_json::from_str::<&str>(raw.get()) {
+        Ok(s) => Cow::Borrowed(s),
+        Err(_) => Cow::Owned(
+            serde_json::from_str::<String>(raw.get())
+                .map_err(|_| ApiError::invalid_field(name, "must be a string"))?,
+        ),
+    };
+    if value.chars().count() > max_chars {
+        return Err(ApiError::invalid_field(
+            name,
+            format!("must be at most {max_chars} characters"),
+        ));
+    }
+    Ok(Some(value))
+}
+
+fn required<'a>(value: Option<Cow<'a, str>>, name: &str) -> Result<Cow<'a, str>, ApiError> {
+    match value {
+        Some(v) if !v.trim().is_empty() => Ok(v),
+        _ => Err(ApiError::missing_field(name)),
+    }
+}
+
+fn validate(raw: &RawEvent<'_>) -> Result<CollectEvent, ApiError> {
+    let website = required(
+        string_field(raw.website_id, "website_id", WebsiteId::MAX_LEN)?,
+        "website_id",
+    )?;
+    let website_id = WebsiteId::new(&website).map_err(|_| {
+        ApiError::invalid_field(
+            "website_id",
+            "must be 1 to 64 characters of A-Z a-z 0-9 - _",
+        )
+    })?;
+    let kind = match required(string_field(raw.kind, "type", 16)?, "type")?.as_ref() {
+        "pageview" => EventKind::Pageview,
+        "event" => EventKind::Custom,
+        _ => {
+            return Err(ApiError::invalid_field(
+                "type",
+                "must be \"pageview\" or \"event\"",
+            ))
+        }
+    };
+    let url = required(string_field(raw.url, "url", MAX_URL_BYTES)?, "url")?;
+    if url.len() > MAX_URL_BYTES {
+        return Err(ApiError::invalid_field(
+            "url",
+            format!("must be at most {MAX_URL_BYTES} bytes"),
+        ));
+    }
+    let path = page_path(&url).map_err(|why| ApiError::invalid_field("url", why))?;
+    let target = match kind {
+        EventKind::Pageview => path.to_owned(),
+        EventKind::Custom => {
+            let name = required(
+                string_field(raw.event_name, "event_name", MAX_EVENT_NAME_CHARS)?,
+                "event_name",
+            )?;
+            if name.chars().any(char::is_control) {
+                return Err(ApiError::invalid_field(
+                    "event_name",
+                    "must not contain control characters",
+                ));
+            }
+            name.trim().to_owned()
+        }
+    };
+    let referrer = string_field(raw.referrer, "referrer", MAX_URL_BYTES)?
+        .filter(|r| !r.trim().is_empty())
+        .map(Cow::into_owned);
+    if let Some(data) = raw.event_data {
+        let text = data.get();
+        if text.len() > MAX_EVENT_DATA_BYTES {
+            return Err(ApiError::invalid_field(
+                "event_data",
+                format!("must be at most {MAX_EVENT_DATA_BYTES} bytes serialised"),
+            ));
+        }
+        if !text.starts_with('{') && text != "null" {
+            return Err(ApiError::invalid_field(
+                "event_data",
+                "must be a JSON object",
+            ));
+        }
+    }
+    for (value, name) in [
+        (raw.screen, "screen"),
+        (raw.language, "language"),
+        (raw.utm_source, "utm_source"),
+        (raw.utm_medium, "utm_medium"),
+        (raw.utm_campaign, "utm_campaign"),
+        (raw.utm_term, "utm_term"),
+        (raw.utm_content, "utm_content"),
+    ] {
+        string_field(value, name, MAX_SHORT_FIELD_CHARS)?;
+    }
+    Ok(CollectEvent {
+        website_id,
+        kind,
+        target,
+        referrer,
+    })
+}
+
+/// The path of a page URL — an absolute `http(s)` URL or a path starting with `/` — without
+/// query string or fragment, which can carry personal data.
+pub fn page_path(url: &str) -> Result<&str, &'static str> {
+    const WHY: &str = "must be a path starting with / or an absolute http(s) URL";
+    let url = url.trim();
+    if url.chars().any(char::is_control) {
+        return Err("must not contain control characters");
+    }
+    let strip_query = |s: &str| -> usize { s.find(['?', '#']).unwrap_or(s.len()) };
+    if url.starts_with('/') {
+        if url.starts_with("//") {
+            return Err(WHY);
+        }
+        return Ok(&url[..strip_query(url)]);
+    }
+    let lower_scheme = url
+        .get(..8)
+        .map(str::to_ascii_lowercase)
+        .unwrap_or_default();
+    let rest = if lower_scheme.starts_with("http://") {
+        &url[7..]
+    } else if lower_scheme.starts_with("https://") {
+        &url[8..]
+    } else {
+        return Err(WHY);
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    if authority_end == 0 {
+        return Err("must name a host");
+    }
+    let after = &rest[authority_end..];
+    if !after.starts_with('/') {
+        return Ok("/");
+    }
+    Ok(&after[..strip_query(after)])
+}
+
+fn is_accepted_content_type(headers: &HeaderMap) -> bool {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        // A missing type is read as JSON; only a type that says otherwise is refused.
+        return true;
+    };
+    let Ok(value) = value.to_str() else {
+        return false;
+    };
+    let essence = value.split(';').next().unwrap_or("").trim();
+    essence.eq_ignore_ascii_case("application/json") || essence.eq_ignore_ascii_case("text/plain")
+}
+
+fn header_is_one(headers: &HeaderMap, name: &str) -> bool {
+    headers
+        .get(name)
+        .is_some_and(|v| v.as_bytes().trim_ascii() == b"1")
+}
+
+/// CORS headers on every collect response: any site may send events.
+pub async fn allow_any_origin(mut response: Response) -> Response {
+    response.headers_mut().insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    response
+}
+
+/// `OPTIONS /api/collect`: the CORS preflight.
+pub async fn preflight() -> Response {
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("POST, OPTIONS"),
+    );
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("content-type"),
+    );
+    headers.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static("86400"),
+    );
+    response
+}
+
+pub async fn collect(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    if !is_accepted_content_type(&headers) {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send events as application/json or text/plain",
+        ));
+    }
+    let bytes = read_body(body, &headers, &state.http).await?;
+    let events = parse_batch(&bytes)?;
+    let resolved: Vec<(Arc<WebsiteEntry>, CollectEvent)> = events
+        .into_iter()
+        .map(|event| {
+            let website = state
+                .websites
+                .get(event.website_id.as_str())
+                .ok_or_else(ApiError::unknown_website)?;
+            Ok((website, event))
+        })
+        .collect::<Result<_, ApiError>>()?;
+
+    let opted_out = header_is_one(&headers, "dnt") || header_is_one(&headers, "sec-gpc");
+    let recorded: Vec<_> = resolved
+        .into_iter()
+        .filter(|(website, _)| !(opted_out && website.website.respect_dnt))
+        .collect();
+    if recorded.is_empty() {
+        return Ok(accepted());
+    }
+
+    let now =
+        Timestamp::from_unix_ms(clock::now_ms()).map_err(|e| ApiError::internal(e.to_string()))?;
+    let user_agent = headers
+        .get(header::USER_AGENT)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()))
+        .unwrap_or_default();
+    let class = user_agent::classify(&user_agent);
+    let ip = state.proxies.client_ip(peer, &headers);
+    let identity = state
+        .salts
+        .identify(now, ip, &user_agent)
+        .map_err(|e: EngineError| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "salt_unavailable",
+                format!("no visitor salt is available: {e}"),
+            )
+        })?;
+    let country = state.geoip.as_ref().and_then(|g| g.country(ip));
+
+    for (website, event) in recorded {
+        let referrer_domain = referrer_domain(event.referrer.as_deref(), &website.site_domain);
+        let event = Event {
+            website: website.id.clone(),
+            ts: now,
+            visitor: identity.visitor,
+            kind: event.kind,
+            target: Arc::from(event.target),
+            referrer_domain: referrer_domain.map(Arc::from),
+            is_bot: class.is_bot,
+            browser: class.browser,
+            device: class.device,
+            country,
+        };
+        if let Err(error) = state.engine.ingest(event, identity.carried_from) {
+            // Only possible when the website was deleted between validation and now.
+            tracing::debug!(%error, "event dropped for a website deleted meanwhile");
+        }
+    }
+    Ok(accepted())
+}
+
+fn accepted() -> Response {
+    (
+        StatusCode::ACCEPTED,
+        [(header::CONTENT_TYPE, "application/json")],
+        r#"{"ok":true}"#,
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(body: &str) -> &'static str {
+        match parse_batch(body.as_bytes()) {
+            Ok(_) => "ok",
+            Err(e) => e.code,
+        }
+    }
+
+    #[test]
+    fn each_kind_of_bad_body_gets_its_code() {
+        let ok = r#"{"website_id":"s","type":"pageview","url":"/"}"#;
+        let check = |body: &str, expected: &str| assert_eq!(code(body), expected, "{body}");
+        check(ok, "ok");
+        check(&format!("[{ok}]"), "ok");
+        check("", "invalid_json");
+        check("   ", "invalid_json");
+        check("nope", "invalid_json");
+        check(r#"{"website_id":"s""#, "invalid_json");
+        check(&format!("{ok} trailing"), "invalid_json");
+        check(&"[".repeat(10_000), "invalid_json");
+        check("[]", "empty_batch");
+        check(&format!("[{}]", vec![ok; 51].join(",")), "batch_too_large");
+        check(&format!("[{}]", vec!["0"; 5000].join(",")), "invalid_json");
+        check(&format!("[{}]", vec![ok; 50].join(",")), "ok");
+        check(r#"{"type":"pageview","url":"/"}"#, "missing_field");
+        check(r#"{"website_id":"s","url":"/"}"#, "missing_field");
+        check(r#"{"website_id":"s","type":"pageview"}"#, "missing_field");
+        check(
+            r#"{"website_id":"s","type":"event","url":"/"}"#,
+            "missing_field",
+        );
+        check(
+            r#"{"website_id":5,"type":"pageview","url":"/"}"#,
+            "invalid_field",
+        );
+        check(
+            r#"{"website_id":"a/b","type":"pageview","url":"/"}"#,
+            "invalid_field",
+        );
+        check(
+            r#"{"website_id":"s","type":"click","url":"/"}"#,
+            "invalid_field",
+        );
+        check(
+            r#"{"website_id":"s","type":"pageview","url":"ftp://x/"}"#,
+            "invalid_field",
+        );
+        check(
+            r#"{"website_id":"s","type":"pageview","url":"//evil/"}"#,
+            "invalid_field",
+        );
+        check(
+            r#"{"website_id":"s","type":"pageview","url":"/","event_data":[1]}"#,
+            "invalid_field",
+        );
+        check(
+            r#"{"website_id":"s","type":"pageview","url":"/","screen":1e999}"#,
+            "invalid_field",
+        );
+        check(
+            r#"{"website_id":"s","type":"pageview","url":"/","screen":123}"#,
+            "invalid_field",
+        );
+        let long_name = "n".repeat(101);
+        check(
+            &format!(r#"{{"website_id":"s","type":"event","url":"/","event_name":"{long_name}"}}"#),
+            "invalid_field",
+        );
+        let big_data = format!(r#"{{"k":"{}"}}"#, "x".repeat(4100));
+        check(
+            &format!(r#"{{"website_id":"s","type":"pageview","url":"/","event_data":{big_data}}}"#),
+            "invalid_field",
+        );
+    }
+
+    #[test]
+    fn pageview_urls_become_paths_without_query_or_fragment() {
+        let check = |url: &str, expected: Result<&str, ()>| {
+            assert_eq!(page_path(url).map_err(|_| ()), expected, "{url:?}");
+        };
+        check("/pricing?email=a@b.c#top", Ok("/pricing"));
+        check("https://example.com/blog/post?x=1", Ok("/blog/post"));
+        check("HTTPS://example.com", Ok("/"));
+        check("http://example.com?utm=1", Ok("/"));
+        check("http://example.com:8080/a#b", Ok("/a"));
+        check("https:///nohost", Err(()));
+        check("example.com/path", Err(()));
+        check("javascript:alert(1)", Err(()));
+        check("/a\nb", Err(()));
+    }
+
+    #[test]
+    fn custom_events_use_the_event_name_and_escapes_are_decoded() {
+        let events = parse_batch(
+            br#"[{"website_id":"s","type":"event","url":"/x","event_name":"sign\u0075p"},
+                 {"website_id":"s","type":"pageview","url":"/p?q","referrer":"https://t.co/x"}]"#,
+        )
+        .unwrap();
+        assert_eq!(events[0].kind, EventKind::Custom);
+        assert_eq!(events[0].target, "signup");
+        assert_eq!(events[1].target, "/p");
+        assert_eq!(events[1].referrer.as_deref(), Some("https://t.co/x"));
+    }
+}

@@ -1,0 +1,125 @@
+//! `GET /api/websites/{id}/realtime`: active visitors, events in the window and the most recent
+//! events of one website, straight from the engine. Knows the JSON shape; not how it is computed.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, RawQuery, State};
+use axum::Json;
+use serde::Serialize;
+
+use crate::clock;
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::websites::BotPolicy;
+
+#[derive(Debug, Serialize)]
+pub struct RealtimeBody {
+    data: RealtimeData,
+}
+
+#[derive(Debug, Serialize)]
+struct RealtimeData {
+    active_visitors: u64,
+    recent_events: Vec<RecentRow>,
+    pagination: Pagination,
+}
+
+#[derive(Debug, Serialize)]
+struct RecentRow {
+    url: Arc<str>,
+    referrer_domain: Option<Arc<str>>,
+    ts: String,
+    event_type: &'static str,
+    browser: &'static str,
+    device_type: &'static str,
+    country: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct Pagination {
+    limit: usize,
+    total_in_window: u64,
+}
+
+/// `include_bots` from the query string: `Some(true|false)`, `None` when absent.
+fn include_bots_param(query: Option<&str>) -> Result<Option<bool>, ApiError> {
+    let mut value = None;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (key, raw) = pair.split_once('=').unwrap_or((pair, ""));
+        if key != "include_bots" {
+            continue;
+        }
+        value = Some(match raw {
+            "true" => true,
+            "false" => false,
+            _ => {
+                return Err(ApiError::invalid_parameter(
+                    "include_bots must be true or false",
+                ))
+            }
+        });
+    }
+    Ok(value)
+}
+
+pub async fn realtime(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<RealtimeBody>, ApiError> {
+    let include_bots = include_bots_param(query.as_deref())?;
+    let website = state
+        .websites
+        .get(&id)
+        .ok_or_else(ApiError::unknown_website)?;
+    let include_bots = include_bots.unwrap_or(website.website.bot_policy == BotPolicy::Include);
+    let answer = state
+        .engine
+        .realtime(&website.id, clock::now_ms(), include_bots)
+        .map_err(|_| ApiError::unknown_website())?;
+    let recent_events = answer
+        .recent_events
+        .iter()
+        .map(|recent| {
+            let event = &recent.event;
+            RecentRow {
+                url: Arc::clone(&event.target),
+                referrer_domain: event.referrer_domain.clone(),
+                ts: clock::format_rfc3339(event.ts.unix_ms()),
+                event_type: event.kind.as_str(),
+                browser: event.browser.as_str(),
+                device_type: event.device.as_str(),
+                country: event.country.map(|c| c.as_str().to_owned()),
+            }
+        })
+        .collect();
+    Ok(Json(RealtimeBody {
+        data: RealtimeData {
+            active_visitors: answer.active_visitors,
+            recent_events,
+            pagination: Pagination {
+                limit: state.engine.limits().recent_limit,
+                total_in_window: answer.total_in_window,
+            },
+        },
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn include_bots_accepts_only_true_or_false() {
+        let check = |q: Option<&str>, expected: Result<Option<bool>, ()>| {
+            assert_eq!(include_bots_param(q).map_err(|_| ()), expected, "{q:?}");
+        };
+        check(None, Ok(None));
+        check(Some("x=1"), Ok(None));
+        check(Some("include_bots=true"), Ok(Some(true)));
+        check(Some("a=b&include_bots=false"), Ok(Some(false)));
+        check(Some("include_bots=1"), Err(()));
+        check(Some("include_bots="), Err(()));
+        check(Some("include_bots"), Err(()));
+    }
+}

@@ -1,0 +1,273 @@
+//! `/api/websites`: create, list, read, update and delete websites. Validates API input and keeps
+//! the engine's set of websites in step with the registry; storage is `WebsiteRegistry`'s job.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use pulse_engine::{EngineError, WebsiteId};
+use serde_json::{json, Map, Value};
+
+use crate::body::read_body;
+use crate::clock;
+use crate::error::ApiError;
+use crate::referrer::normalized_domain;
+use crate::state::AppState;
+use crate::websites::{BotPolicy, Website};
+
+const MAX_NAME_CHARS: usize = 100;
+const MAX_DOMAIN_BYTES: usize = 253;
+const GENERATED_ID_LEN: usize = 12;
+
+fn json_object(bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
+    match serde_json::from_slice::<Value>(bytes) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(ApiError::invalid_json("the body must be a JSON object")),
+        Err(e) => Err(ApiError::invalid_json(format!(
+            "the body is not valid JSON: {e}"
+        ))),
+    }
+}
+
+fn opt_str<'a>(body: &'a Map<String, Value>, field: &str) -> Result<Option<&'a str>, ApiError> {
+    match body.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(ApiError::invalid_field(field, "must be a string")),
+    }
+}
+
+fn name_field(body: &Map<String, Value>) -> Result<Option<String>, ApiError> {
+    let Some(name) = opt_str(body, "name")? else {
+        return Ok(None);
+    };
+    let name = name.trim();
+    if name.is_empty()
+        || name.chars().count() > MAX_NAME_CHARS
+        || name.chars().any(char::is_control)
+    {
+        return Err(ApiError::invalid_field(
+            "name",
+            format!("must be 1 to {MAX_NAME_CHARS} printable characters"),
+        ));
+    }
+    Ok(Some(name.to_owned()))
+}
+
+fn domain_field(body: &Map<String, Value>) -> Result<Option<String>, ApiError> {
+    let Some(domain) = opt_str(body, "domain")? else {
+        return Ok(None);
+    };
+    let domain = domain.trim();
+    if domain.len() > MAX_DOMAIN_BYTES || normalized_domain(domain).is_empty() {
+        return Err(ApiError::invalid_field(
+            "domain",
+            "must be a host name such as example.com",
+        ));
+    }
+    Ok(Some(domain.to_ascii_lowercase()))
+}
+
+fn bot_policy_field(body: &Map<String, Value>) -> Result<Option<BotPolicy>, ApiError> {
+    match opt_str(body, "bot_policy")? {
+        None => Ok(None),
+        Some("exclude") => Ok(Some(BotPolicy::Exclude)),
+        Some("include") => Ok(Some(BotPolicy::Include)),
+        Some(_) => Err(ApiError::invalid_field(
+            "bot_policy",
+            "must be \"exclude\" or \"include\"",
+        )),
+    }
+}
+
+fn respect_dnt_field(body: &Map<String, Value>) -> Result<Option<bool>, ApiError> {
+    match body.get("respect_dnt") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(_) => Err(ApiError::invalid_field(
+            "respect_dnt",
+            "must be true or false",
+        )),
+    }
+}
+
+/// A random URL-safe id: 12 characters of `[A-Za-z0-9_-]`, 72 bits.
+fn generate_id() -> Result<String, ApiError> {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut bytes = [0u8; GENERATED_ID_LEN];
+    getrandom::fill(&mut bytes).map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok(bytes
+        .iter()
+        .map(|b| char::from(ALPHABET[usize::from(b & 63)]))
+        .collect())
+}
+
+fn storage_error(error: std::io::Error) -> ApiError {
+    tracing::error!(%error, "websites file could not be written");
+    ApiError::internal("the websites file could not be written")
+}
+
+fn website_exists() -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "website_exists",
+        "a website with this id already exists",
+    )
+}
+
+pub async fn list(State(state): State<Arc<AppState>>) -> Json<Value> {
+    Json(json!({ "data": state.websites.list() }))
+}
+
+pub async fn get(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let entry = state
+        .websites
+        .get(&id)
+        .ok_or_else(ApiError::unknown_website)?;
+    Ok(Json(json!({ "data": entry.website })))
+}
+
+pub async fn create(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let bytes = read_body(body, &headers, &state.http).await?;
+    let body = json_object(&bytes)?;
+    let id = match opt_str(&body, "id")? {
+        Some(id) => {
+            WebsiteId::new(id).map_err(|_| {
+                ApiError::invalid_field("id", "must be 1 to 64 characters of A-Z a-z 0-9 - _")
+            })?;
+            id.to_owned()
+        }
+        None => generate_id()?,
+    };
+    let website = Website {
+        id: id.clone(),
+        name: name_field(&body)?.ok_or_else(|| ApiError::missing_field("name"))?,
+        domain: domain_field(&body)?.ok_or_else(|| ApiError::missing_field("domain"))?,
+        bot_policy: bot_policy_field(&body)?.unwrap_or(BotPolicy::Exclude),
+        respect_dnt: respect_dnt_field(&body)?.unwrap_or(true),
+        created_at: clock::format_rfc3339(clock::now_ms()),
+    };
+    let max_websites = state.engine.limits().max_websites;
+    let created = website.clone();
+    state
+        .websites
+        .update(|sites| {
+            if sites.contains_key(&id) {
+                return Err(website_exists());
+            }
+            if sites.len() >= max_websites {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "too_many_websites",
+                    format!("this server holds at most {max_websites} websites"),
+                ));
+            }
+            sites.insert(id.clone(), created);
+            Ok(())
+        })
+        .map_err(storage_error)??;
+    let engine_id = WebsiteId::new(&id).map_err(|e| ApiError::internal(e.to_string()))?;
+    match state.engine.add_website(engine_id) {
+        Ok(()) | Err(EngineError::WebsiteExists) => {}
+        Err(e) => return Err(ApiError::internal(e.to_string())),
+    }
+    Ok((StatusCode::CREATED, Json(json!({ "data": website }))).into_response())
+}
+
+pub async fn update(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let bytes = read_body(body, &headers, &state.http).await?;
+    let body = json_object(&bytes)?;
+    if opt_str(&body, "id")?.is_some_and(|new_id| new_id != id) {
+        return Err(ApiError::invalid_field("id", "cannot be changed"));
+    }
+    let name = name_field(&body)?;
+    let domain = domain_field(&body)?;
+    let bot_policy = bot_policy_field(&body)?;
+    let respect_dnt = respect_dnt_field(&body)?;
+    let updated = state
+        .websites
+        .update(|sites| {
+            let website = sites.get_mut(&id).ok_or_else(ApiError::unknown_website)?;
+            if let Some(name) = name {
+                website.name = name;
+            }
+            if let Some(domain) = domain {
+                website.domain = domain;
+            }
+            if let Some(policy) = bot_policy {
+                website.bot_policy = policy;
+            }
+            if let Some(respect) = respect_dnt {
+                website.respect_dnt = respect;
+            }
+            Ok(website.clone())
+        })
+        .map_err(storage_error)??;
+    Ok(Json(json!({ "data": updated })))
+}
+
+pub async fn delete(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state
+        .websites
+        .update(|sites| {
+            sites
+                .remove(&id)
+                .map(|_| ())
+                .ok_or_else(ApiError::unknown_website)
+        })
+        .map_err(storage_error)??;
+    if let Ok(engine_id) = WebsiteId::new(&id) {
+        // The engine may not hold it if it was never valid there; either way it is gone now.
+        let _ = state.engine.remove_website(&engine_id);
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_ids_are_url_safe_website_ids() {
+        let a = generate_id().unwrap();
+        let b = generate_id().unwrap();
+        assert_eq!(a.len(), GENERATED_ID_LEN);
+        assert_ne!(a, b);
+        assert!(WebsiteId::new(&a).is_ok());
+    }
+
+    #[test]
+    fn website_fields_are_validated() {
+        let body = |v: Value| v.as_object().unwrap().clone();
+        assert!(name_field(&body(json!({"name": ""}))).is_err());
+        assert!(name_field(&body(json!({"name": "x".repeat(101)}))).is_err());
+        assert_eq!(
+            name_field(&body(json!({"name": " Blog "})))
+                .unwrap()
+                .as_deref(),
+            Some("Blog")
+        );
+        assert!(domain_field(&body(json!({"domain": "not a domain"}))).is_err());
+        assert!(domain_field(&body(json!({"domain": 5}))).is_err());
+        assert!(bot_policy_field(&body(json!({"bot_policy": "maybe"}))).is_err());
+        assert!(respect_dnt_field(&body(json!({"respect_dnt": "yes"}))).is_err());
+    }
+}

@@ -1,0 +1,217 @@
+//! `SaltStore`: the daily salts on disk and in memory.
+//!
+//! Each UTC day's salt is 32 random bytes in `<data-dir>/salts/<day>.salt` (mode 0600, the
+//! directory 0700), created when first needed, so a restart keeps visitor ids stable. Yesterday's
+//! salt is deleted as soon as the carry-over after midnight has passed. Which salt applies to an
+//! event is the engine's `SaltSchedule`; this module only adds randomness and files.
+
+use std::fs;
+use std::io;
+use std::net::IpAddr;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::sync::{PoisonError, RwLock};
+
+use pulse_engine::{DailySalt, EngineError, Identity, Salt, SaltSchedule, Timestamp};
+
+use crate::atomic_file::{remove_durably, write_atomically};
+
+#[derive(Debug)]
+pub struct SaltStore {
+    dir: PathBuf,
+    schedule: RwLock<SaltSchedule>,
+}
+
+fn salt_path(dir: &Path, day: i64) -> PathBuf {
+    dir.join(format!("{day}.salt"))
+}
+
+fn fresh_salt(day: i64) -> io::Result<DailySalt> {
+    let mut bytes = [0u8; Salt::LEN];
+    getrandom::fill(&mut bytes).map_err(|e| io::Error::other(e.to_string()))?;
+    Ok(DailySalt {
+        day,
+        salt: Salt::from_bytes(bytes),
+    })
+}
+
+fn read_salt(path: &Path, day: i64) -> Option<DailySalt> {
+    let bytes = fs::read(path).ok()?;
+    let bytes: [u8; Salt::LEN] = bytes.try_into().ok()?;
+    Some(DailySalt {
+        day,
+        salt: Salt::from_bytes(bytes),
+    })
+}
+
+impl SaltStore {
+    /// Opens (creating if needed) the salt directory under `data_dir`, keeps today's and
+    /// yesterday's salts, deletes any other, and creates today's if it is missing.
+    pub fn open(data_dir: &Path, now: Timestamp, carry_ms: i64) -> io::Result<Self> {
+        let dir = data_dir.join("salts");
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)?;
+        let today = now.utc_day();
+        let mut current = None;
+        let mut previous = None;
+        for entry in fs::read_dir(&dir)? {
+            let path = entry?.path();
+            let day = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".salt"))
+                .and_then(|d| d.parse::<i64>().ok());
+            match day {
+                Some(d) if d == today => current = read_salt(&path, d),
+                Some(d) if d == today - 1 => previous = read_salt(&path, d),
+                _ => {}
+            }
+            let keep = day.is_some_and(|d| d == today || d == today - 1);
+            if !keep {
+                // Other days' salts, and leftovers of interrupted writes, must not outlive
+                // their use: a salt kept is a pseudonym that can be recomputed.
+                remove_durably(&path)?;
+            }
+        }
+        let current = match current {
+            Some(salt) => salt,
+            None => {
+                let salt = fresh_salt(today)?;
+                write_atomically(&salt_path(&dir, today), salt.salt.as_bytes(), 0o600)?;
+                salt
+            }
+        };
+        let mut schedule = SaltSchedule::new(current, previous, carry_ms);
+        if let Some(expired) = schedule.expire_previous(now) {
+            remove_durably(&salt_path(&dir, expired.day))?;
+        }
+        Ok(Self {
+            dir,
+            schedule: RwLock::new(schedule),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn needs_maintenance(schedule: &SaltSchedule, now: Timestamp) -> bool {
+        let carry_over = schedule.previous().is_some()
+            && now.unix_ms() >= schedule.current().day * Timestamp::DAY_MS + schedule.carry_ms();
+        schedule.day_to_rotate(now).is_some() || carry_over
+    }
+
+    /// Rotates to a new day's salt and deletes yesterday's once the carry-over has passed.
+    /// Called on every identification (cheaply) and by the server's maintenance timer, so an
+    /// expired salt is destroyed even without traffic.
+    pub fn maintain(&self, now: Timestamp) -> io::Result<()> {
+        {
+            let schedule = self.schedule.read().unwrap_or_else(PoisonError::into_inner);
+            if !Self::needs_maintenance(&schedule, now) {
+                return Ok(());
+            }
+        }
+        let mut schedule = self
+            .schedule
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(day) = schedule.day_to_rotate(now) {
+            let salt = fresh_salt(day)?;
+            // Persist before use so ids are reproducible after a restart. If the disk refuses,
+            // keep serving with the salt in memory: ids would change on restart, which is logged,
+            // while refusing traffic would lose data.
+            if let Err(error) =
+                write_atomically(&salt_path(&self.dir, day), salt.salt.as_bytes(), 0o600)
+            {
+                tracing::error!(%error, day, "new salt could not be persisted");
+            }
+            if let Some(dropped) = schedule.rotate(salt) {
+                remove_durably(&salt_path(&self.dir, dropped.day))?;
+            }
+        }
+        if let Some(expired) = schedule.expire_previous(now) {
+            remove_durably(&salt_path(&self.dir, expired.day))?;
+        }
+        Ok(())
+    }
+
+    /// The identity of a request received at `now` from `(ip, user_agent)`.
+    pub fn identify(
+        &self,
+        now: Timestamp,
+        ip: IpAddr,
+        user_agent: &str,
+    ) -> Result<Identity, EngineError> {
+        if let Err(error) = self.maintain(now) {
+            // Either no randomness was available for a new salt (then `identify` below fails for
+            // the new day and the caller answers 503) or an old salt file could not be deleted.
+            tracing::error!(%error, "salt maintenance failed");
+        }
+        self.schedule
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .identify(now, ip, user_agent)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CARRY_MS: i64 = 30 * 60 * 1000;
+    const DAY: i64 = 20_500;
+
+    fn at(ms: i64) -> Timestamp {
+        Timestamp::from_unix_ms(ms).unwrap()
+    }
+
+    fn files(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn a_restart_keeps_ids_and_midnight_rotates_then_deletes_yesterday() {
+        let data = tempfile::tempdir().unwrap();
+        let noon = DAY * Timestamp::DAY_MS + 12 * 3_600_000;
+        let ip: IpAddr = "198.51.100.9".parse().unwrap();
+        let first = SaltStore::open(data.path(), at(noon), CARRY_MS).unwrap();
+        let id = first.identify(at(noon), ip, "UA").unwrap().visitor;
+        drop(first);
+        let second = SaltStore::open(data.path(), at(noon + 1000), CARRY_MS).unwrap();
+        assert_eq!(
+            second.identify(at(noon + 1000), ip, "UA").unwrap().visitor,
+            id
+        );
+        assert_eq!(files(second.dir()), [format!("{DAY}.salt")]);
+
+        let midnight = (DAY + 1) * Timestamp::DAY_MS;
+        let after = second.identify(at(midnight + 5), ip, "UA").unwrap();
+        assert_ne!(after.visitor, id);
+        assert_eq!(after.carried_from, Some(id));
+        assert_eq!(
+            files(second.dir()),
+            [format!("{DAY}.salt"), format!("{}.salt", DAY + 1)]
+        );
+        second.maintain(at(midnight + CARRY_MS)).unwrap();
+        assert_eq!(files(second.dir()), [format!("{}.salt", DAY + 1)]);
+    }
+
+    #[test]
+    fn stale_and_foreign_files_are_deleted_on_open() {
+        let data = tempfile::tempdir().unwrap();
+        let dir = data.path().join("salts");
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join(format!("{}.salt", DAY - 5)), [1u8; 32]).unwrap();
+        fs::write(dir.join("junk.tmp"), b"x").unwrap();
+        let store =
+            SaltStore::open(data.path(), at(DAY * Timestamp::DAY_MS + 1), CARRY_MS).unwrap();
+        assert_eq!(files(store.dir()), [format!("{DAY}.salt")]);
+    }
+}
