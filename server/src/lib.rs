@@ -23,6 +23,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ConnectInfo;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -47,12 +49,13 @@ pub mod user_agent;
 pub mod websites;
 
 pub use config::Config;
-pub use error::ServerError;
+pub use error::{ApiError, ServerError};
 pub use state::AppState;
 
-/// Largest request head (request line plus headers) a connection may buffer. Browsers send a
-/// few KiB; anything near this is abuse, and hyper answers 431.
-const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Largest request head (request line plus headers) accepted. Browsers send a few KiB; more
+/// is abuse. Hyper refuses heads that do not fit its read buffer (twice this) while parsing;
+/// `head_too_large` catches heads that arrived in one read and slipped under that check.
+const MAX_HEAD_BYTES: usize = 32 * 1024;
 /// Most headers in one request; hyper answers 431 beyond it.
 const MAX_HEADERS: usize = 100;
 /// How long in-flight requests get to finish after shutdown begins.
@@ -95,7 +98,7 @@ async fn serve(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
-        .max_buf_size(MAX_HEAD_BYTES)
+        .max_buf_size(2 * MAX_HEAD_BYTES)
         .max_headers(MAX_HEADERS);
 
     let maintenance = tokio::spawn(maintain(Arc::clone(&state)));
@@ -123,10 +126,21 @@ async fn serve(
         let _ = stream.set_nodelay(true);
         let app = app.clone();
         let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
-            request
-                .extensions_mut()
-                .insert(ConnectInfo::<SocketAddr>(peer));
-            app.clone().oneshot(request.map(axum::body::Body::new))
+            let app = app.clone();
+            async move {
+                if head_too_large(&request) {
+                    return Ok(ApiError::new(
+                        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                        "headers_too_large",
+                        format!("request headers exceed {MAX_HEAD_BYTES} bytes"),
+                    )
+                    .into_response());
+                }
+                request
+                    .extensions_mut()
+                    .insert(ConnectInfo::<SocketAddr>(peer));
+                app.oneshot(request.map(axum::body::Body::new)).await
+            }
         });
         let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
@@ -146,6 +160,20 @@ async fn serve(
     }
     maintenance.abort();
     Ok(())
+}
+
+/// Whether the request line and headers together exceed `MAX_HEAD_BYTES`.
+fn head_too_large<B>(request: &hyper::Request<B>) -> bool {
+    let uri = request
+        .uri()
+        .path_and_query()
+        .map_or(0, |target| target.as_str().len());
+    let headers: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    uri + headers > MAX_HEAD_BYTES
 }
 
 async fn maintain(state: Arc<AppState>) {

@@ -263,6 +263,11 @@ fn validate(raw: &RawEvent<'_>) -> Result<CollectEvent, ApiError> {
                 "must be a JSON object",
             ));
         }
+        // Parsing (and dropping) the object applies serde_json's nesting limit, so a deeply
+        // nested value is refused here rather than by whoever reads it later.
+        if let Err(e) = serde_json::from_str::<serde_json::Value>(text) {
+            return Err(ApiError::invalid_json(format!("event_data: {e}")));
+        }
     }
     for (value, name) in [
         (raw.screen, "screen"),
@@ -478,6 +483,13 @@ mod tests {
         check("[]", "empty_batch");
         check(&format!("[{}]", vec![ok; 51].join(",")), "batch_too_large");
         check(&format!("[{}]", vec!["0"; 5000].join(",")), "invalid_json");
+        let deep = format!("{}{}", "[".repeat(1000), "]".repeat(1000));
+        check(
+            &format!(
+                r#"{{"website_id":"s","type":"pageview","url":"/","event_data":{{"d":{deep}}}}}"#
+            ),
+            "invalid_json",
+        );
         check(&format!("[{}]", vec![ok; 50].join(",")), "ok");
         check(r#"{"type":"pageview","url":"/"}"#, "missing_field");
         check(r#"{"website_id":"s","url":"/"}"#, "missing_field");
