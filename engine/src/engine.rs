@@ -77,9 +77,10 @@ impl Engine {
     /// salt during the carry-over after midnight (`SaltSchedule::identify` computes it).
     pub fn ingest(
         &self,
-        event: Event,
+        event: impl Into<Arc<Event>>,
         carried_from: Option<VisitorId>,
     ) -> Result<Ingested, EngineError> {
+        let event = event.into();
         let website = self.website(&event.website)?;
         Ok(website.ingest(event, carried_from))
     }

@@ -150,6 +150,11 @@ impl Browser {
         Self::Other,
     ];
 
+    /// The family with this `repr(u8)` value, as stored in the event log.
+    pub fn from_u8(value: u8) -> Option<Self> {
+        Self::ALL.get(usize::from(value)).copied()
+    }
+
     /// The display name used in the realtime API.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -180,6 +185,11 @@ pub enum DeviceType {
 impl DeviceType {
     pub const ALL: [DeviceType; 4] = [Self::Desktop, Self::Mobile, Self::Tablet, Self::Other];
 
+    /// The class with this `repr(u8)` value, as stored in the event log.
+    pub fn from_u8(value: u8) -> Option<Self> {
+        Self::ALL.get(usize::from(value)).copied()
+    }
+
     /// The name used in the realtime API.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -209,6 +219,11 @@ impl CountryCode {
     pub fn as_str(&self) -> &str {
         // Both bytes are ASCII letters by construction, so this never falls back.
         std::str::from_utf8(&self.0).unwrap_or("??")
+    }
+
+    /// The two upper-case ASCII bytes.
+    pub fn as_bytes(&self) -> [u8; 2] {
+        self.0
     }
 }
 
@@ -261,6 +276,18 @@ mod tests {
         assert!(Timestamp::from_unix_ms(Timestamp::MAX_MS + 1).is_err());
         let ts = Timestamp::from_unix_ms(Timestamp::DAY_MS * 3 + 5).unwrap();
         assert_eq!((ts.utc_day(), ts.ms_into_day()), (3, 5));
+    }
+
+    #[test]
+    fn enum_codes_round_trip_through_u8() {
+        for browser in Browser::ALL {
+            assert_eq!(Browser::from_u8(browser as u8), Some(browser));
+        }
+        for device in DeviceType::ALL {
+            assert_eq!(DeviceType::from_u8(device as u8), Some(device));
+        }
+        assert_eq!(Browser::from_u8(Browser::ALL.len() as u8), None);
+        assert_eq!(DeviceType::from_u8(200), None);
     }
 
     #[test]

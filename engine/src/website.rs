@@ -112,7 +112,7 @@ impl WebsiteState {
 
     /// Records `event`. `carried_from` is the visitor's id under yesterday's salt during the
     /// carry-over after midnight (see `SaltSchedule::identify`).
-    pub fn ingest(&self, event: Event, carried_from: Option<VisitorId>) -> Ingested {
+    pub fn ingest(&self, event: Arc<Event>, carried_from: Option<VisitorId>) -> Ingested {
         let ts = event.ts.unix_ms();
         let window_ms = self.limits.window_ms();
         let mut writer = self.lock();
@@ -135,7 +135,7 @@ impl WebsiteState {
         } else {
             &self.human_ring
         };
-        ring.push(arrival, Arc::new(event));
+        ring.push(arrival, event);
         ring.evict_expired(cutoff_ms);
         if recorded == Recorded::Full {
             Ingested::VisitorWindowFull { arrival }

@@ -1,7 +1,25 @@
 //! Pulse's on-disk event log: append-only segment files, their writer and their replay.
 //!
-//! This crate is a placeholder until the durability work lands: it owns nothing yet. It will know
-//! files and bytes only (std::fs, memmap2), never HTTP or configuration.
+//! Knows files and bytes only (std::fs and memmap2): never HTTP, JSON, configuration or clocks —
+//! callers pass `now`. The format is versioned; `tests/fixtures/v1/` pins it.
 //!
 //! # Layout
-//! (empty until the segment format lands)
+//! - `record`: framing, `[len u32][crc32c u32][payload]`, pure.
+//! - `batch`: the payload — a batch of events with sequence numbers (`LogEntry`, `LoggedEvent`).
+//! - `segment`: file naming, the 32-byte header, listing segments.
+//! - `writer`: `SegmentWriter` — append, sync, roll, retention.
+//! - `replay`: `replay()` and the pure `scan_segment()`, torn-tail repair, corruption isolation.
+//! - `error`: `SnapshotError`, `RecordError`.
+
+pub mod batch;
+pub mod error;
+pub mod record;
+pub mod replay;
+pub mod segment;
+pub mod writer;
+
+pub use batch::{LogEntry, LoggedEvent};
+pub use error::{RecordError, SnapshotError};
+pub use replay::{replay, scan_segment, ReplayOptions, ReplayReport, ScanEnd};
+pub use segment::SegmentHeader;
+pub use writer::{SegmentLimits, SegmentWriter};

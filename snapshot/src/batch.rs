@@ -1,0 +1,380 @@
+//! The record payload, pure: a batch of events with consecutive sequence numbers, in a
+//! hand-written little-endian layout (faster than a generic encoder and as strict).
+//!
+//! ```text
+//! u8  kind = 1 (event batch)
+//! u64 first_seq            events are numbered first_seq, first_seq + 1, ...
+//! u32 count
+//! count × event:
+//!   i64 ts_ms   u64 visitor   u8 flags   u8 browser   u8 device
+//!   [u8; 2] country          if flags & COUNTRY
+//!   u64 carried_from         if flags & CARRIED
+//!   u8 len + website id      (1..=64 bytes, [A-Za-z0-9_-])
+//!   u16 len + target         (UTF-8, at most MAX_TARGET_BYTES)
+//!   u8 len + referrer host   if flags & REFERRER (UTF-8)
+//! ```
+//! flags: 1 bot, 2 custom event, 4 referrer, 8 country, 16 carried; other bits must be zero.
+//! Decoding checks every length against the bytes left before slicing, validates every value
+//! (timestamps in range, enums known, strings UTF-8, ids valid) and rejects trailing bytes.
+
+use std::sync::Arc;
+
+use pulse_engine::{
+    Browser, CountryCode, DeviceType, Event, EventKind, Timestamp, VisitorId, WebsiteId,
+};
+
+use crate::error::RecordError;
+
+/// The only payload kind so far.
+pub const KIND_EVENT_BATCH: u8 = 1;
+/// Longest target (path or event name) the log stores, in bytes.
+pub const MAX_TARGET_BYTES: usize = u16::MAX as usize;
+/// Bytes of the batch header (kind, first_seq, count).
+pub const BATCH_HEADER_BYTES: usize = 13;
+
+const FLAG_BOT: u8 = 1;
+const FLAG_CUSTOM: u8 = 2;
+const FLAG_REFERRER: u8 = 4;
+const FLAG_COUNTRY: u8 = 8;
+const FLAG_CARRIED: u8 = 16;
+const KNOWN_FLAGS: u8 = 31;
+/// Bytes of an event besides its optional parts and strings: ts, visitor, flags, browser,
+/// device and the two length prefixes of website and target.
+const FIXED_EVENT_BYTES: usize = 22;
+/// The smallest possible event: the fixed part and a one-byte website id.
+const MIN_EVENT_BYTES: usize = FIXED_EVENT_BYTES + 1;
+
+/// An event as the log carries it: the event and, during the midnight carry-over, the visitor's
+/// id under yesterday's salt (replay needs it to rebuild the window exactly).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogEntry {
+    pub event: Arc<Event>,
+    pub carried_from: Option<VisitorId>,
+}
+
+/// A `LogEntry` read back, with its sequence number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoggedEvent {
+    pub seq: u64,
+    pub entry: LogEntry,
+}
+
+/// Bytes `entry` takes in a payload; used to split batches below the record limit.
+pub fn encoded_len(entry: &LogEntry) -> usize {
+    let event = &entry.event;
+    FIXED_EVENT_BYTES
+        + if event.country.is_some() { 2 } else { 0 }
+        + if entry.carried_from.is_some() { 8 } else { 0 }
+        + event.website.as_str().len()
+        + event.target.len().min(MAX_TARGET_BYTES)
+        + event
+            .referrer_domain
+            .as_ref()
+            .map_or(0, |r| 1 + r.len().min(255))
+}
+
+/// Truncates `s` to at most `max` bytes on a character boundary.
+fn clip(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// Appends the payload for `entries`, numbered from `first_seq`, to `out`.
+pub fn encode(first_seq: u64, entries: &[LogEntry], out: &mut Vec<u8>) {
+    out.push(KIND_EVENT_BATCH);
+    out.extend_from_slice(&first_seq.to_le_bytes());
+    // Callers split batches far below 2^32 events (the record size limit comes first).
+    out.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+    for entry in entries {
+        let event = &entry.event;
+        let mut flags = 0;
+        if event.is_bot {
+            flags |= FLAG_BOT;
+        }
+        if event.kind == EventKind::Custom {
+            flags |= FLAG_CUSTOM;
+        }
+        if event.referrer_domain.is_some() {
+            flags |= FLAG_REFERRER;
+        }
+        if event.country.is_some() {
+            flags |= FLAG_COUNTRY;
+        }
+        if entry.carried_from.is_some() {
+            flags |= FLAG_CARRIED;
+        }
+        out.extend_from_slice(&event.ts.unix_ms().to_le_bytes());
+        out.extend_from_slice(&event.visitor.0.to_le_bytes());
+        out.extend_from_slice(&[flags, event.browser as u8, event.device as u8]);
+        if let Some(country) = event.country {
+            out.extend_from_slice(&country.as_bytes());
+        }
+        if let Some(carried) = entry.carried_from {
+            out.extend_from_slice(&carried.0.to_le_bytes());
+        }
+        // Website ids are at most 64 bytes by construction.
+        let website = event.website.as_str();
+        out.push(website.len() as u8);
+        out.extend_from_slice(website.as_bytes());
+        let target = clip(&event.target, MAX_TARGET_BYTES);
+        out.extend_from_slice(&(target.len() as u16).to_le_bytes());
+        out.extend_from_slice(target.as_bytes());
+        if let Some(referrer) = &event.referrer_domain {
+            let referrer = clip(referrer, 255);
+            out.push(referrer.len() as u8);
+            out.extend_from_slice(referrer.as_bytes());
+        }
+    }
+}
+
+/// A bounds-checked cursor over a payload.
+struct Cursor<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], RecordError> {
+        if n > self.bytes.len() {
+            return Err(RecordError::Payload(
+                "field runs past the end of the record",
+            ));
+        }
+        let (head, rest) = self.bytes.split_at(n);
+        self.bytes = rest;
+        Ok(head)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], RecordError> {
+        let mut out = [0u8; N];
+        out.copy_from_slice(self.take(N)?);
+        Ok(out)
+    }
+
+    fn u8(&mut self) -> Result<u8, RecordError> {
+        Ok(self.array::<1>()?[0])
+    }
+
+    fn u16(&mut self) -> Result<u16, RecordError> {
+        Ok(u16::from_le_bytes(self.array()?))
+    }
+
+    fn u32(&mut self) -> Result<u32, RecordError> {
+        Ok(u32::from_le_bytes(self.array()?))
+    }
+
+    fn u64(&mut self) -> Result<u64, RecordError> {
+        Ok(u64::from_le_bytes(self.array()?))
+    }
+
+    fn str(&mut self, len: usize) -> Result<&'a str, RecordError> {
+        std::str::from_utf8(self.take(len)?)
+            .map_err(|_| RecordError::Payload("string is not UTF-8"))
+    }
+}
+
+/// The first sequence number of a payload, read without decoding the rest (used to resync after
+/// corruption).
+pub fn peek_first_seq(payload: &[u8]) -> Option<u64> {
+    match payload {
+        [KIND_EVENT_BATCH, rest @ ..] => {
+            rest.first_chunk::<8>().map(|seq| u64::from_le_bytes(*seq))
+        }
+        _ => None,
+    }
+}
+
+/// Decodes a payload, calling `visit` for each event in order. `website_cache` keeps the last
+/// website id so consecutive events of one site share one allocation.
+pub fn decode(
+    payload: &[u8],
+    website_cache: &mut Option<WebsiteId>,
+    mut visit: impl FnMut(LoggedEvent),
+) -> Result<(u64, u32), RecordError> {
+    let mut cur = Cursor { bytes: payload };
+    if cur.u8()? != KIND_EVENT_BATCH {
+        return Err(RecordError::Payload("unknown record kind"));
+    }
+    let first_seq = cur.u64()?;
+    let count = cur.u32()?;
+    // A count the payload cannot hold is rejected before any work is done for it.
+    if count as usize > cur.bytes.len() / MIN_EVENT_BYTES {
+        return Err(RecordError::Payload("event count exceeds the record"));
+    }
+    if first_seq.checked_add(u64::from(count)).is_none() {
+        return Err(RecordError::Payload("sequence numbers overflow"));
+    }
+    for i in 0..count {
+        let ts_raw = cur.u64()? as i64;
+        let ts = Timestamp::from_unix_ms(ts_raw)
+            .map_err(|_| RecordError::Payload("timestamp out of range"))?;
+        let visitor = VisitorId(cur.u64()?);
+        let flags = cur.u8()?;
+        if flags & !KNOWN_FLAGS != 0 {
+            return Err(RecordError::Payload("unknown event flags"));
+        }
+        let browser = Browser::from_u8(cur.u8()?).ok_or(RecordError::Payload("unknown browser"))?;
+        let device =
+            DeviceType::from_u8(cur.u8()?).ok_or(RecordError::Payload("unknown device type"))?;
+        let country = if flags & FLAG_COUNTRY != 0 {
+            let code = cur.array::<2>()?;
+            let code =
+                std::str::from_utf8(&code).map_err(|_| RecordError::Payload("bad country"))?;
+            Some(CountryCode::new(code).ok_or(RecordError::Payload("bad country"))?)
+        } else {
+            None
+        };
+        let carried_from = if flags & FLAG_CARRIED != 0 {
+            Some(VisitorId(cur.u64()?))
+        } else {
+            None
+        };
+        let website_len = usize::from(cur.u8()?);
+        let website_str = cur.str(website_len)?;
+        let website = match website_cache {
+            Some(cached) if cached.as_str() == website_str => cached.clone(),
+            _ => {
+                let id = WebsiteId::new(website_str)
+                    .map_err(|_| RecordError::Payload("invalid website id"))?;
+                *website_cache = Some(id.clone());
+                id
+            }
+        };
+        let target_len = usize::from(cur.u16()?);
+        let target = cur.str(target_len)?;
+        let referrer_domain = if flags & FLAG_REFERRER != 0 {
+            let len = usize::from(cur.u8()?);
+            Some(Arc::from(cur.str(len)?))
+        } else {
+            None
+        };
+        let kind = if flags & FLAG_CUSTOM != 0 {
+            EventKind::Custom
+        } else {
+            EventKind::Pageview
+        };
+        visit(LoggedEvent {
+            seq: first_seq + u64::from(i),
+            entry: LogEntry {
+                event: Arc::new(Event {
+                    website,
+                    ts,
+                    visitor,
+                    kind,
+                    target: Arc::from(target),
+                    referrer_domain,
+                    is_bot: flags & FLAG_BOT != 0,
+                    browser,
+                    device,
+                    country,
+                }),
+                carried_from,
+            },
+        });
+    }
+    if !cur.bytes.is_empty() {
+        return Err(RecordError::Payload("trailing bytes after the last event"));
+    }
+    Ok((first_seq, count))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    pub fn entry_strategy() -> impl Strategy<Value = LogEntry> {
+        (
+            0..=Timestamp::MAX_MS,
+            any::<u64>(),
+            any::<bool>(),
+            any::<bool>(),
+            0..Browser::ALL.len(),
+            0..DeviceType::ALL.len(),
+            proptest::option::of("[A-Z]{2}"),
+            proptest::option::of(any::<u64>()),
+            "[A-Za-z0-9_-]{1,64}",
+            ".{0,40}",
+            proptest::option::of("[a-z0-9.-]{1,40}"),
+        )
+            .prop_map(
+                |(ts, visitor, is_bot, custom, b, d, country, carried, site, target, referrer)| {
+                    LogEntry {
+                        event: Arc::new(Event {
+                            website: WebsiteId::new(&site).unwrap(),
+                            ts: Timestamp::from_unix_ms(ts).unwrap(),
+                            visitor: VisitorId(visitor),
+                            kind: if custom {
+                                EventKind::Custom
+                            } else {
+                                EventKind::Pageview
+                            },
+                            target: Arc::from(target),
+                            referrer_domain: referrer.map(Arc::from),
+                            is_bot,
+                            browser: Browser::ALL[b],
+                            device: DeviceType::ALL[d],
+                            country: country.and_then(|c| CountryCode::new(&c)),
+                        }),
+                        carried_from: carried.map(VisitorId),
+                    }
+                },
+            )
+    }
+
+    fn decode_all(payload: &[u8]) -> Result<Vec<LoggedEvent>, RecordError> {
+        let mut out = Vec::new();
+        decode(payload, &mut None, |e| out.push(e))?;
+        Ok(out)
+    }
+
+    proptest! {
+        #[test]
+        fn encode_then_decode_round_trips(
+            first_seq in 0..u64::MAX / 2,
+            entries in prop::collection::vec(entry_strategy(), 0..20),
+        ) {
+            let mut payload = Vec::new();
+            encode(first_seq, &entries, &mut payload);
+            prop_assert_eq!(
+                payload.len(),
+                BATCH_HEADER_BYTES + entries.iter().map(encoded_len).sum::<usize>()
+            );
+            let decoded = decode_all(&payload).unwrap();
+            prop_assert_eq!(decoded.len(), entries.len());
+            for (i, (got, want)) in decoded.iter().zip(&entries).enumerate() {
+                prop_assert_eq!(got.seq, first_seq + i as u64);
+                prop_assert_eq!(&got.entry, want);
+            }
+        }
+
+        #[test]
+        fn truncated_or_extended_payloads_are_rejected(
+            entries in prop::collection::vec(entry_strategy(), 1..5),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let mut payload = Vec::new();
+            encode(7, &entries, &mut payload);
+            let cut = cut.index(payload.len());
+            prop_assert!(decode_all(&payload[..cut]).is_err());
+            payload.push(0);
+            prop_assert!(decode_all(&payload).is_err());
+        }
+    }
+
+    #[test]
+    fn a_huge_count_is_rejected_without_work() {
+        let mut payload = vec![KIND_EVENT_BATCH];
+        payload.extend_from_slice(&0u64.to_le_bytes());
+        payload.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(
+            decode_all(&payload),
+            Err(RecordError::Payload("event count exceeds the record"))
+        );
+    }
+}
