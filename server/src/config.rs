@@ -8,8 +8,10 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use pulse_engine::EngineLimits;
+use pulse_snapshot::SegmentLimits;
 
 use crate::client_ip::Cidr;
+use crate::event_log::{Durability, LogOptions};
 
 /// Largest request body accepted on any route, in bytes (100 KiB).
 pub const MAX_BODY_BYTES: usize = 100 * 1024;
@@ -66,6 +68,31 @@ pub struct Config {
     #[arg(long, env = "PULSE_BODY_TIMEOUT_MS", default_value_t = 10_000)]
     pub body_timeout_ms: u64,
 
+    /// When an accepted event reaches the disk: `interval` (written at once, fsynced every
+    /// --fsync-interval-ms), `sync` (the 202 waits for the fsync) or `none` (the OS decides).
+    #[arg(long, env = "PULSE_DURABILITY", value_enum, default_value_t = Durability::Interval)]
+    pub durability: Durability,
+
+    /// Longest time between fsyncs in `interval` mode, in milliseconds.
+    #[arg(long, env = "PULSE_FSYNC_INTERVAL_MS", default_value_t = 1000)]
+    pub fsync_interval_ms: u64,
+
+    /// Size at which the event log rolls to a new segment (bytes; KiB/MiB/GiB suffixes allowed).
+    #[arg(long, env = "PULSE_SEGMENT_MAX_BYTES", default_value = "64MiB", value_parser = parse_bytes)]
+    pub segment_max_bytes: u64,
+
+    /// Age at which the event log rolls to a new segment, in seconds.
+    #[arg(long, env = "PULSE_SEGMENT_MAX_AGE_SECS", default_value_t = 600)]
+    pub segment_max_age_secs: u64,
+
+    /// Days of events kept on disk; older segments are deleted whole.
+    #[arg(long, env = "PULSE_RETENTION_DAYS", default_value_t = 30)]
+    pub retention_days: u32,
+
+    /// Requests (batches of events) the write queue holds; when full, collect answers 503.
+    #[arg(long, env = "PULSE_QUEUE_CAPACITY", default_value_t = 4096)]
+    pub queue_capacity: usize,
+
     /// Log format on stderr.
     #[arg(long, env = "PULSE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -80,6 +107,22 @@ impl Config {
         }
     }
 
+    pub fn log_options(&self) -> LogOptions {
+        LogOptions {
+            dir: self.data_dir.join("segments"),
+            durability: self.durability,
+            fsync_interval: Duration::from_millis(self.fsync_interval_ms.max(1)),
+            limits: SegmentLimits {
+                max_segment_bytes: self.segment_max_bytes.max(1),
+                max_segment_age_ms: i64::try_from(self.segment_max_age_secs.saturating_mul(1000))
+                    .unwrap_or(i64::MAX),
+                retention_ms: i64::from(self.retention_days) * 86_400_000,
+            },
+            queue_capacity: self.queue_capacity.max(1),
+            window_ms: self.engine_limits().window_ms(),
+        }
+    }
+
     pub fn http_limits(&self) -> HttpLimits {
         HttpLimits {
             max_connections: self.max_connections.max(1),
@@ -88,6 +131,29 @@ impl Config {
             max_body_bytes: MAX_BODY_BYTES,
         }
     }
+}
+
+/// Parses a byte size: a number with an optional `B`, `KiB`, `MiB` or `GiB` suffix (also `K`,
+/// `M`, `G`, `KB`, `MB`, `GB`, all powers of 1024).
+pub fn parse_bytes(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let number: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size like 512MiB"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        _ => return Err(format!("{text:?} has an unknown unit; use KiB, MiB or GiB")),
+    };
+    number
+        .checked_mul(1 << shift)
+        .ok_or_else(|| format!("{text:?} is too large"))
 }
 
 /// Limits the HTTP layer enforces on every connection and request.
@@ -111,6 +177,21 @@ mod tests {
         assert!(config.trusted_proxies.is_empty());
         assert!(config.admin_token.is_none());
         assert_eq!(config.engine_limits(), EngineLimits::default());
+    }
+
+    #[test]
+    fn byte_sizes_parse_with_binary_units() {
+        let check = |text: &str, expected: Result<u64, ()>| {
+            assert_eq!(parse_bytes(text).map_err(|_| ()), expected, "{text:?}");
+        };
+        check("1024", Ok(1024));
+        check("64MiB", Ok(64 << 20));
+        check("512 mb", Ok(512 << 20));
+        check("2G", Ok(2 << 30));
+        check("", Err(()));
+        check("12XB", Err(()));
+        check("MiB", Err(()));
+        check("99999999999999999999GiB", Err(()));
     }
 
     #[test]

@@ -16,6 +16,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// Seconds for a `Retry-After` header (503 and 429 answers).
+    pub retry_after_secs: Option<u32>,
 }
 
 impl ApiError {
@@ -24,7 +26,14 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after_secs: None,
         }
+    }
+
+    /// Adds a `Retry-After` header to the answer.
+    pub fn retry_after(mut self, secs: u32) -> Self {
+        self.retry_after_secs = Some(secs);
+        self
     }
 
     pub fn invalid_json(message: impl Into<String>) -> Self {
@@ -120,6 +129,11 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        if let Some(secs) = self.retry_after_secs {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         response
     }
 }
@@ -147,4 +161,6 @@ pub enum ServerError {
     Engine(#[from] pulse_engine::EngineError),
     #[error("listener: {0}")]
     Listener(std::io::Error),
+    #[error("event log: {0}")]
+    Log(String),
 }

@@ -12,13 +12,13 @@
 //! - `auth`: the admin token check. `body`: bounded, timed body reading.
 //! - `client_ip`: trusted proxies and `X-Forwarded-For`. `referrer`: referrer hosts.
 //! - `user_agent`: bot, browser and device classification in one pass.
+//! - `event_log`: `EventLog`, the write queue, replay and the writer thread (`Durability`).
 //! - `salts`: daily salts on disk. `websites`: the website registry and its file.
 //! - `geoip`: optional country lookup. `clock`: now and RFC 3339.
 //! - `atomic_file`: crash-safe small-file replacement. `error`: `ApiError`, `ServerError`.
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,6 +40,7 @@ pub mod client_ip;
 pub mod clock;
 pub mod config;
 pub mod error;
+pub mod event_log;
 pub mod geoip;
 pub mod referrer;
 pub mod routes;
@@ -74,15 +75,30 @@ pub fn check_exposure(config: &Config) -> Result<(), ServerError> {
     Ok(())
 }
 
-/// Serves `listener` with `state` until `shutdown` completes: then stops accepting, drains
-/// in-flight requests (up to `DRAIN_TIMEOUT`) and returns.
+/// Serves `listener` with `state` until `shutdown` completes or the event log fails: then
+/// stops accepting, drains in-flight requests (up to `DRAIN_TIMEOUT`), writes and fsyncs every
+/// accepted event, and returns — an error if the event log failed.
 pub async fn run(
     state: Arc<AppState>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
-    state.ready.store(true, Ordering::Release);
-    serve(state, listener, shutdown).await
+    let status = Arc::clone(state.log.status());
+    let stop = async {
+        tokio::select! {
+            () = shutdown => {}
+            () = status.fatal() => {}
+        }
+    };
+    serve(Arc::clone(&state), listener, stop).await?;
+    let log_state = Arc::clone(&state);
+    tokio::task::spawn_blocking(move || log_state.log.shutdown())
+        .await
+        .map_err(|e| ServerError::Log(format!("log shutdown task failed: {e}")))?;
+    match state.log.status().fatal_error() {
+        Some(error) => Err(ServerError::Log(error)),
+        None => Ok(()),
+    }
 }
 
 async fn serve(

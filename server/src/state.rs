@@ -4,32 +4,35 @@
 //! Built once at start-up from `Config` (opening the data directory); it does not know HTTP.
 
 use std::path::Path;
-use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 use pulse_engine::{Engine, Timestamp};
 
 use crate::client_ip::TrustedProxies;
 use crate::config::{Config, HttpLimits};
 use crate::error::ServerError;
+use crate::event_log::EventLog;
 use crate::geoip::GeoIp;
 use crate::salts::SaltStore;
 use crate::websites::WebsiteRegistry;
 
 #[derive(Debug)]
 pub struct AppState {
-    pub engine: Engine,
+    pub engine: Arc<Engine>,
+    /// The write queue and the writer thread (which replays the log at start-up).
+    pub log: EventLog,
     pub websites: WebsiteRegistry,
     pub salts: SaltStore,
     pub proxies: TrustedProxies,
     pub admin_token: Option<String>,
     pub geoip: Option<GeoIp>,
     pub http: HttpLimits,
-    /// True once start-up work is done and the server answers with complete data.
-    pub ready: AtomicBool,
 }
 
 impl AppState {
-    /// Opens the data directory and everything in it. `now_ms` decides which salts are live.
+    /// Opens the data directory and everything in it, and starts the log writer, which replays
+    /// the event log in the background (`log.status().is_ready()` says when it is done).
+    /// `now_ms` decides which salts are live.
     pub fn open(config: &Config, now_ms: i64) -> Result<Self, ServerError> {
         let data_dir = config.data_dir.as_path();
         let dir_error = |source| ServerError::DataDir {
@@ -38,7 +41,7 @@ impl AppState {
         };
         std::fs::create_dir_all(data_dir).map_err(dir_error)?;
         let limits = config.engine_limits();
-        let engine = Engine::new(limits)?;
+        let engine = Arc::new(Engine::new(limits)?);
         let websites = WebsiteRegistry::open(data_dir)?;
         for website in websites.list() {
             if let Some(entry) = websites.get(&website.id) {
@@ -48,15 +51,17 @@ impl AppState {
         let now = Timestamp::from_unix_ms(now_ms)?;
         let salts = open_salts(data_dir, now, limits.window_ms())?;
         let geoip = config.geoip_db.as_deref().map(GeoIp::open).transpose()?;
+        // Websites are registered before replay starts, so replayed events find their website.
+        let log = EventLog::start(config.log_options(), Arc::clone(&engine));
         Ok(Self {
             engine,
+            log,
             websites,
             salts,
             proxies: TrustedProxies::new(config.trusted_proxies.clone()),
             admin_token: config.admin_token.clone().filter(|t| !t.is_empty()),
             geoip,
             http: config.http_limits(),
-            ready: AtomicBool::new(false),
         })
     }
 }

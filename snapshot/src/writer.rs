@@ -94,6 +94,12 @@ impl SegmentWriter {
         now_ms: i64,
     ) -> Result<(File, PathBuf, SegmentHeader), SnapshotError> {
         let path = dir.join(segment_file_name(first_seq));
+        // A segment that never got a record (the server stopped right after starting it) has the
+        // name the new one needs; it holds nothing, so it is replaced.
+        if std::fs::metadata(&path).is_ok_and(|m| m.len() <= HEADER_BYTES as u64) {
+            std::fs::remove_file(&path)
+                .map_err(|e| SnapshotError::io("replace empty segment", &path, e))?;
+        }
         let header = SegmentHeader {
             first_seq,
             created_ms: now_ms,

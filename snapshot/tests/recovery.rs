@@ -260,6 +260,30 @@ fn writing_continues_after_replay_without_gaps_or_duplicates() {
 }
 
 #[test]
+fn a_restart_without_new_events_reuses_the_empty_segment_name() {
+    let dir = tempfile::tempdir().unwrap();
+    write_segment(dir.path(), &[2]);
+    let (_, first) = replay_all(dir.path());
+    drop(
+        SegmentWriter::create(dir.path(), first.next_seq, T0 + 1, SegmentLimits::default())
+            .unwrap(),
+    );
+    let (_, second) = replay_all(dir.path());
+    assert_eq!(second.next_seq, 2);
+    let mut writer = SegmentWriter::create(
+        dir.path(),
+        second.next_seq,
+        T0 + 2,
+        SegmentLimits::default(),
+    )
+    .unwrap();
+    writer.append(&[entry(2)], T0 + 2).unwrap();
+    writer.sync().unwrap();
+    let (events, _) = replay_all(dir.path());
+    check_events(&events, 0..3);
+}
+
+#[test]
 fn retention_deletes_only_segments_wholly_older_than_the_period() {
     let dir = tempfile::tempdir().unwrap();
     let limits = SegmentLimits {

@@ -15,6 +15,7 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use pulse_engine::{EngineError, Event, EventKind, Timestamp, WebsiteId};
+use pulse_snapshot::LogEntry;
 use serde::de::{self, IgnoredAny, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -22,6 +23,7 @@ use serde_json::value::RawValue;
 use crate::body::read_body;
 use crate::clock;
 use crate::error::ApiError;
+use crate::event_log::SubmitError;
 use crate::referrer::referrer_domain;
 use crate::state::AppState;
 use crate::user_agent;
@@ -426,26 +428,56 @@ pub async fn collect(
         })?;
     let country = state.geoip.as_ref().and_then(|g| g.country(ip));
 
-    for (website, event) in recorded {
-        let referrer_domain = referrer_domain(event.referrer.as_deref(), &website.site_domain);
-        let event = Event {
-            website: website.id.clone(),
-            ts: now,
-            visitor: identity.visitor,
-            kind: event.kind,
-            target: Arc::from(event.target),
-            referrer_domain: referrer_domain.map(Arc::from),
-            is_bot: class.is_bot,
-            browser: class.browser,
-            device: class.device,
-            country,
-        };
-        if let Err(error) = state.engine.ingest(event, identity.carried_from) {
+    let entries: Vec<LogEntry> = recorded
+        .into_iter()
+        .map(|(website, event)| {
+            let referrer_domain = referrer_domain(event.referrer.as_deref(), &website.site_domain);
+            LogEntry {
+                event: Arc::new(Event {
+                    website: website.id.clone(),
+                    ts: now,
+                    visitor: identity.visitor,
+                    kind: event.kind,
+                    target: Arc::from(event.target),
+                    referrer_domain: referrer_domain.map(Arc::from),
+                    is_bot: class.is_bot,
+                    browser: class.browser,
+                    device: class.device,
+                    country,
+                }),
+                carried_from: identity.carried_from,
+            }
+        })
+        .collect();
+    // Queue for the log first: a 202 must mean the event will be in the log, so an event the
+    // queue refuses is not counted either.
+    let durable = state.log.submit(entries.clone()).map_err(|e| match e {
+        SubmitError::Full => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "queue_full",
+            "the server is busy writing events; retry shortly",
+        )
+        .retry_after(1),
+        SubmitError::Closed => log_unavailable(),
+    })?;
+    for entry in entries {
+        if let Err(error) = state.engine.ingest(entry.event, entry.carried_from) {
             // Only possible when the website was deleted between validation and now.
-            tracing::debug!(%error, "event dropped for a website deleted meanwhile");
+            tracing::debug!(%error, "event not counted for a website deleted meanwhile");
         }
     }
+    if let Some(durable) = durable {
+        durable.await.map_err(|_| log_unavailable())?;
+    }
     Ok(accepted())
+}
+
+fn log_unavailable() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "log_unavailable",
+        "the event log is not accepting writes",
+    )
 }
 
 fn accepted() -> Response {

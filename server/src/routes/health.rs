@@ -1,7 +1,6 @@
 //! `GET /healthz` (the process answers) and `GET /readyz` (start-up is done and answers are
 //! complete). Neither needs a token; neither says anything about traffic.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -18,8 +17,29 @@ pub async fn healthz() -> Response {
 }
 
 pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    if state.ready.load(Ordering::Acquire) {
-        Json(json!({"status": "ready"})).into_response()
+    let status = state.log.status();
+    if let Some(error) = status.fatal_error() {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "log_failed",
+            format!("the event log failed: {error}"),
+        )
+        .into_response();
+    }
+    if let (true, Some(report)) = (status.is_ready(), status.replay_report()) {
+        Json(json!({
+            "status": "ready",
+            "replay": {
+                "events": report.events,
+                "segments_read": report.segments_read,
+                "segments_skipped": report.segments_skipped,
+                "duration_ms": report.duration.as_millis() as u64,
+                "torn_tail_bytes": report.torn_tail.as_ref().map_or(0, |t| t.bytes_removed),
+                "corrupt_segments": report.broken.len(),
+                "sequence_gaps": report.gaps.len(),
+            }
+        }))
+        .into_response()
     } else {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -1,0 +1,325 @@
+//! `EventLog`: the bounded queue between request handlers and the disk, and the writer thread
+//! behind it that replays the log at start-up, then appends, fsyncs and rolls segments.
+//!
+//! Handlers never wait on the disk: they `submit` a batch and get `Full` back at once when the
+//! queue is at capacity (the route answers 503). What a 202 promises is `Durability`'s:
+//! - `Interval`: written as soon as the writer drains the queue (well within 100 ms) and fsynced
+//!   at least every `fsync_interval`;
+//! - `Sync`: the handler awaits the fsync that covers its batch; every batch drained together
+//!   shares one fsync (group commit);
+//! - `None`: written; the OS decides when it reaches the disk.
+//!
+//! A failed write or fsync is fatal: the writer stops, `fatal` fires and the server shuts down
+//! with a non-zero exit. It never retries an fsync (after a failure the kernel may have dropped
+//! the dirty pages, so a retry could report success for data that is gone).
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use clap::ValueEnum;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use pulse_engine::Engine;
+use pulse_snapshot::{replay, LogEntry, ReplayOptions, ReplayReport, SegmentLimits, SegmentWriter};
+use tokio::sync::{oneshot, Notify};
+
+use crate::clock;
+
+/// When an accepted event reaches the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Durability {
+    Interval,
+    Sync,
+    None,
+}
+
+/// How the writer thread is set up.
+#[derive(Debug, Clone)]
+pub struct LogOptions {
+    pub dir: PathBuf,
+    pub durability: Durability,
+    pub fsync_interval: Duration,
+    pub limits: SegmentLimits,
+    /// Batches the queue holds (each at most one request's events).
+    pub queue_capacity: usize,
+    /// Events at or before `now - window_ms` need not be replayed.
+    pub window_ms: i64,
+}
+
+/// Most entries the writer gathers before writing, so one huge backlog does not become one
+/// huge record set held in memory twice.
+const MAX_ENTRIES_PER_WRITE: usize = 16 * 1024;
+
+enum Message {
+    Batch {
+        entries: Vec<LogEntry>,
+        durable: Option<oneshot::Sender<()>>,
+    },
+    Shutdown,
+}
+
+/// Why a batch was not accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubmitError {
+    /// The queue is full: try again shortly.
+    Full,
+    /// The writer has stopped (fatal error or shutdown).
+    Closed,
+}
+
+/// What the rest of the server can see of the log: readiness, the replay report, fatal errors.
+#[derive(Debug, Default)]
+pub struct LogStatus {
+    ready: AtomicBool,
+    replay: Mutex<Option<ReplayReport>>,
+    fatal: Mutex<Option<String>>,
+    fatal_notify: Notify,
+}
+
+impl LogStatus {
+    /// True once replay is done and the writer runs.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    pub fn replay_report(&self) -> Option<ReplayReport> {
+        self.replay
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    pub fn fatal_error(&self) -> Option<String> {
+        self.fatal
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Completes when the writer hits a fatal error.
+    pub async fn fatal(&self) {
+        loop {
+            let notified = self.fatal_notify.notified();
+            if self.fatal_error().is_some() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    fn set_fatal(&self, message: String) {
+        tracing::error!(error = %message, "event log failed: shutting down");
+        *self.fatal.lock().unwrap_or_else(PoisonError::into_inner) = Some(message);
+        self.fatal_notify.notify_waiters();
+        self.fatal_notify.notify_one();
+    }
+}
+
+#[derive(Debug)]
+pub struct EventLog {
+    sender: Sender<Message>,
+    durability: Durability,
+    status: Arc<LogStatus>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Message {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Batch { entries, .. } => write!(f, "Batch({})", entries.len()),
+            Self::Shutdown => f.write_str("Shutdown"),
+        }
+    }
+}
+
+impl EventLog {
+    /// Starts the writer thread: it replays `options.dir` into `engine`, then serves the queue.
+    pub fn start(options: LogOptions, engine: Arc<Engine>) -> Self {
+        let (sender, receiver) = crossbeam_channel::bounded(options.queue_capacity.max(1));
+        let status = Arc::new(LogStatus::default());
+        let durability = options.durability;
+        let thread_status = Arc::clone(&status);
+        let thread = std::thread::Builder::new()
+            .name("pulse-log".into())
+            .spawn(move || {
+                if let Err(message) = writer_main(&options, &engine, &receiver, &thread_status) {
+                    thread_status.set_fatal(message);
+                }
+            });
+        let thread = match thread {
+            Ok(handle) => Some(handle),
+            Err(e) => {
+                status.set_fatal(format!("cannot start the log writer thread: {e}"));
+                None
+            }
+        };
+        Self {
+            sender,
+            durability,
+            status,
+            thread: Mutex::new(thread),
+        }
+    }
+
+    pub fn status(&self) -> &Arc<LogStatus> {
+        &self.status
+    }
+
+    pub fn durability(&self) -> Durability {
+        self.durability
+    }
+
+    /// Queues `entries` without waiting. In `Sync` mode the returned receiver completes once
+    /// they are fsynced (and is dropped unanswered if the writer fails).
+    pub fn submit(
+        &self,
+        entries: Vec<LogEntry>,
+    ) -> Result<Option<oneshot::Receiver<()>>, SubmitError> {
+        let (durable, receiver) = if self.durability == Durability::Sync {
+            let (tx, rx) = oneshot::channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        match self.sender.try_send(Message::Batch { entries, durable }) {
+            Ok(()) => Ok(receiver),
+            Err(TrySendError::Full(_)) => Err(SubmitError::Full),
+            Err(TrySendError::Disconnected(_)) => Err(SubmitError::Closed),
+        }
+    }
+
+    /// Batches waiting in the queue.
+    pub fn queue_depth(&self) -> usize {
+        self.sender.len()
+    }
+
+    /// Asks the writer to write and fsync everything queued, then waits for it to stop.
+    /// Blocking: call it from a blocking context.
+    pub fn shutdown(&self) {
+        let _ = self.sender.send(Message::Shutdown);
+        let handle = self
+            .thread
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(handle) = handle {
+            if handle.join().is_err() {
+                self.status
+                    .set_fatal("the log writer thread panicked".into());
+            }
+        }
+    }
+}
+
+fn writer_main(
+    options: &LogOptions,
+    engine: &Engine,
+    receiver: &Receiver<Message>,
+    status: &LogStatus,
+) -> Result<(), String> {
+    let now_ms = clock::now_ms();
+    let replay_options = ReplayOptions {
+        skip_before_ms: now_ms - options.window_ms,
+    };
+    let report = replay(&options.dir, replay_options, |logged| {
+        // Events of websites deleted since they were logged have nowhere to go.
+        let _ = engine.ingest(logged.entry.event, logged.entry.carried_from);
+    })
+    .map_err(|e| format!("replay failed: {e}"))?;
+    tracing::info!(
+        events = report.events,
+        segments = report.segments_read,
+        skipped = report.segments_skipped,
+        corrupt = report.broken.len(),
+        ms = report.duration.as_millis() as u64,
+        "replay done"
+    );
+    let mut writer = SegmentWriter::create(&options.dir, report.next_seq, now_ms, options.limits)
+        .map_err(|e| format!("cannot start a segment: {e}"))?;
+    if let Err(e) = writer.enforce_retention(now_ms) {
+        tracing::warn!(error = %e, "retention could not delete old segments");
+    }
+    *status.replay.lock().unwrap_or_else(PoisonError::into_inner) = Some(report);
+    status.ready.store(true, Ordering::Release);
+    write_loop(options, &mut writer, receiver)
+}
+
+fn write_loop(
+    options: &LogOptions,
+    writer: &mut SegmentWriter,
+    receiver: &Receiver<Message>,
+) -> Result<(), String> {
+    let mut last_sync = Instant::now();
+    let mut entries: Vec<LogEntry> = Vec::new();
+    let mut waiting: Vec<oneshot::Sender<()>> = Vec::new();
+    let mut stopping = false;
+    while !stopping {
+        let timeout = match options.durability {
+            Durability::Interval if writer.has_unsynced() => {
+                options.fsync_interval.saturating_sub(last_sync.elapsed())
+            }
+            _ => Duration::from_secs(1),
+        };
+        let mut next = match receiver.recv_timeout(timeout) {
+            Ok(message) => Some(message),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => {
+                stopping = true;
+                None
+            }
+        };
+        // Gather everything already queued into one write (and, in sync mode, one fsync).
+        while let Some(message) = next.take() {
+            match message {
+                Message::Batch {
+                    entries: batch,
+                    durable,
+                } => {
+                    entries.extend(batch);
+                    waiting.extend(durable);
+                }
+                Message::Shutdown => stopping = true,
+            }
+            if entries.len() < MAX_ENTRIES_PER_WRITE {
+                next = receiver.try_recv().ok();
+            }
+        }
+        if !entries.is_empty() {
+            writer
+                .append(&entries, clock::now_ms())
+                .map_err(|e| format!("append failed: {e}"))?;
+            entries.clear();
+        }
+        let sync_due = match options.durability {
+            Durability::Sync => !waiting.is_empty(),
+            Durability::Interval => last_sync.elapsed() >= options.fsync_interval,
+            Durability::None => false,
+        };
+        if sync_due || stopping {
+            writer.sync().map_err(|e| format!("fsync failed: {e}"))?;
+            last_sync = Instant::now();
+            for done in waiting.drain(..) {
+                let _ = done.send(());
+            }
+        }
+    }
+    // Whatever was queued after the shutdown message is written too before the thread ends.
+    while let Ok(Message::Batch {
+        entries: batch,
+        durable,
+    }) = receiver.try_recv()
+    {
+        writer
+            .append(&batch, clock::now_ms())
+            .map_err(|e| format!("append failed: {e}"))?;
+        waiting.extend(durable);
+    }
+    writer.sync().map_err(|e| format!("fsync failed: {e}"))?;
+    for done in waiting.drain(..) {
+        let _ = done.send(());
+    }
+    tracing::info!(next_seq = writer.next_seq(), "event log flushed and closed");
+    Ok(())
+}
