@@ -8,7 +8,8 @@
 //! # Layout
 //! - `config`: `Config` (flags and `PULSE_*` variables), `HttpLimits`.
 //! - `state`: `AppState`, what handlers share.
-//! - `routes`: the router and one module per route (`collect`, `realtime`, `websites`, `health`).
+//! - `routes`: the router and one module per route (`collect`, `realtime`, `websites`, `health`,
+//!   `assets` — the embedded dashboard and `/s.js` tracker).
 //! - `auth`: the admin token check. `body`: bounded, timed body reading.
 //! - `client_ip`: trusted proxies and `X-Forwarded-For`. `referrer`: referrer hosts.
 //! - `user_agent`: bot, browser and device classification in one pass.

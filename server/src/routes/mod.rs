@@ -11,6 +11,7 @@ use crate::auth::require_admin;
 use crate::error::ApiError;
 use crate::state::AppState;
 
+pub mod assets;
 pub mod collect;
 pub mod health;
 pub mod realtime;
@@ -38,7 +39,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .layer(middleware::map_response(collect::allow_any_origin))
         .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz));
+        .route("/readyz", get(health::readyz))
+        .merge(assets::router());
     admin
         .merge(public)
         .fallback(|| async { ApiError::not_found() })
