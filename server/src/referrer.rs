@@ -21,7 +21,11 @@ pub fn normalized_host(url: &str) -> Option<String> {
         host_port.split(':').next().unwrap_or("")
     };
     let host = host.trim_end_matches('.').to_ascii_lowercase();
-    let host = host.strip_prefix("www.").unwrap_or(&host);
+    // Every leading `www.` goes, so `www.www.example.com` cannot show up as `www.example.com`.
+    let mut host = host.as_str();
+    while let Some(rest) = host.strip_prefix("www.") {
+        host = rest;
+    }
     let valid = !host.is_empty()
         && host.len() <= MAX_HOST_LEN
         && host.bytes().all(|b| {
@@ -105,6 +109,18 @@ mod tests {
             "example.com",
             Some("notexample.com"),
         );
+    }
+
+    /// Found by the `url_normalise` fuzz target: only the first `www.` used to be removed.
+    #[test]
+    fn repeated_www_prefixes_are_all_removed() {
+        check(
+            "https://www.www.Example.org/",
+            "example.com",
+            Some("example.org"),
+        );
+        check("https://www.www.example.com/", "example.com", None);
+        check("https://www./", "example.com", Some("www"));
     }
 
     #[test]

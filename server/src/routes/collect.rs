@@ -327,7 +327,8 @@ pub fn page_path(url: &str) -> Result<&str, &'static str> {
     Ok(&after[..strip_query(after)])
 }
 
-fn is_accepted_content_type(headers: &HeaderMap) -> bool {
+/// Whether the request's `Content-Type` is one collect reads (JSON, or text/plain from sendBeacon).
+pub fn is_accepted_content_type(headers: &HeaderMap) -> bool {
     let Some(value) = headers.get(header::CONTENT_TYPE) else {
         // A missing type is read as JSON; only a type that says otherwise is refused.
         return true;
