@@ -1,0 +1,3 @@
+//! Shared support for the engine's integration tests.
+
+pub mod model;
