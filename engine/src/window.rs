@@ -178,6 +178,34 @@ impl VisitorWindow {
         self.swept_sec = cutoff_sec;
     }
 
+    /// Bytes the next new visitor would add by making the slab, the table or the wheel grow
+    /// (0 when there is room), so a caller can refuse the growth before it happens.
+    pub fn growth_bytes_on_insert(&self) -> usize {
+        let mut growth = 0;
+        if self.free == NIL && self.nodes.len() == self.nodes.capacity() {
+            growth += self.nodes.capacity().max(4) * std::mem::size_of::<Node>();
+        }
+        if self.table.len() == self.table.capacity() {
+            growth += self.table.allocation_size().max(64);
+        }
+        if self.buckets.is_empty() {
+            growth += (self.window_ms / 1000 + 2) as usize * std::mem::size_of::<Bucket>();
+        }
+        growth
+    }
+
+    /// Calls `f(id, last_ts_ms)` for every active visitor, in no particular order.
+    pub fn for_each(&self, mut f: impl FnMut(VisitorId, i64)) {
+        for bucket in self.buckets.iter() {
+            let mut idx = bucket.head;
+            while idx != NIL {
+                let node = &self.nodes[idx as usize];
+                f(VisitorId(node.id), node.ts);
+                idx = node.next;
+            }
+        }
+    }
+
     /// Bytes allocated by the window: slab, table and wheel.
     pub fn memory_bytes(&self) -> usize {
         self.nodes.capacity() * std::mem::size_of::<Node>()
@@ -419,6 +447,28 @@ mod tests {
         assert!(window.is_empty());
         window.record(v(5), 1_000_000 + 100 * W_MS, None);
         assert_eq!(window.len(), 1);
+    }
+
+    #[test]
+    fn growth_is_announced_before_it_happens_and_for_each_sees_every_visitor() {
+        let mut window = VisitorWindow::new(W);
+        let mut seen_growth = 0;
+        for id in 0..10_000 {
+            let before = window.memory_bytes();
+            let announced = window.growth_bytes_on_insert();
+            window.record(v(id), 1_000_000 + id as i64, None);
+            let grew = window.memory_bytes() - before;
+            assert!(
+                grew <= announced,
+                "grew {grew} after announcing {announced}"
+            );
+            seen_growth += grew;
+        }
+        assert!(seen_growth > 0);
+        let mut ids = Vec::new();
+        window.for_each(|id, _| ids.push(id.0));
+        ids.sort_unstable();
+        assert_eq!(ids, (0..10_000).collect::<Vec<u64>>());
     }
 
     #[test]

@@ -120,6 +120,8 @@ impl LogStatus {
 #[derive(Debug)]
 pub struct EventLog {
     sender: Sender<Message>,
+    /// Orders queueing and counting together (see `submit`).
+    order: Mutex<()>,
     durability: Durability,
     status: Arc<LogStatus>,
     thread: Mutex<Option<JoinHandle<()>>>,
@@ -157,6 +159,7 @@ impl EventLog {
         };
         Self {
             sender,
+            order: Mutex::new(()),
             durability,
             status,
             thread: Mutex::new(thread),
@@ -171,11 +174,15 @@ impl EventLog {
         self.durability
     }
 
-    /// Queues `entries` without waiting. In `Sync` mode the returned receiver completes once
-    /// they are fsynced (and is dropped unanswered if the writer fails).
+    /// Queues `entries` without waiting and, only if they were queued, hands them to `count`
+    /// (the engine). Both happen under one lock, so the engine sees events in exactly the order
+    /// the log stores them and a replay rebuilds the same answer, ties included. In `Sync` mode
+    /// the returned receiver completes once the entries are fsynced (and is dropped unanswered
+    /// if the writer fails).
     pub fn submit(
         &self,
         entries: Vec<LogEntry>,
+        count: impl FnOnce(Vec<LogEntry>),
     ) -> Result<Option<oneshot::Receiver<()>>, SubmitError> {
         let (durable, receiver) = if self.durability == Durability::Sync {
             let (tx, rx) = oneshot::channel();
@@ -183,8 +190,13 @@ impl EventLog {
         } else {
             (None, None)
         };
+        let counted = entries.clone();
+        let _order = self.order.lock().unwrap_or_else(PoisonError::into_inner);
         match self.sender.try_send(Message::Batch { entries, durable }) {
-            Ok(()) => Ok(receiver),
+            Ok(()) => {
+                count(counted);
+                Ok(receiver)
+            }
             Err(TrySendError::Full(_)) => Err(SubmitError::Full),
             Err(TrySendError::Disconnected(_)) => Err(SubmitError::Closed),
         }

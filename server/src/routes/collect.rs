@@ -452,21 +452,26 @@ pub async fn collect(
         .collect();
     // Queue for the log first: a 202 must mean the event will be in the log, so an event the
     // queue refuses is not counted either.
-    let durable = state.log.submit(entries.clone()).map_err(|e| match e {
-        SubmitError::Full => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "queue_full",
-            "the server is busy writing events; retry shortly",
-        )
-        .retry_after(1),
-        SubmitError::Closed => log_unavailable(),
-    })?;
-    for entry in entries {
-        if let Err(error) = state.engine.ingest(entry.event, entry.carried_from) {
-            // Only possible when the website was deleted between validation and now.
-            tracing::debug!(%error, "event not counted for a website deleted meanwhile");
-        }
-    }
+    let engine = &state.engine;
+    let durable = state
+        .log
+        .submit(entries, |queued| {
+            for entry in queued {
+                if let Err(error) = engine.ingest(entry.event, entry.carried_from) {
+                    // Only possible when the website was deleted between validation and now.
+                    tracing::debug!(%error, "event not counted for a website deleted meanwhile");
+                }
+            }
+        })
+        .map_err(|e| match e {
+            SubmitError::Full => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "queue_full",
+                "the server is busy writing events; retry shortly",
+            )
+            .retry_after(1),
+            SubmitError::Closed => log_unavailable(),
+        })?;
     if let Some(durable) = durable {
         durable.await.map_err(|_| log_unavailable())?;
     }

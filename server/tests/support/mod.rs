@@ -890,3 +890,291 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Crash testing: a server started with extra flags on a data directory the test owns, killed
+// with SIGKILL or stopped with SIGTERM, and started again on the same directory.
+// ---------------------------------------------------------------------------------------------
+
+/// Spawns the binary with `Opts::default()` plus `args` on `data_dir` and waits for its
+/// `listening on ADDR` line (like `spawn_ready`, with extra flags).
+fn spawn_ready_with_args(data_dir: &Path, args: &[String]) -> Spawned {
+    let opts = Opts::default();
+    let mut cmd = command(&opts, data_dir);
+    cmd.args(args);
+    let mut child = cmd.spawn().unwrap();
+    let stderr = drain_stderr(&mut child);
+    let (stdout, rx) = drain_stdout(&mut child);
+    let line = match rx.recv_timeout(START_DEADLINE) {
+        Ok(line) => line,
+        Err(mpsc::RecvTimeoutError::Timeout) => fail_start(
+            &mut child,
+            &stderr,
+            &opts,
+            &format!("extra flags {args:?}: no stdout line within {START_DEADLINE:?}"),
+        ),
+        Err(mpsc::RecvTimeoutError::Disconnected) => {
+            let status = wait_with_deadline(&mut child, Duration::from_secs(2));
+            fail_start(
+                &mut child,
+                &stderr,
+                &opts,
+                &format!(
+                    "extra flags {args:?}: stdout closed before `listening on`; exit status \
+                     {status:?}"
+                ),
+            )
+        }
+    };
+    let Some(addr) = line
+        .strip_prefix("listening on ")
+        .and_then(|a| a.trim().parse::<SocketAddr>().ok())
+        .filter(|a| a.port() != 0)
+    else {
+        fail_start(
+            &mut child,
+            &stderr,
+            &opts,
+            &format!("the first stdout line should be `listening on ADDR`, got {line:?}"),
+        )
+    };
+    (child, addr, stdout, stderr)
+}
+
+/// Sends a request and reads the whole response, returning the transport error instead of
+/// panicking: for requests to a server that may be killed meanwhile.
+pub async fn try_send(builder: reqwest::RequestBuilder) -> Result<Resp, reqwest::Error> {
+    let resp = builder.send().await?;
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp.bytes().await?.to_vec();
+    Ok(Resp {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// A `pulse` process started with extra flags (`--durability sync`, …) on a data directory the
+/// caller owns, so that it can be SIGKILLed and started again on the same directory. Killed (if
+/// still running) when dropped.
+pub struct Proc {
+    data_dir: PathBuf,
+    args: Vec<String>,
+    child: Option<Child>,
+    addr: SocketAddr,
+    stdout: Arc<Mutex<Vec<String>>>,
+    stderr: Arc<Mutex<Vec<u8>>>,
+    client: reqwest::Client,
+}
+
+impl std::fmt::Debug for Proc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proc")
+            .field("addr", &self.addr)
+            .field("data_dir", &self.data_dir)
+            .field("args", &self.args)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Proc {
+    /// Starts `pulse --listen 127.0.0.1:0 --data-dir DATA_DIR ARGS…` and waits for its
+    /// `listening on` line (not for readiness: see `wait_ready`).
+    pub fn start(data_dir: &Path, args: &[&str]) -> Self {
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        let (child, addr, stdout, stderr) = spawn_ready_with_args(data_dir, &args);
+        Self {
+            data_dir: data_dir.to_path_buf(),
+            args,
+            child: Some(child),
+            addr,
+            stdout,
+            stderr,
+            client: client(),
+        }
+    }
+
+    /// Starts the process again on the same data directory with the same flags, after it was
+    /// killed or stopped.
+    pub fn respawn(&mut self) {
+        assert!(
+            self.child.is_none(),
+            "respawn: the previous process still runs"
+        );
+        let (child, addr, stdout, stderr) = spawn_ready_with_args(&self.data_dir, &self.args);
+        self.child = Some(child);
+        self.addr = addr;
+        self.stdout = stdout;
+        self.stderr = stderr;
+        // A fresh pool: the old connections went to the old process.
+        self.client = client();
+    }
+
+    /// SIGKILL (`Child::kill`), then waits for the process to be gone. The status says whether
+    /// the signal hit a running process (`signal() == Some(9)`) or it had already exited.
+    pub fn kill_9(&mut self) -> ExitStatus {
+        let mut child = self
+            .child
+            .take()
+            .expect("kill_9: the server is not running");
+        // An error only means it had already exited; the status below says how.
+        let _ = child.kill();
+        child.wait().unwrap()
+    }
+
+    /// SIGTERM, then waits (up to `STOP_DEADLINE`) for the process to exit; panics with its
+    /// stderr when it does not.
+    pub fn sigterm(&mut self) -> ExitStatus {
+        let mut child = self
+            .child
+            .take()
+            .expect("sigterm: the server is not running");
+        let pid = child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(sent.success(), "kill -TERM {pid} failed: {sent}");
+        match wait_with_deadline(&mut child, STOP_DEADLINE) {
+            Some(status) => status,
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "the server did not exit within {STOP_DEADLINE:?} of SIGTERM; stderr:\n{}",
+                    self.stderr()
+                );
+            }
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// `http://ADDR{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// The client of the current process (a fresh pool after each respawn).
+    pub fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+
+    /// Everything the current process wrote to stderr so far (its logs).
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
+    }
+
+    /// Every line the current process wrote to stdout so far.
+    pub fn stdout_lines(&self) -> Vec<String> {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    pub async fn get(&self, path: &str) -> Resp {
+        send(self.client.get(self.url(path))).await
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> Resp {
+        send(self.client.post(self.url(path)).json(body)).await
+    }
+
+    /// `POST /api/collect` with a JSON body (one event or an array) as `user_agent`; a transport
+    /// error (the process is gone) is returned, not a panic.
+    pub async fn collect_as(&self, user_agent: &str, body: &Value) -> Result<Resp, reqwest::Error> {
+        try_send(
+            self.client
+                .post(self.url("/api/collect"))
+                .header("content-type", "application/json")
+                .header("user-agent", user_agent)
+                .body(serde_json::to_vec(body).unwrap()),
+        )
+        .await
+    }
+
+    /// `GET /readyz` as it is: 503 `not_ready` during replay, 200 with the replay report after.
+    pub async fn readyz(&self) -> Resp {
+        self.get("/readyz").await
+    }
+
+    /// Polls `/readyz` until it answers 200 and returns its `replay` object. Panics when the
+    /// deadline passes, or at once when it answers anything but 200 or 503 `not_ready`.
+    pub async fn wait_ready(&self, deadline: Duration) -> Value {
+        let end = Instant::now() + deadline;
+        loop {
+            let resp = match try_send(self.client.get(self.url("/readyz"))).await {
+                Ok(resp) => resp,
+                Err(e) => panic!(
+                    "GET /readyz failed ({e}): did the server exit? stderr:\n{}",
+                    self.stderr()
+                ),
+            };
+            if resp.status == 200 {
+                let body = resp.json();
+                assert_eq!(body["status"], "ready", "/readyz 200 body: {body}");
+                assert!(
+                    body["replay"].is_object(),
+                    "/readyz 200 has no `replay` object: {body}"
+                );
+                return body["replay"].clone();
+            }
+            if let Err(why) = error_check(&resp, 503, "not_ready") {
+                panic!(
+                    "/readyz during start-up should be 200 or 503 not_ready: {why}; stderr:\n{}",
+                    self.stderr()
+                );
+            }
+            assert!(
+                Instant::now() < end,
+                "/readyz still 503 not_ready after {deadline:?}; stderr:\n{}",
+                self.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// `GET /api/websites/{id}/realtime{query}`, asserting 200, returning `data`.
+    pub async fn realtime_q(&self, id: &str, query: &str) -> Value {
+        let resp = self
+            .get(&format!("/api/websites/{id}/realtime{query}"))
+            .await;
+        assert_eq!(resp.status, 200, "realtime of {id}{query}: {resp:?}");
+        let body = resp.json();
+        body.get("data")
+            .cloned()
+            .unwrap_or_else(|| panic!("realtime body has no `data`: {body}"))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            if let Ok(None) = child.try_wait() {
+                let _ = child.kill();
+            }
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The live segment files (`*.seg`) of `data_dir`'s event log, oldest first (by name).
+pub fn segment_files(data_dir: &Path) -> Vec<PathBuf> {
+    let dir = data_dir.join("segments");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "seg"))
+        .collect();
+    files.sort();
+    files
+}
+
+impl Failures {
+    /// Whether no check has failed so far.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
