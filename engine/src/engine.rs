@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use dashmap::DashMap;
 
+use crate::budget::MemoryBudget;
 use crate::error::EngineError;
 use crate::event::{Event, VisitorId, WebsiteId};
 use crate::limits::EngineLimits;
@@ -17,6 +18,7 @@ use crate::website::{Ingested, Realtime, WebsiteState};
 #[derive(Debug)]
 pub struct Engine {
     limits: EngineLimits,
+    budget: Arc<MemoryBudget>,
     websites: DashMap<WebsiteId, Arc<WebsiteState>>,
 }
 
@@ -26,6 +28,7 @@ impl Engine {
         limits.validate()?;
         Ok(Self {
             limits,
+            budget: Arc::new(MemoryBudget::new(limits.visitor_memory_bytes)),
             websites: DashMap::new(),
         })
     }
@@ -44,7 +47,9 @@ impl Engine {
         match self.websites.entry(id) {
             dashmap::Entry::Occupied(_) => Err(EngineError::WebsiteExists),
             dashmap::Entry::Vacant(slot) => {
-                slot.insert(Arc::new(WebsiteState::new(self.limits)));
+                let state = WebsiteState::new(self.limits, Arc::clone(&self.budget));
+                slot.insert(Arc::new(state));
+                self.budget.website_added();
                 Ok(())
             }
         }
@@ -52,10 +57,12 @@ impl Engine {
 
     /// Forgets a website and everything held for it.
     pub fn remove_website(&self, id: &WebsiteId) -> Result<(), EngineError> {
-        self.websites
+        let (_, state) = self
+            .websites
             .remove(id)
-            .map(|_| ())
-            .ok_or(EngineError::UnknownWebsite)
+            .ok_or(EngineError::UnknownWebsite)?;
+        self.budget.website_removed(state.window_bytes());
+        Ok(())
     }
 
     pub fn has_website(&self, id: &WebsiteId) -> bool {
@@ -95,17 +102,44 @@ impl Engine {
         Ok(self.website(website)?.realtime(now_ms, include_bots))
     }
 
-    /// Advances every website to `now_ms`, evicting what expired. The server calls this on a
-    /// timer so idle websites give their memory back.
+    /// Advances every website to `now_ms`, evicting what expired, and — if the visitor budget is
+    /// still exceeded — switches the largest exact windows to approximate counts until it fits.
+    /// The server calls this on a timer so idle websites give their memory back.
     pub fn advance_to(&self, now_ms: i64) {
         let websites: Vec<Arc<WebsiteState>> = self
             .websites
             .iter()
             .map(|e| Arc::clone(e.value()))
             .collect();
-        for website in websites {
+        for website in &websites {
             website.advance_to(now_ms);
         }
+        let over = || self.budget.used_bytes() > self.budget.limit_bytes();
+        if !over() {
+            return;
+        }
+        let mut by_size: Vec<(usize, &Arc<WebsiteState>)> =
+            websites.iter().map(|w| (w.window_bytes(), w)).collect();
+        by_size.sort_by_key(|(bytes, _)| std::cmp::Reverse(*bytes));
+        for (_, website) in by_size {
+            while over() && website.shed_memory() {}
+            if !over() {
+                break;
+            }
+        }
+    }
+
+    /// The visitor-window budget and what it holds now.
+    pub fn budget(&self) -> &MemoryBudget {
+        &self.budget
+    }
+
+    /// Websites whose visitor count is approximate right now.
+    pub fn approximate_websites(&self) -> usize {
+        self.websites
+            .iter()
+            .filter(|e| e.value().is_approximate())
+            .count()
     }
 
     /// Bytes held for all websites.
@@ -214,6 +248,40 @@ mod tests {
         );
         let answer = engine.realtime(&site("a"), now, false).unwrap();
         assert_eq!((answer.active_visitors, answer.total_in_window), (1, 1));
+    }
+
+    #[test]
+    fn a_full_budget_turns_the_largest_website_approximate_and_keeps_events_exact() {
+        let limits = EngineLimits {
+            visitor_memory_bytes: 512 * 1024,
+            ..EngineLimits::default()
+        };
+        let engine = Engine::new(limits).unwrap();
+        engine.add_website(site("big")).unwrap();
+        engine.add_website(site("small")).unwrap();
+        let now = 1_700_000_000_000;
+        for v in 0..10 {
+            engine
+                .ingest(event("small", now, v, false, "/"), None)
+                .unwrap();
+        }
+        for v in 0..60_000 {
+            engine
+                .ingest(event("big", now + (v % 1000) as i64, v, false, "/"), None)
+                .unwrap();
+        }
+        engine.advance_to(now + 1000);
+        assert!(engine.budget().used_bytes() <= engine.budget().limit_bytes());
+        let big = engine.realtime(&site("big"), now + 1000, false).unwrap();
+        assert!(big.approximate);
+        let error = (big.active_visitors as f64 - 60_000.0).abs() / 60_000.0;
+        assert!(error <= 0.02, "estimate {}", big.active_visitors);
+        assert_eq!(big.total_in_window, 60_000, "event counts stay exact");
+        assert_eq!(big.recent_events.len(), 100, "the ring stays exact");
+        let small = engine.realtime(&site("small"), now + 1000, false).unwrap();
+        assert!(!small.approximate);
+        assert_eq!(small.active_visitors, 10);
+        assert_eq!(engine.approximate_websites(), 1);
     }
 
     #[test]

@@ -8,11 +8,16 @@
 //! - `limits`: `EngineLimits`, every bound and default in one place.
 //! - `ring`: `EventRing`, recent events that readers copy without blocking the writer.
 //! - `window`: `VisitorWindow`, the exact sliding set of active visitors.
+//! - `approx`: `SlidingHll`, the approximate count used when the exact set does not fit.
+//! - `visitors`: `VisitorCount`, exact or approximate, switching with the memory budget.
+//! - `budget`: `MemoryBudget`, the bytes visitor counts may hold together.
 //! - `tally`: `EventTally`, the exact sliding count of events.
 //! - `website`: `WebsiteState`, one website's rings and windows behind one writer lock.
 //! - `engine`: `Engine`, the websites and the `ingest` / `realtime` calls.
 //! - `error`: `EngineError`.
 
+mod approx;
+mod budget;
 mod engine;
 mod error;
 mod event;
@@ -20,9 +25,12 @@ mod identity;
 mod limits;
 mod ring;
 mod tally;
+mod visitors;
 mod website;
 mod window;
 
+pub use approx::SlidingHll;
+pub use budget::MemoryBudget;
 pub use engine::Engine;
 pub use error::EngineError;
 pub use event::{
@@ -32,5 +40,6 @@ pub use identity::{visitor_id, DailySalt, Identity, Salt, SaltSchedule};
 pub use limits::EngineLimits;
 pub use ring::{EventRing, RecentEvent};
 pub use tally::EventTally;
+pub use visitors::VisitorCount;
 pub use website::{Ingested, Realtime, WebsiteState};
 pub use window::{Recorded, VisitorWindow};

@@ -18,6 +18,9 @@ pub struct EngineLimits {
     pub recent_limit: usize,
     /// Most websites the engine holds.
     pub max_websites: usize,
+    /// Bytes all websites' visitor windows and event tallies may hold together. A website past
+    /// its share of a full budget counts visitors approximately until it fits again.
+    pub visitor_memory_bytes: usize,
 }
 
 impl EngineLimits {
@@ -25,6 +28,8 @@ impl EngineLimits {
     pub const DEFAULT_RING_CAPACITY: usize = 256;
     pub const DEFAULT_RECENT_LIMIT: usize = 100;
     pub const DEFAULT_MAX_WEBSITES: usize = 1_000;
+    /// No budget: the engine alone never degrades. The server sets one from `--memory-limit`.
+    pub const DEFAULT_VISITOR_MEMORY_BYTES: usize = usize::MAX;
 
     /// The window in milliseconds.
     pub fn window_ms(&self) -> i64 {
@@ -62,6 +67,7 @@ impl Default for EngineLimits {
             ring_capacity: Self::DEFAULT_RING_CAPACITY,
             recent_limit: Self::DEFAULT_RECENT_LIMIT,
             max_websites: Self::DEFAULT_MAX_WEBSITES,
+            visitor_memory_bytes: Self::DEFAULT_VISITOR_MEMORY_BYTES,
         }
     }
 }

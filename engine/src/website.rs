@@ -1,5 +1,6 @@
 //! `WebsiteState`: everything the engine holds for one website — two event rings (humans, bots),
-//! and per class a `VisitorWindow` and an `EventTally` — and the one lock that orders its writes.
+//! and per class a `VisitorCount` and an `EventTally` — and the one lock that orders its writes.
+//! It reports every change of its memory to the shared `MemoryBudget`.
 //!
 //! Writers (ingest, and queries advancing the clock) take the website's writer lock for a few
 //! hundred nanoseconds; ring readers take no lock at all. Websites share nothing, so traffic on one
@@ -7,11 +8,13 @@
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use crate::budget::MemoryBudget;
 use crate::event::{Event, VisitorId};
 use crate::limits::EngineLimits;
 use crate::ring::{EventRing, RecentEvent};
 use crate::tally::EventTally;
-use crate::window::{Recorded, VisitorWindow};
+use crate::visitors::VisitorCount;
+use crate::window::Recorded;
 
 /// What happened to an ingested event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +37,9 @@ pub struct Realtime {
     /// that is later.
     pub as_of_ms: i64,
     pub active_visitors: u64,
+    /// True when `active_visitors` is an estimate (the website's exact window did not fit the
+    /// memory budget); the events and their count stay exact.
+    pub approximate: bool,
     /// Events in the window (humans only unless bots were included).
     pub total_in_window: u64,
     /// At most `recent_limit` events of the window, newest first.
@@ -43,20 +49,20 @@ pub struct Realtime {
 /// Counts of one class of traffic.
 #[derive(Debug)]
 struct ClassWindow {
-    visitors: VisitorWindow,
+    visitors: VisitorCount,
     events: EventTally,
 }
 
 impl ClassWindow {
     fn new(window_secs: u32) -> Self {
         Self {
-            visitors: VisitorWindow::new(window_secs),
+            visitors: VisitorCount::new(window_secs),
             events: EventTally::new(window_secs),
         }
     }
 
-    fn advance_to(&mut self, now_ms: i64) {
-        self.visitors.advance_to(now_ms);
+    fn advance_to(&mut self, now_ms: i64, budget: &MemoryBudget) {
+        self.visitors.advance_to(now_ms, budget);
         self.events.advance_to(now_ms);
     }
 
@@ -71,33 +77,49 @@ struct Writer {
     next_arrival: u64,
     humans: ClassWindow,
     bots: ClassWindow,
+    /// Bytes last reported to the budget for both classes.
+    held_bytes: usize,
 }
 
 impl Writer {
-    fn advance_to(&mut self, now_ms: i64) {
+    fn advance_to(&mut self, now_ms: i64, budget: &MemoryBudget) {
         self.clock_ms = self.clock_ms.max(now_ms);
-        self.humans.advance_to(self.clock_ms);
-        self.bots.advance_to(self.clock_ms);
+        self.humans.advance_to(self.clock_ms, budget);
+        self.bots.advance_to(self.clock_ms, budget);
+    }
+
+    fn memory_bytes(&self) -> usize {
+        self.humans.memory_bytes() + self.bots.memory_bytes()
+    }
+
+    /// Reports the change in held bytes since the last report.
+    fn report(&mut self, budget: &MemoryBudget) {
+        let now = self.memory_bytes();
+        budget.update(self.held_bytes, now);
+        self.held_bytes = now;
     }
 }
 
 #[derive(Debug)]
 pub struct WebsiteState {
     limits: EngineLimits,
+    budget: Arc<MemoryBudget>,
     writer: Mutex<Writer>,
     human_ring: EventRing,
     bot_ring: EventRing,
 }
 
 impl WebsiteState {
-    pub fn new(limits: EngineLimits) -> Self {
+    pub fn new(limits: EngineLimits, budget: Arc<MemoryBudget>) -> Self {
         Self {
             limits,
+            budget,
             writer: Mutex::new(Writer {
                 clock_ms: i64::MIN,
                 next_arrival: 0,
                 humans: ClassWindow::new(limits.window_secs),
                 bots: ClassWindow::new(limits.window_secs),
+                held_bytes: 0,
             }),
             human_ring: EventRing::new(limits.ring_capacity),
             bot_ring: EventRing::new(limits.ring_capacity),
@@ -116,8 +138,9 @@ impl WebsiteState {
         let ts = event.ts.unix_ms();
         let window_ms = self.limits.window_ms();
         let mut writer = self.lock();
-        writer.advance_to(ts);
+        writer.advance_to(ts, &self.budget);
         if ts <= writer.clock_ms - window_ms {
+            writer.report(&self.budget);
             return Ingested::OutsideWindow;
         }
         let class = if event.is_bot {
@@ -126,7 +149,10 @@ impl WebsiteState {
             &mut writer.humans
         };
         class.events.record(ts);
-        let recorded = class.visitors.record(event.visitor, ts, carried_from);
+        let recorded = class
+            .visitors
+            .record(event.visitor, ts, carried_from, &self.budget);
+        writer.report(&self.budget);
         let arrival = writer.next_arrival;
         writer.next_arrival += 1;
         let cutoff_ms = writer.clock_ms - window_ms;
@@ -148,7 +174,8 @@ impl WebsiteState {
     /// memory shrinks without traffic.
     pub fn advance_to(&self, now_ms: i64) {
         let mut writer = self.lock();
-        writer.advance_to(now_ms);
+        writer.advance_to(now_ms, &self.budget);
+        writer.report(&self.budget);
         let cutoff_ms = writer.clock_ms - self.limits.window_ms();
         drop(writer);
         self.human_ring.evict_expired(cutoff_ms);
@@ -157,16 +184,19 @@ impl WebsiteState {
 
     /// The realtime answer at `now_ms`; bots are counted and listed only when `include_bots`.
     pub fn realtime(&self, now_ms: i64, include_bots: bool) -> Realtime {
-        let (as_of_ms, active_visitors, total_in_window) = {
+        let (as_of_ms, active_visitors, approximate, total_in_window) = {
             let mut writer = self.lock();
-            writer.advance_to(now_ms);
-            let mut active = writer.humans.visitors.len() as u64;
+            writer.advance_to(now_ms, &self.budget);
+            writer.report(&self.budget);
+            let mut active = writer.humans.visitors.count();
+            let mut approximate = writer.humans.visitors.is_approximate();
             let mut total = writer.humans.events.count();
             if include_bots {
-                active += writer.bots.visitors.len() as u64;
+                active += writer.bots.visitors.count();
+                approximate |= writer.bots.visitors.is_approximate();
                 total += writer.bots.events.count();
             }
-            (writer.clock_ms, active, total)
+            (writer.clock_ms, active, approximate, total)
         };
         let cutoff_ms = as_of_ms - self.limits.window_ms();
         let limit = self.limits.recent_limit;
@@ -179,6 +209,7 @@ impl WebsiteState {
         Realtime {
             as_of_ms,
             active_visitors,
+            approximate,
             total_in_window,
             recent_events,
         }
@@ -186,10 +217,37 @@ impl WebsiteState {
 
     /// Bytes this website holds in windows, tallies and rings.
     pub fn memory_bytes(&self) -> usize {
+        self.window_bytes() + self.human_ring.memory_bytes() + self.bot_ring.memory_bytes()
+    }
+
+    /// Bytes this website holds in visitor counts and tallies (what the budget accounts).
+    pub fn window_bytes(&self) -> usize {
+        self.lock().held_bytes
+    }
+
+    /// Whether either class counts approximately.
+    pub fn is_approximate(&self) -> bool {
         let writer = self.lock();
-        writer.humans.memory_bytes()
-            + writer.bots.memory_bytes()
-            + self.human_ring.memory_bytes()
-            + self.bot_ring.memory_bytes()
+        writer.humans.visitors.is_approximate() || writer.bots.visitors.is_approximate()
+    }
+
+    /// Switches the larger exact class to an approximate count, freeing its exact window.
+    /// Returns false when both are approximate already.
+    pub fn shed_memory(&self) -> bool {
+        let mut writer = self.lock();
+        let writer = &mut *writer;
+        let mut classes = [&mut writer.humans, &mut writer.bots];
+        classes.sort_by_key(|c| std::cmp::Reverse(c.visitors.memory_bytes()));
+        let shed = match classes.into_iter().find(|c| !c.visitors.is_approximate()) {
+            Some(class) => {
+                class.visitors.switch_to_approximate();
+                true
+            }
+            None => false,
+        };
+        let now = writer.humans.memory_bytes() + writer.bots.memory_bytes();
+        self.budget.update(writer.held_bytes, now);
+        writer.held_bytes = now;
+        shed
     }
 }

@@ -12,6 +12,7 @@ use pulse_snapshot::SegmentLimits;
 
 use crate::client_ip::Cidr;
 use crate::event_log::{Durability, LogOptions};
+use crate::memory::{default_memory_limit, MemoryPlan};
 
 /// Largest request body accepted on any route, in bytes (100 KiB).
 pub const MAX_BODY_BYTES: usize = 100 * 1024;
@@ -56,9 +57,20 @@ pub struct Config {
     #[arg(long, env = "PULSE_MAX_WEBSITES", default_value_t = EngineLimits::DEFAULT_MAX_WEBSITES)]
     pub max_websites: usize,
 
-    /// Most simultaneous client connections; more wait to be accepted.
-    #[arg(long, env = "PULSE_MAX_CONNECTIONS", default_value_t = 4096)]
-    pub max_connections: usize,
+    /// Most simultaneous client connections; more wait to be accepted. Default: what the
+    /// connections' share of --memory-limit holds (32 KiB each), at most 4096.
+    #[arg(long, env = "PULSE_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+
+    /// Memory the server may use for everything that grows with traffic (KiB/MiB/GiB suffixes
+    /// allowed). Default: a quarter of the machine's memory. See README for how it is divided.
+    #[arg(long, env = "PULSE_MEMORY_LIMIT", value_parser = parse_bytes)]
+    pub memory_limit: Option<u64>,
+
+    /// Collect requests per second allowed from one client address (bursts of twice that);
+    /// beyond it collect answers 429. 0 disables the limit.
+    #[arg(long, env = "PULSE_RATE_LIMIT_PER_IP", default_value_t = 1000)]
+    pub rate_limit_per_ip: u32,
 
     /// Time allowed to receive a request's headers, in milliseconds.
     #[arg(long, env = "PULSE_HEADER_TIMEOUT_MS", default_value_t = 10_000)]
@@ -99,12 +111,21 @@ pub struct Config {
 }
 
 impl Config {
+    /// How `--memory-limit` (or its default) is divided.
+    pub fn memory_plan(&self) -> MemoryPlan {
+        MemoryPlan::new(
+            self.memory_limit.unwrap_or_else(default_memory_limit),
+            self.ring_capacity,
+            self.max_websites,
+            self.max_connections,
+        )
+    }
+
     pub fn engine_limits(&self) -> EngineLimits {
-        EngineLimits {
+        self.memory_plan().engine_limits(EngineLimits {
             ring_capacity: self.ring_capacity,
-            max_websites: self.max_websites,
             ..EngineLimits::default()
-        }
+        })
     }
 
     pub fn log_options(&self) -> LogOptions {
@@ -119,13 +140,16 @@ impl Config {
                 retention_ms: i64::from(self.retention_days) * 86_400_000,
             },
             queue_capacity: self.queue_capacity.max(1),
+            queue_bytes: self.memory_plan().queue_bytes,
             window_ms: self.engine_limits().window_ms(),
         }
     }
 
     pub fn http_limits(&self) -> HttpLimits {
+        let plan = self.memory_plan();
         HttpLimits {
-            max_connections: self.max_connections.max(1),
+            max_connections: plan.max_connections.max(1),
+            body_bytes_in_flight: plan.body_bytes.max(MAX_BODY_BYTES),
             header_timeout: Duration::from_millis(self.header_timeout_ms.max(1)),
             body_timeout: Duration::from_millis(self.body_timeout_ms.max(1)),
             max_body_bytes: MAX_BODY_BYTES,
@@ -160,6 +184,8 @@ pub fn parse_bytes(text: &str) -> Result<u64, String> {
 #[derive(Debug, Clone, Copy)]
 pub struct HttpLimits {
     pub max_connections: usize,
+    /// Request-body bytes all connections may buffer at once.
+    pub body_bytes_in_flight: usize,
     pub header_timeout: Duration,
     pub body_timeout: Duration,
     pub max_body_bytes: usize,
@@ -176,7 +202,10 @@ mod tests {
         assert_eq!(config.data_dir, PathBuf::from("./pulse-data"));
         assert!(config.trusted_proxies.is_empty());
         assert!(config.admin_token.is_none());
-        assert_eq!(config.engine_limits(), EngineLimits::default());
+        let limits = config.engine_limits();
+        assert_eq!(limits.ring_capacity, EngineLimits::DEFAULT_RING_CAPACITY);
+        assert!(limits.max_websites <= EngineLimits::DEFAULT_MAX_WEBSITES);
+        assert_eq!(config.rate_limit_per_ip, 1000);
     }
 
     #[test]

@@ -14,18 +14,27 @@
 //! the dirty pages, so a retry could report success for data that is gone).
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use clap::ValueEnum;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
-use pulse_engine::Engine;
+use pulse_engine::{Engine, Event};
 use pulse_snapshot::{replay, LogEntry, ReplayOptions, ReplayReport, SegmentLimits, SegmentWriter};
 use tokio::sync::{oneshot, Notify};
 
 use crate::clock;
+use crate::metrics::Metrics;
+
+/// Estimated bytes one queued entry holds (the event, its strings and the `Arc` headers).
+fn entry_bytes(entry: &LogEntry) -> usize {
+    std::mem::size_of::<Event>()
+        + entry.event.target.len()
+        + entry.event.referrer_domain.as_ref().map_or(0, |r| r.len())
+        + 64
+}
 
 /// When an accepted event reaches the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -44,6 +53,8 @@ pub struct LogOptions {
     pub limits: SegmentLimits,
     /// Batches the queue holds (each at most one request's events).
     pub queue_capacity: usize,
+    /// Bytes the queued events may hold together.
+    pub queue_bytes: usize,
     /// Events at or before `now - window_ms` need not be replayed.
     pub window_ms: i64,
 }
@@ -55,6 +66,7 @@ const MAX_ENTRIES_PER_WRITE: usize = 16 * 1024;
 enum Message {
     Batch {
         entries: Vec<LogEntry>,
+        bytes: usize,
         durable: Option<oneshot::Sender<()>>,
     },
     Shutdown,
@@ -119,7 +131,10 @@ impl LogStatus {
 
 #[derive(Debug)]
 pub struct EventLog {
+    dir: PathBuf,
     sender: Sender<Message>,
+    queued_bytes: Arc<AtomicUsize>,
+    max_queue_bytes: usize,
     /// Orders queueing and counting together (see `submit`).
     order: Mutex<()>,
     durability: Durability,
@@ -138,15 +153,23 @@ impl std::fmt::Debug for Message {
 
 impl EventLog {
     /// Starts the writer thread: it replays `options.dir` into `engine`, then serves the queue.
-    pub fn start(options: LogOptions, engine: Arc<Engine>) -> Self {
+    pub fn start(options: LogOptions, engine: Arc<Engine>, metrics: Arc<Metrics>) -> Self {
         let (sender, receiver) = crossbeam_channel::bounded(options.queue_capacity.max(1));
         let status = Arc::new(LogStatus::default());
         let durability = options.durability;
+        let max_queue_bytes = options.queue_bytes;
+        let options_dir = options.dir.clone();
+        let queued_bytes = Arc::new(AtomicUsize::new(0));
         let thread_status = Arc::clone(&status);
+        let writer = Writer {
+            queued_bytes: Arc::clone(&queued_bytes),
+            metrics,
+        };
         let thread = std::thread::Builder::new()
             .name("pulse-log".into())
             .spawn(move || {
-                if let Err(message) = writer_main(&options, &engine, &receiver, &thread_status) {
+                let outcome = writer_main(&options, &engine, &receiver, &thread_status, &writer);
+                if let Err(message) = outcome {
                     thread_status.set_fatal(message);
                 }
             });
@@ -158,7 +181,10 @@ impl EventLog {
             }
         };
         Self {
+            dir: options_dir,
             sender,
+            queued_bytes,
+            max_queue_bytes,
             order: Mutex::new(()),
             durability,
             status,
@@ -190,10 +216,20 @@ impl EventLog {
         } else {
             (None, None)
         };
+        let bytes: usize = entries.iter().map(entry_bytes).sum();
         let counted = entries.clone();
         let _order = self.order.lock().unwrap_or_else(PoisonError::into_inner);
-        match self.sender.try_send(Message::Batch { entries, durable }) {
+        if self.queued_bytes.load(Ordering::Relaxed) + bytes > self.max_queue_bytes {
+            return Err(SubmitError::Full);
+        }
+        let message = Message::Batch {
+            entries,
+            bytes,
+            durable,
+        };
+        match self.sender.try_send(message) {
             Ok(()) => {
+                self.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
                 count(counted);
                 Ok(receiver)
             }
@@ -205,6 +241,28 @@ impl EventLog {
     /// Batches waiting in the queue.
     pub fn queue_depth(&self) -> usize {
         self.sender.len()
+    }
+
+    /// How many segment files the log has and their total size (read from the directory).
+    pub fn segment_files(&self) -> (usize, u64) {
+        pulse_snapshot::segment::list_segments(&self.dir)
+            .map(|segments| {
+                let bytes = segments
+                    .iter()
+                    .filter_map(|(_, path)| std::fs::metadata(path).ok())
+                    .map(|m| m.len())
+                    .sum();
+                (segments.len(), bytes)
+            })
+            .unwrap_or((0, 0))
+    }
+
+    /// Estimated bytes held by queued events, and the most they may hold.
+    pub fn queue_bytes(&self) -> (usize, usize) {
+        (
+            self.queued_bytes.load(Ordering::Relaxed),
+            self.max_queue_bytes,
+        )
     }
 
     /// Asks the writer to write and fsync everything queued, then waits for it to stop.
@@ -225,11 +283,45 @@ impl EventLog {
     }
 }
 
+/// What the writer thread shares with the rest of the server.
+struct Writer {
+    queued_bytes: Arc<AtomicUsize>,
+    metrics: Arc<Metrics>,
+}
+
+impl Writer {
+    fn append(
+        &self,
+        segment: &mut SegmentWriter,
+        entries: &[LogEntry],
+        bytes: usize,
+    ) -> Result<(), String> {
+        let started = Instant::now();
+        segment
+            .append(entries, clock::now_ms())
+            .map_err(|e| format!("append failed: {e}"))?;
+        self.metrics.log_flush.observe(started.elapsed());
+        self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn sync(&self, segment: &mut SegmentWriter) -> Result<(), String> {
+        if !segment.has_unsynced() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        segment.sync().map_err(|e| format!("fsync failed: {e}"))?;
+        self.metrics.log_fsync.observe(started.elapsed());
+        Ok(())
+    }
+}
+
 fn writer_main(
     options: &LogOptions,
     engine: &Engine,
     receiver: &Receiver<Message>,
     status: &LogStatus,
+    shared: &Writer,
 ) -> Result<(), String> {
     let now_ms = clock::now_ms();
     let replay_options = ReplayOptions {
@@ -255,16 +347,18 @@ fn writer_main(
     }
     *status.replay.lock().unwrap_or_else(PoisonError::into_inner) = Some(report);
     status.ready.store(true, Ordering::Release);
-    write_loop(options, &mut writer, receiver)
+    write_loop(options, &mut writer, receiver, shared)
 }
 
 fn write_loop(
     options: &LogOptions,
     writer: &mut SegmentWriter,
     receiver: &Receiver<Message>,
+    shared: &Writer,
 ) -> Result<(), String> {
     let mut last_sync = Instant::now();
     let mut entries: Vec<LogEntry> = Vec::new();
+    let mut entries_bytes = 0;
     let mut waiting: Vec<oneshot::Sender<()>> = Vec::new();
     let mut stopping = false;
     while !stopping {
@@ -287,9 +381,11 @@ fn write_loop(
             match message {
                 Message::Batch {
                     entries: batch,
+                    bytes,
                     durable,
                 } => {
                     entries.extend(batch);
+                    entries_bytes += bytes;
                     waiting.extend(durable);
                 }
                 Message::Shutdown => stopping = true,
@@ -299,10 +395,9 @@ fn write_loop(
             }
         }
         if !entries.is_empty() {
-            writer
-                .append(&entries, clock::now_ms())
-                .map_err(|e| format!("append failed: {e}"))?;
+            shared.append(writer, &entries, entries_bytes)?;
             entries.clear();
+            entries_bytes = 0;
         }
         let sync_due = match options.durability {
             Durability::Sync => !waiting.is_empty(),
@@ -310,7 +405,7 @@ fn write_loop(
             Durability::None => false,
         };
         if sync_due || stopping {
-            writer.sync().map_err(|e| format!("fsync failed: {e}"))?;
+            shared.sync(writer)?;
             last_sync = Instant::now();
             for done in waiting.drain(..) {
                 let _ = done.send(());
@@ -320,15 +415,14 @@ fn write_loop(
     // Whatever was queued after the shutdown message is written too before the thread ends.
     while let Ok(Message::Batch {
         entries: batch,
+        bytes,
         durable,
     }) = receiver.try_recv()
     {
-        writer
-            .append(&batch, clock::now_ms())
-            .map_err(|e| format!("append failed: {e}"))?;
+        shared.append(writer, &batch, bytes)?;
         waiting.extend(durable);
     }
-    writer.sync().map_err(|e| format!("fsync failed: {e}"))?;
+    shared.sync(writer)?;
     for done in waiting.drain(..) {
         let _ = done.send(());
     }

@@ -15,11 +15,14 @@
 //! - `user_agent`: bot, browser and device classification in one pass.
 //! - `event_log`: `EventLog`, the write queue, replay and the writer thread (`Durability`).
 //! - `salts`: daily salts on disk. `websites`: the website registry and its file.
+//! - `memory`: `MemoryPlan`, how `--memory-limit` is divided. `metrics`: counters and
+//!   histograms for `/metrics`. `rate_limit`: per-IP token buckets in fixed memory.
 //! - `geoip`: optional country lookup. `clock`: now and RFC 3339.
 //! - `atomic_file`: crash-safe small-file replacement. `error`: `ApiError`, `ServerError`.
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,6 +46,9 @@ pub mod config;
 pub mod error;
 pub mod event_log;
 pub mod geoip;
+pub mod memory;
+pub mod metrics;
+pub mod rate_limit;
 pub mod referrer;
 pub mod routes;
 pub mod salts;
@@ -141,6 +147,7 @@ async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
+        state.open_connections.fetch_add(1, Ordering::Relaxed);
         let app = app.clone();
         let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
             let app = app.clone();
@@ -160,10 +167,12 @@ async fn serve(
             }
         });
         let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        let conn_state = Arc::clone(&state);
         tokio::spawn(async move {
             if let Err(error) = connection.await {
                 tracing::debug!(%error, "connection ended with an error");
             }
+            conn_state.open_connections.fetch_sub(1, Ordering::Relaxed);
             drop(permit);
         });
     }

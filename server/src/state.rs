@@ -4,15 +4,20 @@
 //! Built once at start-up from `Config` (opening the data directory); it does not know HTTP.
 
 use std::path::Path;
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
 use pulse_engine::{Engine, Timestamp};
 
+use crate::body::BodyBudget;
 use crate::client_ip::TrustedProxies;
 use crate::config::{Config, HttpLimits};
 use crate::error::ServerError;
 use crate::event_log::EventLog;
 use crate::geoip::GeoIp;
+use crate::memory::MemoryPlan;
+use crate::metrics::Metrics;
+use crate::rate_limit::RateLimiter;
 use crate::salts::SaltStore;
 use crate::websites::WebsiteRegistry;
 
@@ -27,6 +32,12 @@ pub struct AppState {
     pub admin_token: Option<String>,
     pub geoip: Option<GeoIp>,
     pub http: HttpLimits,
+    pub memory: MemoryPlan,
+    pub bodies: BodyBudget,
+    pub rate_limiter: RateLimiter,
+    pub metrics: Arc<Metrics>,
+    /// Client connections being served now.
+    pub open_connections: AtomicUsize,
 }
 
 impl AppState {
@@ -52,7 +63,14 @@ impl AppState {
         let salts = open_salts(data_dir, now, limits.window_ms())?;
         let geoip = config.geoip_db.as_deref().map(GeoIp::open).transpose()?;
         // Websites are registered before replay starts, so replayed events find their website.
-        let log = EventLog::start(config.log_options(), Arc::clone(&engine));
+        let metrics = Arc::new(Metrics::default());
+        let log = EventLog::start(
+            config.log_options(),
+            Arc::clone(&engine),
+            Arc::clone(&metrics),
+        );
+        let memory = config.memory_plan();
+        let http = config.http_limits();
         Ok(Self {
             engine,
             log,
@@ -61,7 +79,12 @@ impl AppState {
             proxies: TrustedProxies::new(config.trusted_proxies.clone()),
             admin_token: config.admin_token.clone().filter(|t| !t.is_empty()),
             geoip,
-            http: config.http_limits(),
+            http,
+            memory,
+            bodies: BodyBudget::new(http.body_bytes_in_flight),
+            rate_limiter: RateLimiter::new(config.rate_limit_per_ip, now_ms),
+            metrics,
+            open_connections: AtomicUsize::new(0),
         })
     }
 }

@@ -380,6 +380,22 @@ pub async fn collect(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    let outcome = accept(&state, peer, headers, body).await;
+    if let Err(error) = &outcome {
+        state
+            .metrics
+            .collect_rejected
+            .add(error.code, error.status.as_u16(), 1);
+    }
+    outcome
+}
+
+async fn accept(
+    state: &AppState,
+    peer: SocketAddr,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     if !is_accepted_content_type(&headers) {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -387,7 +403,19 @@ pub async fn collect(
             "send events as application/json or text/plain",
         ));
     }
-    let bytes = read_body(body, &headers, &state.http).await?;
+    let ip = state.proxies.client_ip(peer, &headers);
+    state
+        .rate_limiter
+        .check(ip, clock::now_ms())
+        .map_err(|wait_secs| {
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "too many requests from this address; slow down",
+            )
+            .retry_after(wait_secs)
+        })?;
+    let bytes = read_body(body, &headers, &state.http, &state.bodies).await?;
     let events = parse_batch(&bytes)?;
     let resolved: Vec<(Arc<WebsiteEntry>, CollectEvent)> = events
         .into_iter()
@@ -401,10 +429,18 @@ pub async fn collect(
         .collect::<Result<_, ApiError>>()?;
 
     let opted_out = header_is_one(&headers, "dnt") || header_is_one(&headers, "sec-gpc");
+    let submitted = resolved.len();
     let recorded: Vec<_> = resolved
         .into_iter()
         .filter(|(website, _)| !(opted_out && website.website.respect_dnt))
         .collect();
+    let skipped = submitted - recorded.len();
+    if skipped > 0 {
+        state
+            .metrics
+            .events_not_recorded
+            .add("dnt", 0, skipped as u64);
+    }
     if recorded.is_empty() {
         return Ok(accepted());
     }
@@ -416,7 +452,6 @@ pub async fn collect(
         .map(|v| String::from_utf8_lossy(v.as_bytes()))
         .unwrap_or_default();
     let class = user_agent::classify(&user_agent);
-    let ip = state.proxies.client_ip(peer, &headers);
     let identity = state
         .salts
         .identify(now, ip, &user_agent)
@@ -453,6 +488,7 @@ pub async fn collect(
     // Queue for the log first: a 202 must mean the event will be in the log, so an event the
     // queue refuses is not counted either.
     let engine = &state.engine;
+    let accepted_events = entries.len();
     let durable = state
         .log
         .submit(entries, |queued| {
@@ -475,6 +511,7 @@ pub async fn collect(
     if let Some(durable) = durable {
         durable.await.map_err(|_| log_unavailable())?;
     }
+    state.metrics.events_accepted.add(accepted_events as u64);
     Ok(accepted())
 }
 

@@ -14,6 +14,7 @@ use crate::state::AppState;
 pub mod assets;
 pub mod collect;
 pub mod health;
+pub mod metrics;
 pub mod realtime;
 pub mod websites;
 
@@ -28,6 +29,7 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .delete(websites::delete),
         )
         .route("/api/websites/{id}/realtime", get(realtime::realtime))
+        .route("/metrics", get(metrics::metrics))
         .route_layer(middleware::from_fn_with_state(
             Arc::clone(&state),
             require_admin,
@@ -45,5 +47,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(public)
         .fallback(|| async { ApiError::not_found() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            metrics::track,
+        ))
         .with_state(state)
 }

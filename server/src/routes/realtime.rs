@@ -20,6 +20,9 @@ pub struct RealtimeBody {
 #[derive(Debug, Serialize)]
 struct RealtimeData {
     active_visitors: u64,
+    /// Present (and true) only while the visitor count is an estimate.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    approximate: bool,
     recent_events: Vec<RecentRow>,
     pagination: Pagination,
 }
@@ -96,6 +99,7 @@ pub async fn realtime(
     Ok(Json(RealtimeBody {
         data: RealtimeData {
             active_visitors: answer.active_visitors,
+            approximate: answer.approximate,
             recent_events,
             pagination: Pagination {
                 limit: state.engine.limits().recent_limit,

@@ -138,7 +138,7 @@ pub async fn create(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let bytes = read_body(body, &headers, &state.http).await?;
+    let bytes = read_body(body, &headers, &state.http, &state.bodies).await?;
     let body = json_object(&bytes)?;
     let id = match opt_str(&body, "id")? {
         Some(id) => {
@@ -190,7 +190,7 @@ pub async fn update(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
-    let bytes = read_body(body, &headers, &state.http).await?;
+    let bytes = read_body(body, &headers, &state.http, &state.bodies).await?;
     let body = json_object(&bytes)?;
     if opt_str(&body, "id")?.is_some_and(|new_id| new_id != id) {
         return Err(ApiError::invalid_field("id", "cannot be changed"));
