@@ -399,8 +399,13 @@
   function renderRealtime() {
     const data = rt.data;
     const active = Number(data.active_visitors);
-    $("active-visitors").replaceChildren(active.toLocaleString());
-    $("active-caption").textContent = (active === 1 ? "visitor" : "visitors") + " in the last 30 minutes";
+    // The server marks counts it had to estimate to stay within its memory limit.
+    const approximate = data.approximate === true;
+    $("active-visitors").replaceChildren((approximate ? "≈ " : "") + active.toLocaleString());
+    $("active-caption").textContent =
+      (active === 1 ? "visitor" : "visitors") +
+      " in the last 30 minutes" +
+      (approximate ? " (estimated within 2%: the exact count exceeds the memory limit)" : "");
     const total = data.pagination ? data.pagination.total_in_window : null;
     $("total-events").replaceChildren(total == null ? "–" : Number(total).toLocaleString());
 

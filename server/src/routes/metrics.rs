@@ -88,26 +88,31 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let ring_bytes = state.engine.memory_bytes().saturating_sub(window_bytes);
     let (body_bytes, body_budget) = state.bodies.in_use_bytes();
     let plan = &state.memory;
+    let components = [
+        ("visitor_windows", window_bytes, budget.limit_bytes()),
+        ("rings", ring_bytes, plan.ring_bytes),
+        ("write_queue", queued_bytes, queue_budget),
+        ("request_bodies", body_bytes, body_budget),
+    ];
+    // Each metric family's samples must form one group in the text format.
     help(
         &mut out,
         "pulse_memory_bytes",
         "gauge",
         "Bytes held, by component.",
     );
+    for (component, used, _) in components {
+        let labels = format!("component=\"{component}\"");
+        sample(&mut out, "pulse_memory_bytes", &labels, used);
+    }
     help(
         &mut out,
         "pulse_memory_budget_bytes",
         "gauge",
         "Bytes allowed, by component.",
     );
-    for (component, used, allowed) in [
-        ("visitor_windows", window_bytes, budget.limit_bytes()),
-        ("rings", ring_bytes, plan.ring_bytes),
-        ("write_queue", queued_bytes, queue_budget),
-        ("request_bodies", body_bytes, body_budget),
-    ] {
+    for (component, _, allowed) in components {
         let labels = format!("component=\"{component}\"");
-        sample(&mut out, "pulse_memory_bytes", &labels, used);
         sample(&mut out, "pulse_memory_budget_bytes", &labels, allowed);
     }
     help(
