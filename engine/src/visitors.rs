@@ -214,7 +214,7 @@ mod tests {
 
     #[test]
     fn past_its_share_of_a_full_budget_the_count_turns_approximate_then_exact_again() {
-        let budget = MemoryBudget::new(256 * 1024);
+        let budget = MemoryBudget::new(1024 * 1024);
         budget.website_added();
         let mut count = VisitorCount::new(60);
         let mut held = 0;

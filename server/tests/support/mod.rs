@@ -1178,3 +1178,32 @@ impl Failures {
         self.0.is_empty()
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Memory: the resident set of a running server, from /proc (overload tests).
+// ---------------------------------------------------------------------------------------------
+
+impl Proc {
+    /// The process id of the running server; panics when it is not running.
+    pub fn pid(&self) -> u32 {
+        self.child
+            .as_ref()
+            .expect("pid: the server is not running")
+            .id()
+    }
+}
+
+/// A `kB` field of `/proc/<pid>/status` (`VmRSS`, `VmHWM`, …) in bytes; `None` once the process
+/// is gone or the field is missing.
+pub fn proc_status_bytes(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib = status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse::<u64>()
+        .ok()?;
+    Some(kib * 1024)
+}
