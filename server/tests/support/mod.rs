@@ -69,6 +69,8 @@ pub struct Opts {
     pub geoip_db: Option<PathBuf>,
     /// Pass the configuration as `PULSE_*` environment variables instead of flags.
     pub via_env: bool,
+    /// Further flags, always passed as arguments (`--durability sync`, …).
+    pub extra_args: Vec<String>,
 }
 
 impl Default for Opts {
@@ -79,6 +81,7 @@ impl Default for Opts {
             trusted_proxies: None,
             geoip_db: None,
             via_env: false,
+            extra_args: Vec::new(),
         }
     }
 }
@@ -106,6 +109,11 @@ impl Opts {
 
     pub fn via_env(mut self) -> Self {
         self.via_env = true;
+        self
+    }
+
+    pub fn args(mut self, args: &[String]) -> Self {
+        self.extra_args.extend_from_slice(args);
         self
     }
 }
@@ -142,10 +150,30 @@ pub fn command(opts: &Opts, data_dir: &Path) -> Command {
             cmd.arg(flag).arg(value);
         }
     }
+    cmd.args(&opts.extra_args);
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     cmd
+}
+
+/// Sends SIGTERM to `child` and waits (up to `STOP_DEADLINE`) for it to exit; kills it and
+/// panics with its `stderr` when it does not.
+fn terminate(mut child: Child, stderr: impl FnOnce() -> String) -> ExitStatus {
+    let pid = child.id().to_string();
+    let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(sent.success(), "kill -TERM {pid} failed: {sent}");
+    match wait_with_deadline(&mut child, STOP_DEADLINE) {
+        Some(status) => status,
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "the server did not exit within {STOP_DEADLINE:?} of SIGTERM; stderr:\n{}",
+                stderr()
+            );
+        }
+    }
 }
 
 /// Collects a child's stderr in the background, so it never blocks on a full pipe and can be
@@ -310,21 +338,8 @@ impl Server {
 
     /// Sends SIGTERM and waits (up to `STOP_DEADLINE`) for the process to exit.
     pub fn stop(&mut self) -> ExitStatus {
-        let mut child = self.child.take().expect("the server is not running");
-        let pid = child.id().to_string();
-        let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        assert!(sent.success(), "kill -TERM {pid} failed: {sent}");
-        match wait_with_deadline(&mut child, STOP_DEADLINE) {
-            Some(status) => status,
-            None => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "the server did not exit within {STOP_DEADLINE:?} of SIGTERM; stderr:\n{}",
-                    self.stderr()
-                );
-            }
-        }
+        let child = self.child.take().expect("the server is not running");
+        terminate(child, || self.stderr())
     }
 
     /// The address to connect to (loopback even when listening on an unspecified address).
@@ -897,48 +912,9 @@ where
 // ---------------------------------------------------------------------------------------------
 
 /// Spawns the binary with `Opts::default()` plus `args` on `data_dir` and waits for its
-/// `listening on ADDR` line (like `spawn_ready`, with extra flags).
+/// `listening on ADDR` line.
 fn spawn_ready_with_args(data_dir: &Path, args: &[String]) -> Spawned {
-    let opts = Opts::default();
-    let mut cmd = command(&opts, data_dir);
-    cmd.args(args);
-    let mut child = cmd.spawn().unwrap();
-    let stderr = drain_stderr(&mut child);
-    let (stdout, rx) = drain_stdout(&mut child);
-    let line = match rx.recv_timeout(START_DEADLINE) {
-        Ok(line) => line,
-        Err(mpsc::RecvTimeoutError::Timeout) => fail_start(
-            &mut child,
-            &stderr,
-            &opts,
-            &format!("extra flags {args:?}: no stdout line within {START_DEADLINE:?}"),
-        ),
-        Err(mpsc::RecvTimeoutError::Disconnected) => {
-            let status = wait_with_deadline(&mut child, Duration::from_secs(2));
-            fail_start(
-                &mut child,
-                &stderr,
-                &opts,
-                &format!(
-                    "extra flags {args:?}: stdout closed before `listening on`; exit status \
-                     {status:?}"
-                ),
-            )
-        }
-    };
-    let Some(addr) = line
-        .strip_prefix("listening on ")
-        .and_then(|a| a.trim().parse::<SocketAddr>().ok())
-        .filter(|a| a.port() != 0)
-    else {
-        fail_start(
-            &mut child,
-            &stderr,
-            &opts,
-            &format!("the first stdout line should be `listening on ADDR`, got {line:?}"),
-        )
-    };
-    (child, addr, stdout, stderr)
+    spawn_ready(&Opts::default().args(args), data_dir)
 }
 
 /// Sends a request and reads the whole response, returning the transport error instead of
@@ -1026,24 +1002,11 @@ impl Proc {
     /// SIGTERM, then waits (up to `STOP_DEADLINE`) for the process to exit; panics with its
     /// stderr when it does not.
     pub fn sigterm(&mut self) -> ExitStatus {
-        let mut child = self
+        let child = self
             .child
             .take()
             .expect("sigterm: the server is not running");
-        let pid = child.id().to_string();
-        let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        assert!(sent.success(), "kill -TERM {pid} failed: {sent}");
-        match wait_with_deadline(&mut child, STOP_DEADLINE) {
-            Some(status) => status,
-            None => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "the server did not exit within {STOP_DEADLINE:?} of SIGTERM; stderr:\n{}",
-                    self.stderr()
-                );
-            }
-        }
+        terminate(child, || self.stderr())
     }
 
     pub fn addr(&self) -> SocketAddr {
