@@ -3,9 +3,13 @@
 //! # Layout
 //! - this file: `EventFactory` (events with shared strings, as the server builds them) and
 //!   `filled_engine` (one website with N active visitors).
+//! - `load`: the HTTP load harness behind the `pulse-load` binary (simulated visitors, realtime
+//!   latency, counts and reports); `src/bin/http-ceiling.rs` is its do-nothing baseline server.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
+
+pub mod load;
 
 use pulse_engine::{
     visitor_id, Browser, DeviceType, Engine, EngineLimits, Event, EventKind, Salt, Timestamp,

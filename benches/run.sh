@@ -1,0 +1,275 @@
+#!/usr/bin/env bash
+# benches/run.sh — every figure of BENCHMARKS.md with one command.
+#
+#   benches/run.sh                      # full run (~10 s per HTTP load scenario)
+#   PULSE_BENCH_SECS=3 benches/run.sh   # quicker
+#
+# 1. Criterion benches: `--bench engine` and `--bench log` (in-process).
+# 2. Builds `pulse`, `pulse-load` and `http-ceiling` in release, then HTTP scenarios, each
+#    against a server in a fresh temp data dir, started with --trusted-proxies 127.0.0.1/32:
+#      ceiling_single, ceiling_batch50  http-ceiling (answers 202, does nothing): the naive
+#                                       client+HTTP baseline, same client settings as below
+#      ingest_single                    single-event requests at --max
+#      ingest_batch50                   50-event batches at --max
+#      realtime_idle                    realtime polled every 1 ms, no ingest
+#      realtime_under_load              realtime polled every 1 ms during single-event --max
+#      realtime_under_half_load         the same at half the rate ingest_single reached
+#      restart_1m                       ~1M events in batches of 50, SIGTERM, restart: spawn
+#                                       to /readyz 200
+#      bytes_per_visitor                server RSS delta over 1M new distinct visitors
+# Each prints one summary line and writes JSON to target/bench-results/<UTC stamp>/<name>.json
+# (and a line to target/bench-results/results.jsonl). Exits non-zero if any scenario fails.
+#
+# Knobs (environment): PULSE_BENCH_SECS (10) per load scenario, PULSE_BENCH_CONNECTIONS (32),
+# PULSE_BENCH_THREADS (1, pulse-load runtime threads), PULSE_BENCH_RESTART_EVENTS (1000000),
+# PULSE_BENCH_VISITORS (1000000), PULSE_BENCH_SKIP_CRITERION (unset; 1 skips step 1),
+# CARGO_BUILD_JOBS (2).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SECS=${PULSE_BENCH_SECS:-10}
+CONNS=${PULSE_BENCH_CONNECTIONS:-32}
+THREADS=${PULSE_BENCH_THREADS:-1}
+RESTART_EVENTS=${PULSE_BENCH_RESTART_EVENTS:-1000000}
+VISITORS=${PULSE_BENCH_VISITORS:-1000000}
+export CARGO_BUILD_JOBS=${CARGO_BUILD_JOBS:-2}
+
+STAMP=$(date -u +%Y%m%dT%H%M%SZ)
+RESULTS=target/bench-results
+OUT=$RESULTS/$STAMP
+mkdir -p "$OUT"
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/pulse-bench.XXXXXX")
+BIN=target/release
+
+CHILDREN=()
+cleanup() {
+  local pid
+  for pid in "${CHILDREN[@]}"; do
+    kill -TERM "$pid" 2>/dev/null || true
+  done
+  for pid in "${CHILDREN[@]}"; do
+    wait "$pid" 2>/dev/null || true
+  done
+  rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+step() { printf '\n== %s\n' "$*"; }
+now_ns() { date +%s%N; }
+# The value of a numeric JSON field in a pretty-printed file (first occurrence).
+json_num() { sed -n "s/.*\"$2\": *\([0-9.eE+-]*\).*/\1/p" "$1" | head -1; }
+record() { # name file: keep the JSON and append it as one line to results.jsonl
+  tr -d '\n' <"$2" | sed 's/  */ /g' >>"$RESULTS/results.jsonl"
+  echo >>"$RESULTS/results.jsonl"
+  cp "$2" "$OUT/$1.json" 2>/dev/null || true
+}
+
+# start_server NAME DATA_DIR [LISTEN] [BINARY]: sets SERVER_PID and SERVER_ADDR.
+start_server() {
+  local name=$1 dir=$2 listen=${3:-127.0.0.1:0} binary=${4:-pulse}
+  local args=(--listen "$listen")
+  if [ "$binary" = pulse ]; then
+    args+=(--data-dir "$dir" --trusted-proxies 127.0.0.1/32)
+  fi
+  "$BIN/$binary" "${args[@]}" >"$TMP/$name.out" 2>"$TMP/$name.err" &
+  SERVER_PID=$!
+  CHILDREN+=("$SERVER_PID")
+  local deadline=$((SECONDS + 30))
+  SERVER_ADDR=""
+  while [ -z "$SERVER_ADDR" ]; do
+    SERVER_ADDR=$(sed -n 's/^listening on //p' "$TMP/$name.out")
+    if ! kill -0 "$SERVER_PID" 2>/dev/null || [ $SECONDS -gt $deadline ]; then
+      echo "$name: $binary did not start:" >&2
+      cat "$TMP/$name.err" >&2
+      return 1
+    fi
+    [ -n "$SERVER_ADDR" ] || sleep 0.01
+  done
+}
+
+# stop_server NAME: SIGTERM, wait (30 s at most), fail unless it exits 0.
+stop_server() {
+  local name=$1 pid=$SERVER_PID rc=0
+  kill -TERM "$pid"
+  local deadline=$((SECONDS + 30))
+  while kill -0 "$pid" 2>/dev/null; do
+    if [ $SECONDS -gt $deadline ]; then
+      echo "$name: server $pid did not stop after SIGTERM" >&2
+      kill -KILL "$pid" 2>/dev/null || true
+      return 1
+    fi
+    sleep 0.01
+  done
+  wait "$pid" || rc=$?
+  local kept=() p
+  for p in "${CHILDREN[@]}"; do
+    [ "$p" = "$pid" ] || kept+=("$p")
+  done
+  CHILDREN=("${kept[@]}")
+  if [ $rc -ne 0 ]; then
+    echo "$name: server exited with $rc:" >&2
+    tail -20 "$TMP/$name.err" >&2
+    return 1
+  fi
+}
+
+# load NAME ARGS...: one pulse-load run against SERVER_ADDR with the shared settings.
+load() {
+  local name=$1
+  shift
+  "$BIN/pulse-load" --addr "$SERVER_ADDR" --server-pid "$SERVER_PID" --threads "$THREADS" \
+    --label "$name" --progress-secs 0 --json "$TMP/$name.json" "$@" || return 1
+  record "$name" "$TMP/$name.json"
+}
+
+FAILED=()
+scenario() { # name function
+  step "$1"
+  if ! "$2"; then
+    echo "FAILED: $1" >&2
+    FAILED+=("$1")
+  fi
+}
+
+# --- 1. criterion ---------------------------------------------------------------------------
+if [ -z "${PULSE_BENCH_SKIP_CRITERION:-}" ]; then
+  step "criterion: engine"
+  cargo bench -p pulse-benches --bench engine -- --warm-up-time 1 --measurement-time 3 \
+    | tee "$OUT/criterion-engine.txt"
+  step "criterion: log"
+  cargo bench -p pulse-benches --bench log -- --warm-up-time 1 --measurement-time 4 \
+    | tee "$OUT/criterion-log.txt"
+fi
+
+# --- 2. HTTP ----------------------------------------------------------------------------------
+step "build (release)"
+cargo build --release -p pulse-server -p pulse-benches --bin pulse --bin pulse-load \
+  --bin http-ceiling
+
+ceiling() { # batch
+  start_server "ceiling_$1" "" 127.0.0.1:0 http-ceiling || return 1
+  # http-ceiling answers 202 to everything, so there is no website to create or realtime to poll.
+  load "ceiling_$1" --max --batch "$2" --connections "$CONNS" --duration "$SECS" \
+    --realtime-poll-ms 0 || return 1
+  stop_server "ceiling_$1"
+}
+ceiling_single() { ceiling single 1; }
+ceiling_batch50() { ceiling batch50 50; }
+
+# One server for the ingest and realtime scenarios, in the order below (the window fills up).
+MAIN_STARTED=""
+main_server() {
+  [ -n "$MAIN_STARTED" ] && return 0
+  start_server main "$TMP/main" || return 1
+  MAIN_PID=$SERVER_PID MAIN_ADDR=$SERVER_ADDR MAIN_STARTED=1
+  "$BIN/pulse-load" --addr "$SERVER_ADDR" --wait-ready --timeout-secs 30 >/dev/null
+}
+use_main() { main_server && SERVER_PID=$MAIN_PID && SERVER_ADDR=$MAIN_ADDR; }
+ingest_single() {
+  use_main || return 1
+  load ingest_single --create-website --max --batch 1 --connections "$CONNS" --duration "$SECS" \
+    --realtime-poll-ms 10
+}
+ingest_batch50() {
+  use_main || return 1
+  load ingest_batch50 --max --batch 50 --connections "$CONNS" --duration "$SECS" \
+    --realtime-poll-ms 10
+}
+realtime_idle() {
+  use_main || return 1
+  load realtime_idle --rate 0 --realtime-poll-ms 1 --duration "$SECS"
+}
+realtime_under_load() {
+  use_main || return 1
+  load realtime_under_load --max --batch 1 --connections "$CONNS" --duration "$SECS" \
+    --realtime-poll-ms 1
+}
+realtime_under_half_load() {
+  use_main || return 1
+  # Half the single-event rate ingest_single reached: busy but not saturated, so requests do
+  # not queue behind each other as they must at --max (Little's law).
+  local rate
+  rate=$(awk -v r="$(json_num "$TMP/ingest_single.json" events_per_sec)" \
+    'BEGIN { printf "%.0f", (r > 0 ? r : 20000) / 2 }')
+  load realtime_under_half_load --rate "$rate" --batch 1 --connections "$CONNS" \
+    --duration "$SECS" --realtime-poll-ms 1 || return 1
+  stop_server main
+}
+
+restart_1m() {
+  start_server restart "$TMP/restart" || return 1
+  "$BIN/pulse-load" --addr "$SERVER_ADDR" --wait-ready --timeout-secs 30 >/dev/null || return 1
+  load restart_load --create-website --max --batch 50 --connections 8 \
+    --events "$RESTART_EVENTS" --duration 0 --realtime-poll-ms 0 || return 1
+  local addr=$SERVER_ADDR t0 t1 stop_ms ready_ms
+  t0=$(now_ns)
+  stop_server restart || return 1
+  t1=$(now_ns)
+  stop_ms=$(((t1 - t0) / 1000000))
+  # Spawn on the same address and poll /readyz at once (every 2 ms, retrying refused connects).
+  t0=$(now_ns)
+  "$BIN/pulse" --listen "$addr" --data-dir "$TMP/restart" --trusted-proxies 127.0.0.1/32 \
+    >"$TMP/restart2.out" 2>"$TMP/restart2.err" &
+  SERVER_PID=$!
+  CHILDREN+=("$SERVER_PID")
+  "$BIN/pulse-load" --addr "$addr" --wait-ready --timeout-secs 60 >"$TMP/ready.json" || return 1
+  t1=$(now_ns)
+  ready_ms=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", (b - a) / 1e6 }')
+  local replayed replay_ms
+  replayed=$(json_num "$TMP/ready.json" events)
+  replay_ms=$(json_num "$TMP/ready.json" duration_ms)
+  printf '{"label":"restart_1m","events_loaded":%s,"events_replayed":%s,"shutdown_ms":%s,"restart_to_ready_ms":%s,"server_replay_ms":%s,"readyz":%s}\n' \
+    "$(json_num "$TMP/restart_load.json" events_accepted)" "$replayed" "$stop_ms" "$ready_ms" \
+    "$replay_ms" "$(cat "$TMP/ready.json")" >"$TMP/restart_1m.json"
+  record restart_1m "$TMP/restart_1m.json"
+  echo "[restart_1m] $replayed events replayed; spawn to /readyz 200 in $ready_ms ms" \
+    "(server's own replay $replay_ms ms); SIGTERM to exit $stop_ms ms"
+  [ "${replayed:-0}" -ge "$RESTART_EVENTS" ] || { echo "replayed fewer events than loaded" >&2; return 1; }
+  stop_server restart2
+}
+
+bytes_per_visitor() {
+  start_server bytes "$TMP/bytes" || return 1
+  "$BIN/pulse-load" --addr "$SERVER_ADDR" --wait-ready --timeout-secs 30 >/dev/null || return 1
+  # Warm up (connections, allocator, rings full) with 10k visitors, then measure 1M new ones.
+  load bytes_warmup --create-website --max --batch 1 --connections "$CONNS" --events 10000 \
+    --duration 0 --visitors 10000 --bot-share 0 --realtime-poll-ms 0 || return 1
+  local before after v_before v_after
+  before=$(awk '/^VmRSS:/ { print $2 }' "/proc/$SERVER_PID/status")
+  v_before=$(json_num "$TMP/bytes_warmup.json" active_visitors)
+  load bytes_load --max --batch 1 --connections "$CONNS" --events "$VISITORS" \
+    --duration 0 --visitors "$VISITORS" --first-visitor 10000 --bot-share 0 --realtime-poll-ms 0 || return 1
+  after=$(awk '/^VmRSS:/ { print $2 }' "/proc/$SERVER_PID/status")
+  v_after=$(json_num "$TMP/bytes_load.json" active_visitors)
+  if grep -q '"approximate": true' "$TMP/bytes_load.json"; then
+    echo "the server switched to approximate counting (memory limit): not an exact window" >&2
+    return 1
+  fi
+  local per
+  per=$(awk -v a="$before" -v b="$after" -v x="$v_before" -v y="$v_after" \
+    'BEGIN { printf "%.1f", (b - a) * 1024 / (y - x) }')
+  printf '{"label":"bytes_per_visitor","rss_kib_before":%s,"rss_kib_after":%s,"active_visitors_before":%s,"active_visitors_after":%s,"rss_bytes_per_visitor":%s}\n' \
+    "$before" "$after" "$v_before" "$v_after" "$per" >"$TMP/bytes_per_visitor.json"
+  record bytes_per_visitor "$TMP/bytes_per_visitor.json"
+  echo "[bytes_per_visitor] server RSS $before -> $after KiB for $v_before -> $v_after active" \
+    "visitors: $per bytes per visitor (RSS delta, not engine accounting)"
+  stop_server bytes
+}
+
+scenario ceiling_single ceiling_single
+scenario ceiling_batch50 ceiling_batch50
+scenario ingest_single ingest_single
+scenario ingest_batch50 ingest_batch50
+scenario realtime_idle realtime_idle
+scenario realtime_under_load realtime_under_load
+scenario realtime_under_half_load realtime_under_half_load
+scenario restart_1m restart_1m
+scenario bytes_per_visitor bytes_per_visitor
+
+step "results in $OUT"
+if [ ${#FAILED[@]} -gt 0 ]; then
+  echo "failed scenarios: ${FAILED[*]}" >&2
+  exit 1
+fi
+echo "all scenarios passed"
