@@ -101,8 +101,10 @@ pub struct Config {
     #[arg(long, env = "PULSE_RETENTION_DAYS", default_value_t = 30)]
     pub retention_days: u32,
 
-    /// Requests (batches of events) the write queue holds; when full, collect answers 503.
-    #[arg(long, env = "PULSE_QUEUE_CAPACITY", default_value_t = 4096)]
+    /// Requests (batches of events) the write queue holds; when full, collect answers 503. The
+    /// queue's bytes are bounded by --memory-limit as well; this count is large enough to ride
+    /// out a slow fsync (about a second of single-event traffic at full speed).
+    #[arg(long, env = "PULSE_QUEUE_CAPACITY", default_value_t = 65_536)]
     pub queue_capacity: usize,
 
     /// Log format on stderr.
