@@ -32,16 +32,19 @@ impl MemoryBudget {
     }
 
     /// Whether `extra` more bytes would still fit.
+    #[inline]
     pub fn fits(&self, extra: usize) -> bool {
         self.used_bytes().saturating_add(extra) <= self.limit_bytes
     }
 
     /// A website's fair share: the limit divided among the websites held.
+    #[inline]
     pub fn share_bytes(&self) -> usize {
         self.limit_bytes / self.websites.load(Ordering::Relaxed).max(1)
     }
 
     /// Records that a website now holds `after` bytes instead of `before`.
+    #[inline]
     pub fn update(&self, before: usize, after: usize) {
         if after > before {
             self.used_bytes.fetch_add(after - before, Ordering::Relaxed);

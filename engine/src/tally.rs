@@ -51,6 +51,7 @@ impl EventTally {
 
     /// Counts one event at `ts_ms`, moving the clock forward to it first. Returns false, and
     /// counts nothing, when the event is at or before the cutoff or outside `Timestamp`'s range.
+    #[inline]
     pub fn record(&mut self, ts_ms: i64) -> bool {
         self.advance_to(ts_ms);
         if ts_ms <= self.cutoff_ms || !(0..=Timestamp::MAX_MS).contains(&ts_ms) {
@@ -92,6 +93,7 @@ impl EventTally {
         }
     }
 
+    #[inline]
     pub fn memory_bytes(&self) -> usize {
         self.runs.capacity() * std::mem::size_of::<u64>()
     }

@@ -59,11 +59,13 @@ impl VisitorCount {
         i64::from(self.window_secs.max(1)) * 1000
     }
 
+    #[inline]
     pub fn is_approximate(&self) -> bool {
         matches!(self.mode, Mode::Approximate { .. })
     }
 
     /// Active visitors: exact, or the estimate in approximate mode.
+    #[inline]
     pub fn count(&self) -> u64 {
         match &self.mode {
             Mode::Exact(window) => window.len() as u64,
@@ -71,6 +73,7 @@ impl VisitorCount {
         }
     }
 
+    #[inline]
     pub fn memory_bytes(&self) -> usize {
         match &self.mode {
             Mode::Exact(window) => window.memory_bytes(),
@@ -82,6 +85,7 @@ impl VisitorCount {
 
     /// Records `id` at `ts_ms` (see `VisitorWindow::record`), switching mode when `budget` says
     /// so. The caller reports the change in `memory_bytes` to the budget.
+    #[inline]
     pub fn record(
         &mut self,
         id: VisitorId,

@@ -115,6 +115,7 @@ impl VisitorWindow {
     /// When `carried_from` names another id that is active, that visitor is folded into `id`
     /// (the midnight carry-over): it stops counting separately, and `id` keeps the later of the
     /// two timestamps.
+    #[inline]
     pub fn record(
         &mut self,
         id: VisitorId,
@@ -180,6 +181,7 @@ impl VisitorWindow {
 
     /// Bytes the next new visitor would add by making the slab, the table or the wheel grow
     /// (0 when there is room), so a caller can refuse the growth before it happens.
+    #[inline]
     pub fn growth_bytes_on_insert(&self) -> usize {
         let mut growth = 0;
         if self.free == NIL && self.nodes.len() == self.nodes.capacity() {
@@ -207,12 +209,14 @@ impl VisitorWindow {
     }
 
     /// Bytes allocated by the window: slab, table and wheel.
+    #[inline]
     pub fn memory_bytes(&self) -> usize {
         self.nodes.capacity() * std::mem::size_of::<Node>()
             + self.table.allocation_size()
             + self.buckets.len() * std::mem::size_of::<Bucket>()
     }
 
+    #[inline]
     fn find(&self, id: VisitorId) -> Option<u32> {
         let nodes = &self.nodes;
         self.table
@@ -220,6 +224,7 @@ impl VisitorWindow {
             .copied()
     }
 
+    #[inline]
     fn touch(&mut self, id: VisitorId, ts_ms: i64) -> Recorded {
         if self.buckets.is_empty() {
             let span = (self.window_ms / 1000 + 2) as usize;
@@ -250,6 +255,7 @@ impl VisitorWindow {
     }
 
     /// Inserts node `idx` into its second's list, keeping the list in timestamp order.
+    #[inline]
     fn link(&mut self, idx: u32) {
         let ts = self.nodes[idx as usize].ts;
         let b = self.bucket_index(ts);
@@ -277,6 +283,7 @@ impl VisitorWindow {
         }
     }
 
+    #[inline]
     fn unlink(&mut self, idx: u32) {
         let Node { ts, prev, next, .. } = self.nodes[idx as usize];
         let b = self.bucket_index(ts);
