@@ -326,6 +326,17 @@ impl Server {
     /// data directory with the same options. Returns the exit status of the first process.
     pub fn restart(&mut self) -> ExitStatus {
         let status = self.stop();
+        self.respawn();
+        status
+    }
+
+    /// Starts the process again on the same data directory with the same options, after it was
+    /// killed or stopped.
+    pub fn respawn(&mut self) {
+        assert!(
+            self.child.is_none(),
+            "respawn: the previous process still runs"
+        );
         let (child, addr, stdout, stderr) = spawn_ready(&self.opts, &self.data_dir);
         self.child = Some(child);
         self.addr = addr;
@@ -333,7 +344,6 @@ impl Server {
         self.stderr = stderr;
         // A fresh pool: the old connections went to the old process.
         self.client = client();
-        status
     }
 
     /// Sends SIGTERM and waits (up to `STOP_DEADLINE`) for the process to exit.
@@ -911,12 +921,6 @@ where
 // with SIGKILL or stopped with SIGTERM, and started again on the same directory.
 // ---------------------------------------------------------------------------------------------
 
-/// Spawns the binary with `Opts::default()` plus `args` on `data_dir` and waits for its
-/// `listening on ADDR` line.
-fn spawn_ready_with_args(data_dir: &Path, args: &[String]) -> Spawned {
-    spawn_ready(&Opts::default().args(args), data_dir)
-}
-
 /// Sends a request and reads the whole response, returning the transport error instead of
 /// panicking: for requests to a server that may be killed meanwhile.
 pub async fn try_send(builder: reqwest::RequestBuilder) -> Result<Resp, reqwest::Error> {
@@ -932,61 +936,42 @@ pub async fn try_send(builder: reqwest::RequestBuilder) -> Result<Resp, reqwest:
 }
 
 /// A `pulse` process started with extra flags (`--durability sync`, …) on a data directory the
-/// caller owns, so that it can be SIGKILLed and started again on the same directory. Killed (if
-/// still running) when dropped.
-pub struct Proc {
-    data_dir: PathBuf,
-    args: Vec<String>,
-    child: Option<Child>,
-    addr: SocketAddr,
-    stdout: Arc<Mutex<Vec<String>>>,
-    stderr: Arc<Mutex<Vec<u8>>>,
-    client: reqwest::Client,
-}
-
-impl std::fmt::Debug for Proc {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Proc")
-            .field("addr", &self.addr)
-            .field("data_dir", &self.data_dir)
-            .field("args", &self.args)
-            .finish_non_exhaustive()
-    }
-}
+/// caller owns, so that it can be SIGKILLed and started again on the same directory: a `Server`
+/// (everything else is there), built from flags.
+#[derive(Debug)]
+pub struct Proc(Server);
 
 impl Proc {
     /// Starts `pulse --listen 127.0.0.1:0 --data-dir DATA_DIR ARGS…` and waits for its
-    /// `listening on` line (not for readiness: see `wait_ready`).
+    /// `listening on` line (not for readiness: see `Server::wait_ready`).
     pub fn start(data_dir: &Path, args: &[&str]) -> Self {
         let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
-        let (child, addr, stdout, stderr) = spawn_ready_with_args(data_dir, &args);
-        Self {
-            data_dir: data_dir.to_path_buf(),
-            args,
-            child: Some(child),
-            addr,
-            stdout,
-            stderr,
-            client: client(),
-        }
+        Self(Server::start_in(Opts::default().args(&args), data_dir))
     }
 
-    /// Starts the process again on the same data directory with the same flags, after it was
-    /// killed or stopped.
-    pub fn respawn(&mut self) {
-        assert!(
-            self.child.is_none(),
-            "respawn: the previous process still runs"
-        );
-        let (child, addr, stdout, stderr) = spawn_ready_with_args(&self.data_dir, &self.args);
-        self.child = Some(child);
-        self.addr = addr;
-        self.stdout = stdout;
-        self.stderr = stderr;
-        // A fresh pool: the old connections went to the old process.
-        self.client = client();
+    /// SIGTERM, then waits (up to `STOP_DEADLINE`) for the process to exit; panics with its
+    /// stderr when it does not.
+    pub fn sigterm(&mut self) -> ExitStatus {
+        self.0.stop()
     }
+}
 
+impl std::ops::Deref for Proc {
+    type Target = Server;
+
+    fn deref(&self) -> &Server {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Proc {
+    fn deref_mut(&mut self) -> &mut Server {
+        &mut self.0
+    }
+}
+
+/// Crash-test operations on any server.
+impl Server {
     /// SIGKILL (`Child::kill`), then waits for the process to be gone. The status says whether
     /// the signal hit a running process (`signal() == Some(9)`) or it had already exited.
     pub fn kill_9(&mut self) -> ExitStatus {
@@ -998,53 +983,6 @@ impl Proc {
         let _ = child.kill();
         child.wait().unwrap()
     }
-
-    /// SIGTERM, then waits (up to `STOP_DEADLINE`) for the process to exit; panics with its
-    /// stderr when it does not.
-    pub fn sigterm(&mut self) -> ExitStatus {
-        let child = self
-            .child
-            .take()
-            .expect("sigterm: the server is not running");
-        terminate(child, || self.stderr())
-    }
-
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    pub fn data_dir(&self) -> &Path {
-        &self.data_dir
-    }
-
-    /// `http://ADDR{path}`.
-    pub fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
-    }
-
-    /// The client of the current process (a fresh pool after each respawn).
-    pub fn client(&self) -> &reqwest::Client {
-        &self.client
-    }
-
-    /// Everything the current process wrote to stderr so far (its logs).
-    pub fn stderr(&self) -> String {
-        String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
-    }
-
-    /// Every line the current process wrote to stdout so far.
-    pub fn stdout_lines(&self) -> Vec<String> {
-        self.stdout.lock().unwrap().clone()
-    }
-
-    pub async fn get(&self, path: &str) -> Resp {
-        send(self.client.get(self.url(path))).await
-    }
-
-    pub async fn post_json(&self, path: &str, body: &Value) -> Resp {
-        send(self.client.post(self.url(path)).json(body)).await
-    }
-
     /// `POST /api/collect` with a JSON body (one event or an array) as `user_agent`; a transport
     /// error (the process is gone) is returned, not a panic.
     pub async fn collect_as(&self, user_agent: &str, body: &Value) -> Result<Resp, reqwest::Error> {
@@ -1057,12 +995,10 @@ impl Proc {
         )
         .await
     }
-
     /// `GET /readyz` as it is: 503 `not_ready` during replay, 200 with the replay report after.
     pub async fn readyz(&self) -> Resp {
         self.get("/readyz").await
     }
-
     /// Polls `/readyz` until it answers 200 and returns its `replay` object. Panics when the
     /// deadline passes, or at once when it answers anything but 200 or 503 `not_ready`.
     pub async fn wait_ready(&self, deadline: Duration) -> Value {
@@ -1098,29 +1034,6 @@ impl Proc {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
-
-    /// `GET /api/websites/{id}/realtime{query}`, asserting 200, returning `data`.
-    pub async fn realtime_q(&self, id: &str, query: &str) -> Value {
-        let resp = self
-            .get(&format!("/api/websites/{id}/realtime{query}"))
-            .await;
-        assert_eq!(resp.status, 200, "realtime of {id}{query}: {resp:?}");
-        let body = resp.json();
-        body.get("data")
-            .cloned()
-            .unwrap_or_else(|| panic!("realtime body has no `data`: {body}"))
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            if let Ok(None) = child.try_wait() {
-                let _ = child.kill();
-            }
-            let _ = child.wait();
-        }
-    }
 }
 
 /// The live segment files (`*.seg`) of `data_dir`'s event log, oldest first (by name).
@@ -1146,7 +1059,7 @@ impl Failures {
 // Memory: the resident set of a running server, from /proc (overload tests).
 // ---------------------------------------------------------------------------------------------
 
-impl Proc {
+impl Server {
     /// The process id of the running server; panics when it is not running.
     pub fn pid(&self) -> u32 {
         self.child
