@@ -65,10 +65,6 @@ impl Engine {
         Ok(())
     }
 
-    pub fn has_website(&self, id: &WebsiteId) -> bool {
-        self.websites.contains_key(id)
-    }
-
     pub fn website_count(&self) -> usize {
         self.websites.len()
     }

@@ -90,10 +90,6 @@ impl EventRing {
         }
     }
 
-    pub fn capacity(&self) -> usize {
-        self.slots.len()
-    }
-
     fn slot(&self, pos: u64) -> &Atomic<Slot> {
         // `pos % len` is below `len`, so the index is in bounds.
         &self.slots[(pos % self.slots.len() as u64) as usize]

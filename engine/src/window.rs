@@ -100,11 +100,6 @@ impl VisitorWindow {
         self.live == 0
     }
 
-    /// The window's cutoff: timestamps at or before it are expired.
-    pub fn cutoff_ms(&self) -> i64 {
-        self.cutoff_ms
-    }
-
     /// The last timestamp of `id`, if it is active.
     pub fn last_seen(&self, id: VisitorId) -> Option<i64> {
         self.find(id).map(|idx| self.nodes[idx as usize].ts)

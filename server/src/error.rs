@@ -159,8 +159,6 @@ pub enum ServerError {
     GeoIp { path: PathBuf, message: String },
     #[error("engine limits: {0}")]
     Engine(#[from] pulse_engine::EngineError),
-    #[error("listener: {0}")]
-    Listener(std::io::Error),
     #[error("event log: {0}")]
     Log(String),
 }

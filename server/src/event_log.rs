@@ -196,10 +196,6 @@ impl EventLog {
         &self.status
     }
 
-    pub fn durability(&self) -> Durability {
-        self.durability
-    }
-
     /// Queues `entries` without waiting and, only if they were queued, hands them to `count`
     /// (the engine). Both happen under one lock, so the engine sees events in exactly the order
     /// the log stores them and a replay rebuilds the same answer, ties included. In `Sync` mode
