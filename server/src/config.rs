@@ -113,7 +113,8 @@ pub struct Config {
 }
 
 impl Config {
-    /// How `--memory-limit` (or its default) is divided.
+    /// How `--memory-limit` (or its default, read from /proc/meminfo) is divided. Compute it once
+    /// and hand it to the methods below.
     pub fn memory_plan(&self) -> MemoryPlan {
         MemoryPlan::new(
             self.memory_limit.unwrap_or_else(default_memory_limit),
@@ -123,14 +124,14 @@ impl Config {
         )
     }
 
-    pub fn engine_limits(&self) -> EngineLimits {
-        self.memory_plan().engine_limits(EngineLimits {
+    pub fn engine_limits(&self, plan: &MemoryPlan) -> EngineLimits {
+        plan.engine_limits(EngineLimits {
             ring_capacity: self.ring_capacity,
             ..EngineLimits::default()
         })
     }
 
-    pub fn log_options(&self) -> LogOptions {
+    pub fn log_options(&self, plan: &MemoryPlan) -> LogOptions {
         LogOptions {
             dir: self.data_dir.join("segments"),
             durability: self.durability,
@@ -142,13 +143,12 @@ impl Config {
                 retention_ms: i64::from(self.retention_days) * 86_400_000,
             },
             queue_capacity: self.queue_capacity.max(1),
-            queue_bytes: self.memory_plan().queue_bytes,
-            window_ms: self.engine_limits().window_ms(),
+            queue_bytes: plan.queue_bytes,
+            window_ms: self.engine_limits(plan).window_ms(),
         }
     }
 
-    pub fn http_limits(&self) -> HttpLimits {
-        let plan = self.memory_plan();
+    pub fn http_limits(&self, plan: &MemoryPlan) -> HttpLimits {
         HttpLimits {
             max_connections: plan.max_connections.max(1),
             body_bytes_in_flight: plan.body_bytes.max(MAX_BODY_BYTES),
@@ -204,7 +204,7 @@ mod tests {
         assert_eq!(config.data_dir, PathBuf::from("./pulse-data"));
         assert!(config.trusted_proxies.is_empty());
         assert!(config.admin_token.is_none());
-        let limits = config.engine_limits();
+        let limits = config.engine_limits(&config.memory_plan());
         assert_eq!(limits.ring_capacity, EngineLimits::DEFAULT_RING_CAPACITY);
         assert!(limits.max_websites <= EngineLimits::DEFAULT_MAX_WEBSITES);
         assert_eq!(config.rate_limit_per_ip, 1000);

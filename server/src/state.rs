@@ -51,7 +51,8 @@ impl AppState {
             source,
         };
         std::fs::create_dir_all(data_dir).map_err(dir_error)?;
-        let limits = config.engine_limits();
+        let memory = config.memory_plan();
+        let limits = config.engine_limits(&memory);
         let engine = Arc::new(Engine::new(limits)?);
         let websites = WebsiteRegistry::open(data_dir)?;
         for website in websites.list() {
@@ -65,12 +66,11 @@ impl AppState {
         // Websites are registered before replay starts, so replayed events find their website.
         let metrics = Arc::new(Metrics::default());
         let log = EventLog::start(
-            config.log_options(),
+            config.log_options(&memory),
             Arc::clone(&engine),
             Arc::clone(&metrics),
         );
-        let memory = config.memory_plan();
-        let http = config.http_limits();
+        let http = config.http_limits(&memory);
         Ok(Self {
             engine,
             log,
