@@ -786,3 +786,22 @@ async fn a_torn_tail_is_truncated_on_restart() {
     assert_eq!(recent_urls(&data), expected, "{data}");
     assert_exit_zero(proc.sigterm(), "second run", &proc.stderr());
 }
+
+/// Start-up rounds of the early-SIGTERM test: each one is a chance to hit the window between the
+/// `listening on` line and the first poll of the shutdown future.
+const EARLY_SIGTERM_ROUNDS: usize = 10;
+
+#[tokio::test]
+async fn sigterm_right_after_the_address_is_announced_exits_zero() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut proc = Proc::start(tmp.path(), &[]);
+    for round in 0..EARLY_SIGTERM_ROUNDS {
+        // `Proc::start` and `respawn` return as soon as the `listening on` line is read, so the
+        // signal lands while the server is still entering its accept loop.
+        let status = proc.sigterm();
+        assert_exit_zero(status, &format!("round {round}"), &proc.stderr());
+        proc.respawn();
+    }
+    proc.wait_ready(READY_DEADLINE).await;
+    assert_exit_zero(proc.sigterm(), "last round", &proc.stderr());
+}
