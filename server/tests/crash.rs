@@ -805,3 +805,57 @@ async fn sigterm_right_after_the_address_is_announced_exits_zero() {
     proc.wait_ready(READY_DEADLINE).await;
     assert_exit_zero(proc.sigterm(), "last round", &proc.stderr());
 }
+
+/// The targets of every event in the segment files of `data_dir`, read without modifying them
+/// (a server may be writing).
+fn logged_targets(data_dir: &Path) -> Vec<String> {
+    let mut targets = Vec::new();
+    for path in segment_files(data_dir) {
+        let name_seq = path
+            .file_stem()
+            .and_then(|stem| stem.to_str())
+            .and_then(|stem| stem.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("{} is not named by a sequence number", path.display()));
+        let bytes = std::fs::read(&path).unwrap();
+        pulse_snapshot::scan_segment(&bytes, name_seq, |logged| {
+            targets.push(logged.entry.event.target.to_string());
+        });
+    }
+    targets
+}
+
+#[tokio::test]
+async fn interval_mode_writes_accepted_events_without_waiting_for_a_shutdown() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Default durability: `interval`, where the writer lingers between writes.
+    let mut proc = Proc::start(tmp.path(), &[]);
+    proc.wait_ready(READY_DEADLINE).await;
+    create_site(&proc).await;
+    // Back to back, so most of them arrive while the writer lingers after the first write.
+    let paths: Vec<String> = (0..20).map(|i| format!("/i/{i}")).collect();
+    for path in &paths {
+        collect_one(&proc, path).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut logged = logged_targets(tmp.path());
+        logged.sort();
+        let mut expected = paths.clone();
+        expected.sort();
+        if logged == expected {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "10 s after their 202s the segment files hold {logged:?}, expected {expected:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Written means the OS has it: a SIGKILL now loses none of them.
+    assert_killed(proc.kill_9(), "kill after the write", &proc.stderr());
+    proc.respawn();
+    proc.wait_ready(READY_DEADLINE).await;
+    let data = proc.realtime_q(SITE, "?include_bots=true").await;
+    assert_eq!(data["pagination"]["total_in_window"], 20, "{data}");
+    assert_exit_zero(proc.sigterm(), "after the restart", &proc.stderr());
+}
