@@ -19,6 +19,7 @@ use crate::memory::MemoryPlan;
 use crate::metrics::Metrics;
 use crate::rate_limit::RateLimiter;
 use crate::salts::SaltStore;
+use crate::user_agent::ClassCache;
 use crate::websites::WebsiteRegistry;
 
 #[derive(Debug)]
@@ -35,6 +36,8 @@ pub struct AppState {
     pub memory: MemoryPlan,
     pub bodies: BodyBudget,
     pub rate_limiter: RateLimiter,
+    /// Recent User-Agent verdicts (keyed hashes, never headers).
+    pub user_agents: ClassCache,
     pub metrics: Arc<Metrics>,
     /// Client connections being served now.
     pub open_connections: AtomicUsize,
@@ -83,6 +86,7 @@ impl AppState {
             memory,
             bodies: BodyBudget::new(http.body_bytes_in_flight),
             rate_limiter: RateLimiter::new(config.rate_limit_per_ip, now_ms),
+            user_agents: ClassCache::new(),
             metrics,
             open_connections: AtomicUsize::new(0),
         })

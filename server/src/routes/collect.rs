@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use pulse_engine::{EngineError, Event, EventKind, Timestamp, WebsiteId};
@@ -26,7 +26,6 @@ use crate::error::ApiError;
 use crate::event_log::SubmitError;
 use crate::referrer::referrer_domain;
 use crate::state::AppState;
-use crate::user_agent;
 use crate::websites::WebsiteEntry;
 
 /// Most events in one request.
@@ -115,8 +114,9 @@ impl<'de> Deserialize<'de> for Batch<'de> {
 pub struct CollectEvent {
     pub website_id: WebsiteId,
     pub kind: EventKind,
-    /// The page path (pageviews; query and fragment dropped) or the event name (custom events).
-    pub target: String,
+    /// The page path (pageviews; query and fragment dropped) or the event name (custom events),
+    /// already in the shared form the engine keeps.
+    pub target: Arc<str>,
     /// The referrer as sent; reduced to a host against the website's domain later.
     pub referrer: Option<String>,
 }
@@ -233,7 +233,7 @@ fn validate(raw: &RawEvent<'_>) -> Result<CollectEvent, ApiError> {
     }
     let path = page_path(&url).map_err(|why| ApiError::invalid_field("url", why))?;
     let target = match kind {
-        EventKind::Pageview => path.to_owned(),
+        EventKind::Pageview => Arc::from(path),
         EventKind::Custom => {
             let name = required(
                 string_field(raw.event_name, "event_name", MAX_EVENT_NAME_CHARS)?,
@@ -245,7 +245,7 @@ fn validate(raw: &RawEvent<'_>) -> Result<CollectEvent, ApiError> {
                     "must not contain control characters",
                 ));
             }
-            name.trim().to_owned()
+            Arc::from(name.trim())
         }
     };
     let referrer = string_field(raw.referrer, "referrer", MAX_URL_BYTES)?
@@ -377,10 +377,11 @@ pub async fn preflight() -> Response {
 pub async fn collect(
     State(state): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: Body,
+    request: Request,
 ) -> Result<Response, ApiError> {
-    let outcome = accept(&state, peer, headers, body).await;
+    // The request itself rather than a `HeaderMap` extractor, which would clone every header.
+    let (parts, body) = request.into_parts();
+    let outcome = accept(&state, peer, &parts.headers, body).await;
     if let Err(error) = &outcome {
         state
             .metrics
@@ -393,17 +394,17 @@ pub async fn collect(
 async fn accept(
     state: &AppState,
     peer: SocketAddr,
-    headers: HeaderMap,
+    headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    if !is_accepted_content_type(&headers) {
+    if !is_accepted_content_type(headers) {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
             "send events as application/json or text/plain",
         ));
     }
-    let ip = state.proxies.client_ip(peer, &headers);
+    let ip = state.proxies.client_ip(peer, headers);
     state
         .rate_limiter
         .check(ip, clock::now_ms())
@@ -415,7 +416,7 @@ async fn accept(
             )
             .retry_after(wait_secs)
         })?;
-    let bytes = read_body(body, &headers, &state.http, &state.bodies).await?;
+    let bytes = read_body(body, headers, &state.http, &state.bodies).await?;
     let events = parse_batch(&bytes)?;
     let resolved: Vec<(Arc<WebsiteEntry>, CollectEvent)> = events
         .into_iter()
@@ -428,20 +429,19 @@ async fn accept(
         })
         .collect::<Result<_, ApiError>>()?;
 
-    let opted_out = header_is_one(&headers, "dnt") || header_is_one(&headers, "sec-gpc");
-    let submitted = resolved.len();
-    let recorded: Vec<_> = resolved
-        .into_iter()
-        .filter(|(website, _)| !(opted_out && website.website.respect_dnt))
-        .collect();
-    let skipped = submitted - recorded.len();
+    let opted_out = header_is_one(headers, "dnt") || header_is_one(headers, "sec-gpc");
+    let recorded = |(website, _): &(Arc<WebsiteEntry>, CollectEvent)| {
+        !(opted_out && website.website.respect_dnt)
+    };
+    let recorded_count = resolved.iter().filter(|r| recorded(r)).count();
+    let skipped = resolved.len() - recorded_count;
     if skipped > 0 {
         state
             .metrics
             .events_not_recorded
             .add("dnt", 0, skipped as u64);
     }
-    if recorded.is_empty() {
+    if recorded_count == 0 {
         return Ok(accepted());
     }
 
@@ -451,7 +451,7 @@ async fn accept(
         .get(header::USER_AGENT)
         .map(|v| String::from_utf8_lossy(v.as_bytes()))
         .unwrap_or_default();
-    let class = user_agent::classify(&user_agent);
+    let class = state.user_agents.classify(&user_agent);
     let identity = state
         .salts
         .identify(now, ip, &user_agent)
@@ -464,8 +464,9 @@ async fn accept(
         })?;
     let country = state.geoip.as_ref().and_then(|g| g.country(ip));
 
-    let entries: Vec<LogEntry> = recorded
+    let entries: Vec<LogEntry> = resolved
         .into_iter()
+        .filter(recorded)
         .map(|(website, event)| {
             let referrer_domain = referrer_domain(event.referrer.as_deref(), &website.site_domain);
             LogEntry {
@@ -474,7 +475,7 @@ async fn accept(
                     ts: now,
                     visitor: identity.visitor,
                     kind: event.kind,
-                    target: Arc::from(event.target),
+                    target: event.target,
                     referrer_domain: referrer_domain.map(Arc::from),
                     is_bot: class.is_bot,
                     browser: class.browser,
@@ -641,8 +642,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(events[0].kind, EventKind::Custom);
-        assert_eq!(events[0].target, "signup");
-        assert_eq!(events[1].target, "/p");
+        assert_eq!(&*events[0].target, "signup");
+        assert_eq!(&*events[1].target, "/p");
         assert_eq!(events[1].referrer.as_deref(), Some("https://t.co/x"));
     }
 }
