@@ -17,13 +17,16 @@
 #      restart_1m                       ~1M events in batches of 50, SIGTERM, restart: spawn
 #                                       to /readyz 200
 #      bytes_per_visitor                server RSS delta over 1M new distinct visitors
+# 3. With PULSE_BENCH_BASE=<commit>: benches/ab.sh, single-event ingest of `pulse` at that commit
+#    against this checkout's and the ceiling, interleaved over PULSE_BENCH_AB_ROUNDS rounds.
 # Each prints one summary line and writes JSON to target/bench-results/<UTC stamp>/<name>.json
 # (and a line to target/bench-results/results.jsonl). Exits non-zero if any scenario fails.
 #
 # Knobs (environment): PULSE_BENCH_SECS (10) per load scenario, PULSE_BENCH_CONNECTIONS (32),
 # PULSE_BENCH_THREADS (1, pulse-load runtime threads), PULSE_BENCH_RESTART_EVENTS (1000000),
 # PULSE_BENCH_VISITORS (1000000), PULSE_BENCH_SKIP_CRITERION (unset; 1 skips step 1),
-# CARGO_BUILD_JOBS (2).
+# PULSE_BENCH_BASE (unset; a commit to A/B single-event ingest against, step 3),
+# PULSE_BENCH_AB_ROUNDS (5), CARGO_BUILD_JOBS (2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -266,6 +269,25 @@ scenario realtime_under_load realtime_under_load
 scenario realtime_under_half_load realtime_under_half_load
 scenario restart_1m restart_1m
 scenario bytes_per_visitor bytes_per_visitor
+
+# --- 3. A/B against an older commit (only with PULSE_BENCH_BASE) ------------------------------
+# Builds `pulse` at that commit in a temporary worktree (its own target dir under target/, so a
+# rerun reuses the build) and runs benches/ab.sh: the ceiling, the old and the new binary,
+# interleaved over several rounds so each sees the same machine noise.
+ab_base() {
+  local base=$PULSE_BENCH_BASE worktree="$TMP/base"
+  local target_dir="$PWD/target/ab-base"
+  git worktree add --detach "$worktree" "$base" >/dev/null || return 1
+  (cd "$worktree" && CARGO_TARGET_DIR="$target_dir" cargo build --release -q -p pulse-server \
+    --bin pulse) || { git worktree remove --force "$worktree"; return 1; }
+  git worktree remove --force "$worktree"
+  cp "$target_dir/release/pulse" "$TMP/pulse-base"
+  PULSE_AB_ROUNDS=${PULSE_BENCH_AB_ROUNDS:-5} benches/ab.sh "before=$TMP/pulse-base" \
+    "after=$BIN/pulse" | tee "$OUT/ab.txt"
+}
+if [ -n "${PULSE_BENCH_BASE:-}" ]; then
+  scenario "ab against $PULSE_BENCH_BASE" ab_base
+fi
 
 step "results in $OUT"
 if [ ${#FAILED[@]} -gt 0 ]; then
