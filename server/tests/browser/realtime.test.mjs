@@ -471,6 +471,46 @@ async function main() {
   });
   await until("a refresh as soon as the tab is visible again", 2_000, () => realtimeRequests.length > countBeforeVisible);
 
+  // --- A hidden tab sends nothing: a page on Playwright's fake clock ------------------------
+  // Proving an absence needs more than one 10 s refresh period; the fake clock runs those
+  // periods in an instant. The same page first shows that the clock does drive the refresh, so
+  // the hidden-tab check below can fail.
+  const pausedPage = await (await browser.newContext()).newPage();
+  await pausedPage.clock.install();
+  const pausedRequests = [];
+  pausedPage.on("request", (request) => {
+    if (request.url().includes(`/api/websites/${site.id}/realtime`)) pausedRequests.push(request.url());
+  });
+  await pausedPage.goto(`${pulse.origin}/#/site/${encodeURIComponent(site.id)}`);
+  await until("the first realtime request of the fake-clock page", 10_000, async () =>
+    pausedRequests.length >= 1 && (await panel(pausedPage)).dot === "live",
+  );
+  const afterFirst = pausedRequests.length;
+  await pausedPage.clock.runFor(11_000);
+  await until("a refresh after one fake 10 s period", 5_000, () => pausedRequests.length > afterFirst);
+  await until("that refresh answered", 5_000, async () => (await panel(pausedPage)).dot === "live");
+  await pausedPage.evaluate(() => {
+    Object.defineProperty(document, "hidden", { configurable: true, get: () => true });
+    Object.defineProperty(document, "visibilityState", { configurable: true, get: () => "hidden" });
+    document.dispatchEvent(new Event("visibilitychange"));
+  });
+  const whileHidden = pausedRequests.length;
+  await pausedPage.clock.runFor(5 * 60_000);
+  // Give a request the fake clock might have started time to reach the network layer.
+  await new Promise((r) => setTimeout(r, 500));
+  check(
+    pausedRequests.length === whileHidden,
+    `a hidden tab sent ${pausedRequests.length - whileHidden} realtime request(s) in 5 fake minutes`,
+  );
+  await pausedPage.evaluate(() => {
+    Object.defineProperty(document, "hidden", { configurable: true, get: () => false });
+    Object.defineProperty(document, "visibilityState", { configurable: true, get: () => "visible" });
+    document.dispatchEvent(new Event("visibilitychange"));
+  });
+  await until("a refresh as soon as the fake-clock tab is visible", 5_000, () => pausedRequests.length > whileHidden);
+  await pausedPage.context().close();
+  log("hidden tab: no requests for 5 fake minutes, one at once on return");
+
   // --- Server stopped: quiet error, grey dot, last good data kept --------------------------
   const port = pulse.port;
   await stopPulse(pulse);
