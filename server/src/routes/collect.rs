@@ -34,6 +34,8 @@ pub const MAX_BATCH: usize = 50;
 pub const MAX_EVENT_NAME_CHARS: usize = 100;
 /// Largest `event_data` object, serialised, in bytes.
 pub const MAX_EVENT_DATA_BYTES: usize = 4096;
+/// Deepest nesting of arrays and objects in `event_data` (serde_json's own recursion limit).
+pub const MAX_EVENT_DATA_DEPTH: usize = 128;
 /// Longest `url` or `referrer`, in bytes.
 pub const MAX_URL_BYTES: usize = 2048;
 /// Longest `screen`, `language` or `utm_*` value, in characters.
@@ -109,20 +111,21 @@ impl<'de> Deserialize<'de> for Batch<'de> {
     }
 }
 
-/// A validated, normalised event, before the connection's context is added.
+/// A validated, normalised event, before the connection's context is added. It borrows from
+/// the request body where it can.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CollectEvent {
+pub struct CollectEvent<'a> {
     pub website_id: WebsiteId,
     pub kind: EventKind,
     /// The page path (pageviews; query and fragment dropped) or the event name (custom events),
     /// already in the shared form the engine keeps.
     pub target: Arc<str>,
     /// The referrer as sent; reduced to a host against the website's domain later.
-    pub referrer: Option<String>,
+    pub referrer: Option<Cow<'a, str>>,
 }
 
 /// Parses and validates a collect body: one event object or an array of 1 to `MAX_BATCH`.
-pub fn parse_batch(body: &[u8]) -> Result<Vec<CollectEvent>, ApiError> {
+pub fn parse_batch(body: &[u8]) -> Result<Vec<CollectEvent<'_>>, ApiError> {
     let first = body.iter().find(|b| !b.is_ascii_whitespace());
     let invalid_json = |e: serde_json::Error| {
         ApiError::invalid_json(format!("the body is not a valid event or batch: {e}"))
@@ -179,11 +182,14 @@ fn string_field<'a>(
     let Some(raw) = raw else {
         return Ok(None);
     };
-    // Borrow when the string has no escapes; otherwise unescape into an owned copy.
-    let value = match serde_json::from_str::<&str>(raw.get()) {
-        Ok(s) => Cow::Borrowed(s),
-        Err(_) => Cow::Owned(
-            serde_json::from_str::<String>(raw.get())
+    let text = raw.get();
+    // `RawValue` holds valid JSON, so a string without backslashes is exactly the bytes between
+    // its quotes: borrow them without a second parse. Anything else goes through serde_json,
+    // which unescapes into an owned copy or says it is not a string.
+    let value = match text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
+        Some(inner) if !inner.contains('\\') => Cow::Borrowed(inner),
+        _ => Cow::Owned(
+            serde_json::from_str::<String>(text)
                 .map_err(|_| ApiError::invalid_field(name, "must be a string"))?,
         ),
     };
@@ -203,7 +209,7 @@ fn required<'a>(value: Option<Cow<'a, str>>, name: &str) -> Result<Cow<'a, str>,
     }
 }
 
-fn validate(raw: &RawEvent<'_>) -> Result<CollectEvent, ApiError> {
+fn validate<'a>(raw: &RawEvent<'a>) -> Result<CollectEvent<'a>, ApiError> {
     let website = required(
         string_field(raw.website_id, "website_id", WebsiteId::MAX_LEN)?,
         "website_id",
@@ -248,9 +254,8 @@ fn validate(raw: &RawEvent<'_>) -> Result<CollectEvent, ApiError> {
             Arc::from(name.trim())
         }
     };
-    let referrer = string_field(raw.referrer, "referrer", MAX_URL_BYTES)?
-        .filter(|r| !r.trim().is_empty())
-        .map(Cow::into_owned);
+    let referrer =
+        string_field(raw.referrer, "referrer", MAX_URL_BYTES)?.filter(|r| !r.trim().is_empty());
     if let Some(data) = raw.event_data {
         let text = data.get();
         if text.len() > MAX_EVENT_DATA_BYTES {
@@ -265,10 +270,13 @@ fn validate(raw: &RawEvent<'_>) -> Result<CollectEvent, ApiError> {
                 "must be a JSON object",
             ));
         }
-        // Parsing (and dropping) the object applies serde_json's nesting limit, so a deeply
-        // nested value is refused here rather than by whoever reads it later.
-        if let Err(e) = serde_json::from_str::<serde_json::Value>(text) {
-            return Err(ApiError::invalid_json(format!("event_data: {e}")));
+        // The body parser has checked the syntax; nesting is checked here so a deeply nested
+        // value is refused now rather than by whoever reads it later.
+        // `invalid_json`, as serde_json's own recursion limit answers for the body as a whole.
+        if nesting_depth(text) > MAX_EVENT_DATA_DEPTH {
+            return Err(ApiError::invalid_json(format!(
+                "event_data nests deeper than {MAX_EVENT_DATA_DEPTH} levels"
+            )));
         }
     }
     for (value, name) in [
@@ -288,6 +296,34 @@ fn validate(raw: &RawEvent<'_>) -> Result<CollectEvent, ApiError> {
         target,
         referrer,
     })
+}
+
+/// How deeply arrays and objects nest in `json`, which must be valid JSON: brackets inside
+/// strings do not count. Linear, and allocates nothing.
+fn nesting_depth(json: &str) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let (mut in_string, mut escaped) = (false, false);
+    for byte in json.bytes() {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
 }
 
 /// The path of a page URL — an absolute `http(s)` URL or a path starting with `/` — without
@@ -418,7 +454,7 @@ async fn accept(
         })?;
     let bytes = read_body(body, headers, &state.http, &state.bodies).await?;
     let events = parse_batch(&bytes)?;
-    let resolved: Vec<(Arc<WebsiteEntry>, CollectEvent)> = events
+    let resolved: Vec<(Arc<WebsiteEntry>, CollectEvent<'_>)> = events
         .into_iter()
         .map(|event| {
             let website = state
@@ -430,7 +466,7 @@ async fn accept(
         .collect::<Result<_, ApiError>>()?;
 
     let opted_out = header_is_one(headers, "dnt") || header_is_one(headers, "sec-gpc");
-    let recorded = |(website, _): &(Arc<WebsiteEntry>, CollectEvent)| {
+    let recorded = |(website, _): &(Arc<WebsiteEntry>, CollectEvent<'_>)| {
         !(opted_out && website.website.respect_dnt)
     };
     let recorded_count = resolved.iter().filter(|r| recorded(r)).count();
@@ -645,5 +681,60 @@ mod tests {
         assert_eq!(&*events[0].target, "signup");
         assert_eq!(&*events[1].target, "/p");
         assert_eq!(events[1].referrer.as_deref(), Some("https://t.co/x"));
+    }
+
+    proptest::proptest! {
+        /// Whatever string a client encodes, and however it escapes it, `string_field` reads
+        /// back exactly that string: the borrowed fast path and the unescaping path agree.
+        #[test]
+        fn string_fields_read_back_what_was_encoded(value in "\\PC{0,40}", escape_all in proptest::bool::ANY) {
+            let encoded = if escape_all {
+                value.chars().map(|c| format!("\\u{:04x}", u32::from(c).min(0xFFFF))).collect::<String>()
+            } else {
+                serde_json::to_string(&value).unwrap()
+            };
+            let encoded = if escape_all {
+                // Characters outside the BMP need surrogate pairs; keep those as JSON encodes them.
+                if value.chars().all(|c| u32::from(c) <= 0xFFFF) {
+                    format!("\"{encoded}\"")
+                } else {
+                    serde_json::to_string(&value).unwrap()
+                }
+            } else {
+                encoded
+            };
+            let raw: Box<RawValue> = serde_json::from_str(&encoded).unwrap();
+            let read = string_field(Some(&raw), "f", usize::MAX).unwrap();
+            proptest::prop_assert_eq!(read.as_deref(), Some(value.as_str()));
+        }
+    }
+
+    #[test]
+    fn nesting_depth_counts_brackets_outside_strings() {
+        let check =
+            |json: &str, expected: usize| assert_eq!(nesting_depth(json), expected, "{json}");
+        check("{}", 1);
+        check(r#"{"a":[1,{"b":[]}]}"#, 4);
+        check(r#"{"a":"[[[{{{"}"#, 1);
+        check(r#"{"a":"\"[[","b":[]}"#, 2);
+        check(r#"{"a":"\\","b":[[]]}"#, 3);
+        check(&format!("{}{}", "[".repeat(128), "]".repeat(128)), 128);
+    }
+
+    #[test]
+    fn non_strings_are_refused_by_name() {
+        for text in ["1", "true", "{}", "[\"a\"]", "1e999"] {
+            let raw: Box<RawValue> = match serde_json::from_str(text) {
+                Ok(raw) => raw,
+                // Not even JSON serde accepts (1e999): the body parser refuses it earlier.
+                Err(_) => continue,
+            };
+            let error = string_field(Some(&raw), "screen", 10).unwrap_err();
+            assert_eq!(
+                (error.code, error.message.contains("screen")),
+                ("invalid_field", true),
+                "{text}"
+            );
+        }
     }
 }
