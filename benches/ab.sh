@@ -11,6 +11,8 @@
 # Builds `pulse-load` and `http-ceiling` in release first. Compare medians, not single rounds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=benches/harness.sh
+. benches/harness.sh
 
 [ $# -ge 1 ] || { echo "usage: benches/ab.sh [LABEL=]PULSE_BINARY..." >&2; exit 2; }
 ROUNDS=${PULSE_AB_ROUNDS:-3}
@@ -40,32 +42,19 @@ run() {
     load_args=(--create-website --realtime-poll-ms 10)
   fi
   SERVER_PID=$!
-  local deadline=$((SECONDS + 30)) addr=""
-  while [ -z "$addr" ]; do
-    addr=$(sed -n 's/^listening on //p' "$dir/out")
-    if ! kill -0 "$SERVER_PID" 2>/dev/null || [ $SECONDS -gt $deadline ]; then
-      echo "$label: $binary did not start:" >&2
-      cat "$dir/err" >&2
-      return 1
-    fi
-    [ -n "$addr" ] || sleep 0.01
-  done
-  "$BIN/pulse-load" --addr "$addr" --server-pid "$SERVER_PID" --threads 1 --progress-secs 0 \
+  wait_for_address "$label ($binary)" "$SERVER_PID" "$dir/out" "$dir/err" || return 1
+  "$BIN/pulse-load" --addr "$SERVER_ADDR" --server-pid "$SERVER_PID" --threads 1 --progress-secs 0 \
     --max --batch "$BATCH" --connections 32 --duration "$SECS" "${load_args[@]}" \
     --json "$dir/report.json" >/dev/null
   kill -TERM "$SERVER_PID"
   wait "$SERVER_PID" || { echo "$label: server exited non-zero" >&2; return 1; }
   SERVER_PID=""
-  python3 - "$label" "$dir/report.json" <<'EOF'
-import json, sys
-label, path = sys.argv[1], sys.argv[2]
-report = json.load(open(path))
-rps = report["requests_per_sec"]
-server_us = report["server"]["cpu_cores"] * 1e6 / rps
-client_us = report["client"]["cpu_cores"] * 1e6 / rps
-print(f"{label:<40} {rps:>9.0f} req/s  server {server_us:6.2f} us/req  "
-      f"client {client_us:5.2f} us/req")
-EOF
+  # The report lists the server's figures before the client's.
+  awk -v label="$label" -v rps="$(json_num "$dir/report.json" requests_per_sec)" \
+    -v server="$(json_num "$dir/report.json" cpu_cores 1)" \
+    -v client="$(json_num "$dir/report.json" cpu_cores 2)" \
+    'BEGIN { printf "%-40s %9.0f req/s  server %6.2f us/req  client %5.2f us/req\n", label, rps,
+             server * 1e6 / rps, client * 1e6 / rps }'
 }
 
 for round in $(seq "$ROUNDS"); do

@@ -58,10 +58,11 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+# shellcheck source=benches/harness.sh
+. benches/harness.sh
+
 step() { printf '\n== %s\n' "$*"; }
 now_ns() { date +%s%N; }
-# The value of a numeric JSON field in a pretty-printed file (first occurrence).
-json_num() { sed -n "s/.*\"$2\": *\([0-9.eE+-]*\).*/\1/p" "$1" | head -1; }
 record() { # name file: keep the JSON and append it as one line to results.jsonl
   tr -d '\n' <"$2" | sed 's/  */ /g' >>"$RESULTS/results.jsonl"
   echo >>"$RESULTS/results.jsonl"
@@ -78,17 +79,7 @@ start_server() {
   "$BIN/$binary" "${args[@]}" >"$TMP/$name.out" 2>"$TMP/$name.err" &
   SERVER_PID=$!
   CHILDREN+=("$SERVER_PID")
-  local deadline=$((SECONDS + 30))
-  SERVER_ADDR=""
-  while [ -z "$SERVER_ADDR" ]; do
-    SERVER_ADDR=$(sed -n 's/^listening on //p' "$TMP/$name.out")
-    if ! kill -0 "$SERVER_PID" 2>/dev/null || [ $SECONDS -gt $deadline ]; then
-      echo "$name: $binary did not start:" >&2
-      cat "$TMP/$name.err" >&2
-      return 1
-    fi
-    [ -n "$SERVER_ADDR" ] || sleep 0.01
-  done
+  wait_for_address "$name ($binary)" "$SERVER_PID" "$TMP/$name.out" "$TMP/$name.err"
 }
 
 # stop_server NAME: SIGTERM, wait (30 s at most), fail unless it exits 0.
