@@ -187,6 +187,18 @@ function panel(page) {
   });
 }
 
+/** Makes the page believe its tab was hidden or shown, and tells it as a browser would. */
+function setTabHidden(page, hidden) {
+  return page.evaluate((hidden) => {
+    Object.defineProperty(document, "hidden", { configurable: true, get: () => hidden });
+    Object.defineProperty(document, "visibilityState", {
+      configurable: true,
+      get: () => (hidden ? "hidden" : "visible"),
+    });
+    document.dispatchEvent(new Event("visibilitychange"));
+  }, hidden);
+}
+
 const hasEvent = (state, type, target) => state.events.some((e) => e.type === type && e.target === target);
 
 async function screenshot(page, name) {
@@ -463,12 +475,8 @@ async function main() {
 
   // Back from a hidden tab: refresh at once.
   const countBeforeVisible = realtimeRequests.length;
-  await dashboard.evaluate(() => {
-    Object.defineProperty(document, "hidden", { configurable: true, get: () => true });
-    document.dispatchEvent(new Event("visibilitychange"));
-    Object.defineProperty(document, "hidden", { configurable: true, get: () => false });
-    document.dispatchEvent(new Event("visibilitychange"));
-  });
+  await setTabHidden(dashboard, true);
+  await setTabHidden(dashboard, false);
   await until("a refresh as soon as the tab is visible again", 2_000, () => realtimeRequests.length > countBeforeVisible);
 
   // --- A hidden tab sends nothing: a page on Playwright's fake clock ------------------------
@@ -489,11 +497,7 @@ async function main() {
   await pausedPage.clock.runFor(11_000);
   await until("a refresh after one fake 10 s period", 5_000, () => pausedRequests.length > afterFirst);
   await until("that refresh answered", 5_000, async () => (await panel(pausedPage)).dot === "live");
-  await pausedPage.evaluate(() => {
-    Object.defineProperty(document, "hidden", { configurable: true, get: () => true });
-    Object.defineProperty(document, "visibilityState", { configurable: true, get: () => "hidden" });
-    document.dispatchEvent(new Event("visibilitychange"));
-  });
+  await setTabHidden(pausedPage, true);
   const whileHidden = pausedRequests.length;
   await pausedPage.clock.runFor(5 * 60_000);
   // Give a request the fake clock might have started time to reach the network layer.
@@ -502,11 +506,7 @@ async function main() {
     pausedRequests.length === whileHidden,
     `a hidden tab sent ${pausedRequests.length - whileHidden} realtime request(s) in 5 fake minutes`,
   );
-  await pausedPage.evaluate(() => {
-    Object.defineProperty(document, "hidden", { configurable: true, get: () => false });
-    Object.defineProperty(document, "visibilityState", { configurable: true, get: () => "visible" });
-    document.dispatchEvent(new Event("visibilitychange"));
-  });
+  await setTabHidden(pausedPage, false);
   await until("a refresh as soon as the fake-clock tab is visible", 5_000, () => pausedRequests.length > whileHidden);
   await pausedPage.context().close();
   log("hidden tab: no requests for 5 fake minutes, one at once on return");
