@@ -258,10 +258,21 @@ fn the_builtin_user_agents_are_classified_as_labelled() {
 }
 
 #[test]
-fn the_shared_user_agent_files_load_or_fall_back() {
-    let dir = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data"));
+fn the_testdata_user_agent_files_load_or_fall_back() {
+    let dir = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata"));
     let agents = UserAgents::from_dir_or_builtin(dir);
-    assert!(!agents.browsers.is_empty() && !agents.bots.is_empty());
+    // The committed samples are read, not the built-in fallback.
+    assert_ne!(agents.source, "built-in sample");
+    assert!(
+        agents.browsers.len() > BUILTIN_BROWSERS.len(),
+        "{}",
+        agents.browsers.len()
+    );
+    assert!(
+        agents.bots.len() > BUILTIN_BOTS.len(),
+        "{}",
+        agents.bots.len()
+    );
     let missing = UserAgents::from_dir_or_builtin(std::path::Path::new("/nonexistent"));
     assert_eq!(missing.browsers.len(), BUILTIN_BROWSERS.len());
     assert_eq!(missing.source, "built-in sample");

@@ -62,8 +62,8 @@ mod tests {
 
     #[test]
     fn finds_the_countries_of_the_maxmind_test_database() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../shared/data/GeoLite2-Country-Test.mmdb");
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/GeoLite2-Country-Test.mmdb");
         assert!(path.exists(), "missing test database {}", path.display());
         let geoip = GeoIp::open(&path).unwrap();
         let check = |ip: &str, expected: Option<&str>| {

@@ -890,31 +890,16 @@ mod tests {
         }
     }
 
-    /// Where the shared sample files live: `PULSE_SHARED_DATA` if it is set
-    /// and exists, otherwise `shared/data` beside the repository checkout.
-    fn shared_data_dir() -> PathBuf {
-        let default = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data");
-        let candidates: Vec<PathBuf> = std::env::var_os("PULSE_SHARED_DATA")
-            .map(PathBuf::from)
-            .into_iter()
-            .chain([default])
-            .collect();
-        candidates
-            .iter()
-            .find(|dir| dir.is_dir())
-            .cloned()
-            .unwrap_or_else(|| {
-                panic!(
-                    "shared sample data not found, tried {candidates:?}; set PULSE_SHARED_DATA to the directory holding bot-user-agents.txt"
-                )
-            })
+    /// The sample files, committed in `testdata/` at the workspace root (with their licences).
+    fn testdata_dir() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata")
     }
 
     fn sample_lines(name: &str) -> Vec<String> {
-        let path = shared_data_dir().join(name);
+        let path = testdata_dir().join(name);
         let text = std::fs::read_to_string(&path).unwrap_or_else(|err| {
             panic!(
-                "cannot read sample file {} ({err}); set PULSE_SHARED_DATA to the directory holding it",
+                "cannot read sample file {} ({err}); see testdata/README.md",
                 path.display()
             )
         });

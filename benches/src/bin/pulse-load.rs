@@ -83,7 +83,7 @@ struct Args {
     server_pid: Option<u32>,
     /// Directory with browser-user-agents.txt and bot-user-agents.txt (built-in samples when
     /// missing).
-    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data"))]
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata"))]
     ua_dir: PathBuf,
     /// Write the report to this file as JSON.
     #[arg(long)]

@@ -42,15 +42,15 @@ pub const GOOGLEBOT: &str =
 /// A command-line client: a bot.
 pub const CURL: &str = "curl/8.5.0";
 
-/// The MaxMind test database shipped in `shared/data/`.
+/// The MaxMind test database committed in `testdata/`.
 pub fn geoip_test_db() -> PathBuf {
     let path = PathBuf::from(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/data/GeoLite2-Country-Test.mmdb"
+        "/../testdata/GeoLite2-Country-Test.mmdb"
     ));
     assert!(
         path.is_file(),
-        "the GeoIP test database is missing: expected it at {} (shared/data beside the repo)",
+        "the GeoIP test database is missing: expected it at {} (see testdata/README.md)",
         path.display()
     );
     path
