@@ -155,10 +155,13 @@ pub enum ServerError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("geoip database {path}: {message}")]
-    GeoIp { path: PathBuf, message: String },
+    #[error("geoip database {path}: {source}")]
+    GeoIp {
+        path: PathBuf,
+        source: maxminddb::MaxMindDbError,
+    },
     #[error("engine limits: {0}")]
     Engine(#[from] pulse_engine::EngineError),
     #[error("event log: {0}")]
-    Log(String),
+    Log(#[source] std::sync::Arc<crate::event_log::LogFailure>),
 }

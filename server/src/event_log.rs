@@ -1,15 +1,15 @@
-//! `EventLog`: the bounded queue between request handlers and the disk, and the writer thread
-//! behind it that replays the log at start-up, then appends, fsyncs and rolls segments.
+//! `EventLog`: the bounded queue between request handlers and the disk, and the log thread
+//! (`pulse-log`) behind it that replays the log at start-up, then appends, fsyncs and rolls segments.
 //!
 //! Handlers never wait on the disk: they `submit` a batch and get `Full` back at once when the
 //! queue is at capacity (the route answers 503). What a 202 promises is `Durability`'s:
-//! - `Interval`: written when the writer next drains the queue (within `WRITE_LINGER`, 5 ms, of
+//! - `Interval`: written when the log thread next drains the queue (within `WRITE_LINGER`, 5 ms, of
 //!   the previous write) and fsynced at least every `fsync_interval`;
 //! - `Sync`: the handler awaits the fsync that covers its batch; every batch drained together
 //!   shares one fsync (group commit);
 //! - `None`: written as in `Interval`; the OS decides when it reaches the disk.
 //!
-//! A failed write or fsync is fatal: the writer stops, `fatal` fires and the server shuts down
+//! A failed write or fsync is fatal: the log thread stops, `fatal` fires and the server shuts down
 //! with a non-zero exit. It never retries an fsync (after a failure the kernel may have dropped
 //! the dirty pages, so a retry could report success for data that is gone).
 
@@ -22,7 +22,9 @@ use std::time::{Duration, Instant};
 use clap::ValueEnum;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use pulse_engine::{Engine, Event};
-use pulse_snapshot::{replay, LogEntry, ReplayOptions, ReplayReport, SegmentLimits, SegmentWriter};
+use pulse_snapshot::{
+    replay, LogEntry, ReplayOptions, ReplayReport, SegmentLimits, SegmentWriter, SnapshotError,
+};
 use tokio::sync::{oneshot, Notify};
 
 use crate::clock;
@@ -44,7 +46,7 @@ pub enum Durability {
     None,
 }
 
-/// How the writer thread is set up.
+/// How the log thread is set up.
 #[derive(Debug, Clone)]
 pub struct LogOptions {
     pub dir: PathBuf,
@@ -59,15 +61,16 @@ pub struct LogOptions {
     pub window_ms: i64,
 }
 
-/// Most entries the writer gathers before writing, so one huge backlog does not become one
+/// Most entries the log thread gathers before writing, so one huge backlog does not become one
 /// huge record set held in memory twice.
 const MAX_ENTRIES_PER_WRITE: usize = 16 * 1024;
 
-/// How long the writer lets the queue fill after a write in `Interval` and `None` modes before
-/// it drains again. Without it, under load every request wakes the parked writer (a futex call
+/// How long the log thread lets the queue fill after a write in `Interval` and `None` modes before
+/// it drains again. Without it, under load every request wakes the parked log thread (a futex call
 /// and a context switch on the handler's core) for a one-event `write`; with it, one write
 /// carries a few milliseconds of traffic and handlers never wake anyone. On 2 cores this took
-/// single-event ingest from ~17 to ~13 µs of server CPU per request (BENCHMARKS.md). The first
+/// single-event ingest from 15.6 to 11.9 µs of server CPU per request, together with `ClassCache`
+/// (BENCHMARKS.md, run 20261128T043028Z). The first
 /// event after an idle spell is still written at once, and 5 ms keeps the promise of being
 /// written within milliseconds. `Sync` never lingers: there a handler waits for the fsync.
 const WRITE_LINGER: Duration = Duration::from_millis(5);
@@ -86,8 +89,26 @@ enum Message {
 pub enum SubmitError {
     /// The queue is full: try again shortly.
     Full,
-    /// The writer has stopped (fatal error or shutdown).
+    /// The log thread has stopped (fatal error or shutdown).
     Closed,
+}
+
+/// Why the event log stopped for good. Every kind is fatal: the server shuts down with a
+/// non-zero exit rather than acknowledge events it cannot keep.
+#[derive(Debug, thiserror::Error)]
+pub enum LogFailure {
+    #[error("replay failed: {0}")]
+    Replay(#[source] SnapshotError),
+    #[error("cannot start a segment: {0}")]
+    StartSegment(#[source] SnapshotError),
+    #[error("append failed: {0}")]
+    Append(#[source] SnapshotError),
+    #[error("fsync failed: {0}")]
+    Fsync(#[source] SnapshotError),
+    #[error("cannot start the log thread: {0}")]
+    Spawn(#[source] std::io::Error),
+    #[error("the log thread panicked")]
+    Panicked,
 }
 
 /// What the rest of the server can see of the log: readiness, the replay report, fatal errors.
@@ -95,12 +116,12 @@ pub enum SubmitError {
 pub struct LogStatus {
     ready: AtomicBool,
     replay: Mutex<Option<ReplayReport>>,
-    fatal: Mutex<Option<String>>,
+    fatal: Mutex<Option<Arc<LogFailure>>>,
     fatal_notify: Notify,
 }
 
 impl LogStatus {
-    /// True once replay is done and the writer runs.
+    /// True once replay is done and the log thread runs.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
     }
@@ -112,14 +133,14 @@ impl LogStatus {
             .clone()
     }
 
-    pub fn fatal_error(&self) -> Option<String> {
+    pub fn fatal_error(&self) -> Option<Arc<LogFailure>> {
         self.fatal
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
     }
 
-    /// Completes when the writer hits a fatal error.
+    /// Completes when the log thread hits a fatal error.
     pub async fn fatal(&self) {
         loop {
             let notified = self.fatal_notify.notified();
@@ -130,9 +151,9 @@ impl LogStatus {
         }
     }
 
-    fn set_fatal(&self, message: String) {
-        tracing::error!(error = %message, "event log failed: shutting down");
-        *self.fatal.lock().unwrap_or_else(PoisonError::into_inner) = Some(message);
+    fn set_fatal(&self, failure: LogFailure) {
+        tracing::error!(error = %failure, "event log failed: shutting down");
+        *self.fatal.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(failure));
         self.fatal_notify.notify_waiters();
         self.fatal_notify.notify_one();
     }
@@ -161,7 +182,7 @@ impl std::fmt::Debug for Message {
 }
 
 impl EventLog {
-    /// Starts the writer thread: it replays `options.dir` into `engine`, then serves the queue.
+    /// Starts the log thread: it replays `options.dir` into `engine`, then serves the queue.
     pub fn start(options: LogOptions, engine: Arc<Engine>, metrics: Arc<Metrics>) -> Self {
         let (sender, receiver) = crossbeam_channel::bounded(options.queue_capacity.max(1));
         let status = Arc::new(LogStatus::default());
@@ -170,22 +191,23 @@ impl EventLog {
         let options_dir = options.dir.clone();
         let queued_bytes = Arc::new(AtomicUsize::new(0));
         let thread_status = Arc::clone(&status);
-        let writer = Writer {
+        let appender = Appender {
             queued_bytes: Arc::clone(&queued_bytes),
             metrics,
         };
         let thread = std::thread::Builder::new()
             .name("pulse-log".into())
             .spawn(move || {
-                let outcome = writer_main(&options, &engine, &receiver, &thread_status, &writer);
-                if let Err(message) = outcome {
-                    thread_status.set_fatal(message);
+                let outcome =
+                    run_log_thread(&options, &engine, &receiver, &thread_status, &appender);
+                if let Err(failure) = outcome {
+                    thread_status.set_fatal(failure);
                 }
             });
         let thread = match thread {
             Ok(handle) => Some(handle),
             Err(e) => {
-                status.set_fatal(format!("cannot start the log writer thread: {e}"));
+                status.set_fatal(LogFailure::Spawn(e));
                 None
             }
         };
@@ -209,7 +231,7 @@ impl EventLog {
     /// (the engine). Both happen under one lock, so the engine sees events in exactly the order
     /// the log stores them and a replay rebuilds the same answer, ties included. In `Sync` mode
     /// the returned receiver completes once the entries are fsynced (and is dropped unanswered
-    /// if the writer fails).
+    /// if the log thread fails).
     pub fn submit(
         &self,
         entries: Vec<LogEntry>,
@@ -270,7 +292,7 @@ impl EventLog {
         )
     }
 
-    /// Asks the writer to write and fsync everything queued, then waits for it to stop.
+    /// Asks the log thread to write and fsync everything queued, then waits for it to stop.
     /// Blocking: call it from a blocking context.
     pub fn shutdown(&self) {
         let _ = self.sender.send(Message::Shutdown);
@@ -281,53 +303,55 @@ impl EventLog {
             .take();
         if let Some(handle) = handle {
             if handle.join().is_err() {
-                self.status
-                    .set_fatal("the log writer thread panicked".into());
+                self.status.set_fatal(LogFailure::Panicked);
             }
         }
     }
 }
 
-/// What the writer thread shares with the rest of the server.
-struct Writer {
+/// Appends and fsyncs on the log thread, releasing the queue bytes it wrote and timing both for
+/// the metrics it shares with the rest of the server.
+struct Appender {
     queued_bytes: Arc<AtomicUsize>,
     metrics: Arc<Metrics>,
 }
 
-impl Writer {
+impl Appender {
     fn append(
         &self,
         segment: &mut SegmentWriter,
         entries: &[LogEntry],
         bytes: usize,
-    ) -> Result<(), String> {
+    ) -> Result<(), LogFailure> {
         let started = Instant::now();
         segment
             .append(entries, clock::now_ms())
-            .map_err(|e| format!("append failed: {e}"))?;
+            .map_err(LogFailure::Append)?;
         self.metrics.log_flush.observe(started.elapsed());
         self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
         Ok(())
     }
 
-    fn sync(&self, segment: &mut SegmentWriter) -> Result<(), String> {
+    fn sync(&self, segment: &mut SegmentWriter) -> Result<(), LogFailure> {
         if !segment.has_unsynced() {
             return Ok(());
         }
         let started = Instant::now();
-        segment.sync().map_err(|e| format!("fsync failed: {e}"))?;
+        segment.sync().map_err(LogFailure::Fsync)?;
         self.metrics.log_fsync.observe(started.elapsed());
         Ok(())
     }
 }
 
-fn writer_main(
+/// The log thread's whole life: replay into the engine, open a fresh segment, then serve the
+/// queue until shutdown.
+fn run_log_thread(
     options: &LogOptions,
     engine: &Engine,
     receiver: &Receiver<Message>,
     status: &LogStatus,
-    shared: &Writer,
-) -> Result<(), String> {
+    appender: &Appender,
+) -> Result<(), LogFailure> {
     let now_ms = clock::now_ms();
     let replay_options = ReplayOptions {
         skip_before_ms: now_ms - options.window_ms,
@@ -336,7 +360,7 @@ fn writer_main(
         // Events of websites deleted since they were logged have nowhere to go.
         let _ = engine.ingest(logged.entry.event, logged.entry.carried_from);
     })
-    .map_err(|e| format!("replay failed: {e}"))?;
+    .map_err(LogFailure::Replay)?;
     tracing::info!(
         events = report.events,
         segments = report.segments_read,
@@ -345,22 +369,22 @@ fn writer_main(
         ms = report.duration.as_millis() as u64,
         "replay done"
     );
-    let mut writer = SegmentWriter::create(&options.dir, report.next_seq, now_ms, options.limits)
-        .map_err(|e| format!("cannot start a segment: {e}"))?;
-    if let Err(e) = writer.enforce_retention(now_ms) {
+    let mut segment = SegmentWriter::create(&options.dir, report.next_seq, now_ms, options.limits)
+        .map_err(LogFailure::StartSegment)?;
+    if let Err(e) = segment.enforce_retention(now_ms) {
         tracing::warn!(error = %e, "retention could not delete old segments");
     }
     *status.replay.lock().unwrap_or_else(PoisonError::into_inner) = Some(report);
     status.ready.store(true, Ordering::Release);
-    write_loop(options, &mut writer, receiver, shared)
+    write_loop(options, &mut segment, receiver, appender)
 }
 
 fn write_loop(
     options: &LogOptions,
-    writer: &mut SegmentWriter,
+    segment: &mut SegmentWriter,
     receiver: &Receiver<Message>,
-    shared: &Writer,
-) -> Result<(), String> {
+    appender: &Appender,
+) -> Result<(), LogFailure> {
     let mut last_sync = Instant::now();
     let mut entries: Vec<LogEntry> = Vec::new();
     let mut entries_bytes = 0;
@@ -368,7 +392,7 @@ fn write_loop(
     let mut stopping = false;
     while !stopping {
         let timeout = match options.durability {
-            Durability::Interval if writer.has_unsynced() => {
+            Durability::Interval if segment.has_unsynced() => {
                 options.fsync_interval.saturating_sub(last_sync.elapsed())
             }
             _ => Duration::from_secs(1),
@@ -401,7 +425,7 @@ fn write_loop(
         }
         let wrote = !entries.is_empty();
         if wrote {
-            shared.append(writer, &entries, entries_bytes)?;
+            appender.append(segment, &entries, entries_bytes)?;
             entries.clear();
             entries_bytes = 0;
         }
@@ -411,7 +435,7 @@ fn write_loop(
             Durability::None => false,
         };
         if sync_due || stopping {
-            shared.sync(writer)?;
+            appender.sync(segment)?;
             last_sync = Instant::now();
             for done in waiting.drain(..) {
                 let _ = done.send(());
@@ -428,13 +452,16 @@ fn write_loop(
         durable,
     }) = receiver.try_recv()
     {
-        shared.append(writer, &batch, bytes)?;
+        appender.append(segment, &batch, bytes)?;
         waiting.extend(durable);
     }
-    shared.sync(writer)?;
+    appender.sync(segment)?;
     for done in waiting.drain(..) {
         let _ = done.send(());
     }
-    tracing::info!(next_seq = writer.next_seq(), "event log flushed and closed");
+    tracing::info!(
+        next_seq = segment.next_seq(),
+        "event log flushed and closed"
+    );
     Ok(())
 }

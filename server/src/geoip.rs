@@ -39,7 +39,7 @@ impl GeoIp {
     pub fn open(path: &Path) -> Result<Self, ServerError> {
         let reader = maxminddb::Reader::open_readfile(path).map_err(|e| ServerError::GeoIp {
             path: path.to_owned(),
-            message: e.to_string(),
+            source: e,
         })?;
         Ok(Self { reader })
     }

@@ -1,7 +1,7 @@
 //! The `pulse` server: HTTP ingest and realtime API over the engine, with websites, salts,
 //! bot classification, privacy signals and the hardening an internet-facing service needs.
 //!
-//! `run(config, listener, shutdown)` serves until `shutdown` completes, then stops accepting,
+//! `run(state, listener, shutdown)` serves until `shutdown` completes, then stops accepting,
 //! lets in-flight requests finish and returns — the shape of tokio's mini-redis. Only this crate
 //! knows HTTP, JSON and configuration.
 //!
@@ -58,6 +58,7 @@ pub mod websites;
 
 pub use config::Config;
 pub use error::{ApiError, ServerError};
+use event_log::LogFailure;
 pub use state::AppState;
 
 /// Largest request head (request line plus headers) accepted. Browsers send a few KiB; more
@@ -101,7 +102,7 @@ pub async fn run(
     let log_state = Arc::clone(&state);
     tokio::task::spawn_blocking(move || log_state.log.shutdown())
         .await
-        .map_err(|e| ServerError::Log(format!("log shutdown task failed: {e}")))?;
+        .map_err(|_| ServerError::Log(Arc::new(LogFailure::Panicked)))?;
     match state.log.status().fatal_error() {
         Some(error) => Err(ServerError::Log(error)),
         None => Ok(()),
