@@ -366,6 +366,7 @@ fn run_log_thread(
         segments = report.segments_read,
         skipped = report.segments_skipped,
         corrupt = report.broken.len(),
+        set_aside = report.set_aside.len(),
         ms = report.duration.as_millis() as u64,
         "replay done"
     );

@@ -741,6 +741,18 @@ async fn a_corrupt_sealed_segment_is_reported_on_readyz_and_moved_aside() {
     );
     assert_eq!(recent_urls(&data), ["/second"], "{data}");
     assert_exit_zero(proc.sigterm(), "second run", &proc.stderr());
+
+    // Every later start gives the same answer and still shows the damage.
+    proc.respawn();
+    let replay = proc.wait_ready(READY_DEADLINE).await;
+    assert_eq!(
+        replay_count(&replay, "corrupt_segments"),
+        1,
+        "the segment kept aside must stay visible until an operator acts: {replay}"
+    );
+    let again = proc.realtime_q(SITE, "?include_bots=true").await;
+    assert_eq!(again["pagination"], data["pagination"], "{again}");
+    assert_exit_zero(proc.sigterm(), "third run", &proc.stderr());
 }
 
 #[tokio::test]

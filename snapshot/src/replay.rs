@@ -6,8 +6,12 @@
 //!   from a crash: the file is truncated to the last good record and fsynced, and the report says
 //!   where and how many bytes went. An all-zero tail is the same thing.
 //! - A bad record with valid records after it, or any damage in a sealed segment, is corruption:
-//!   the records that can be read are still replayed, the file is renamed to `*.broken` (never
-//!   deleted), and the report and the log say so loudly. Nothing is skipped silently.
+//!   the records that can be read are still replayed and salvaged — copied, byte for byte, into a
+//!   fresh file under the segment's own name — while the damaged file is kept aside as
+//!   `*.broken` (never deleted), and the report and the log say so loudly. Nothing is skipped
+//!   silently, and every later start replays exactly the same events.
+//! - Damage stays visible until an operator acts: every start reports every `*.broken` file still
+//!   in the directory (`ReplayReport::set_aside`), not only the ones it found itself.
 //! - Whole sealed segments whose events are all older than `skip_before_ms` are not read.
 //!
 //! `scan_segment` is the pure part (bytes in, events and a verdict out) that the fuzzer drives.
@@ -16,6 +20,8 @@
 #![allow(unsafe_code)]
 
 use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -64,7 +70,11 @@ pub struct ReplayReport {
     /// The sequence number the next event written must get.
     pub next_seq: u64,
     pub torn_tail: Option<TornTail>,
+    /// Segments this replay found damaged and moved aside (after salvaging their good records).
     pub broken: Vec<BrokenSegment>,
+    /// Every damaged segment kept aside in the directory, by this replay or an earlier one: the
+    /// damage an operator has not dealt with yet.
+    pub set_aside: Vec<PathBuf>,
     pub gaps: Vec<SeqGap>,
     pub duration: Duration,
 }
@@ -112,10 +122,16 @@ fn resync(bytes: &[u8], from: usize, expected_seq: u64) -> Option<usize> {
 /// Reads a whole segment held in `bytes`, whose file name says it starts at `name_seq`, and
 /// calls `visit` for every event of every valid record, in order. Never panics and never
 /// allocates more than one record's events at a time, whatever the bytes.
-pub fn scan_segment(
+pub fn scan_segment(bytes: &[u8], name_seq: u64, visit: impl FnMut(LoggedEvent)) -> SegmentScan {
+    scan_records(bytes, name_seq, visit, |_| {})
+}
+
+/// `scan_segment`, also handing `keep` the byte range of every record whose events were visited.
+fn scan_records(
     bytes: &[u8],
     name_seq: u64,
     mut visit: impl FnMut(LoggedEvent),
+    mut keep: impl FnMut(Range<usize>),
 ) -> SegmentScan {
     let mut scan = SegmentScan {
         end: ScanEnd::Clean,
@@ -172,6 +188,7 @@ pub fn scan_segment(
                         scan.records += 1;
                         scan.events += u64::from(count);
                         pending.drain(..).for_each(&mut visit);
+                        keep(pos..pos + span);
                         pos += span;
                         continue;
                     }
@@ -206,8 +223,7 @@ pub fn scan_segment(
 }
 
 fn broken_path(path: &Path) -> PathBuf {
-    let mut name = path.as_os_str().to_owned();
-    name.push(BROKEN_SUFFIX);
+    let name = with_suffix(path, BROKEN_SUFFIX).into_os_string();
     let mut candidate = PathBuf::from(&name);
     let mut n = 1;
     while candidate.exists() {
@@ -224,6 +240,125 @@ fn sync_parent(path: &Path) -> Result<(), SnapshotError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| SnapshotError::io("fsync directory", dir, e))
+}
+
+/// Suffix of the file a salvage is written to before it takes the segment's name. One left over
+/// by a crash holds nothing the segment does not, and is removed at the next replay.
+const SALVAGE_SUFFIX: &str = ".salvage";
+
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// A damaged segment's header and every record `scan_segment` could read, byte for byte.
+fn salvaged_bytes(bytes: &[u8], name_seq: u64) -> Vec<u8> {
+    let mut good = bytes[..HEADER_BYTES.min(bytes.len())].to_vec();
+    scan_records(
+        bytes,
+        name_seq,
+        |_| {},
+        |record| {
+            good.extend_from_slice(&bytes[record]);
+        },
+    );
+    good
+}
+
+/// Whether a scan's ending means the file must be set aside (anything but a clean end, or a torn
+/// or zeroed tail of the newest segment, which is repaired in place).
+fn is_damaged(end: &ScanEnd, newest: bool) -> bool {
+    match end {
+        ScanEnd::Clean => false,
+        ScanEnd::ZeroTail { .. } | ScanEnd::Torn { .. } => !newest,
+        ScanEnd::Corrupt { .. } => true,
+    }
+}
+
+/// Keeps a damaged segment aside as `*.broken` and, when `salvage` holds its readable records,
+/// puts them under the segment's own name so every later replay reads exactly them again. The
+/// order survives a crash at any step: the salvage is durable before the damaged file gets its
+/// second name (a hard link), and the rename over the segment's name comes last, so the name
+/// always holds either the damaged file (salvaged again next time) or the complete salvage.
+fn set_aside(
+    path: &Path,
+    salvage: Option<&[u8]>,
+    offset: usize,
+    reason: String,
+) -> Result<BrokenSegment, SnapshotError> {
+    let Some(good) = salvage else {
+        return move_aside(path, offset, reason);
+    };
+    let temp = with_suffix(path, SALVAGE_SUFFIX);
+    File::create(&temp)
+        .and_then(|mut file| {
+            file.write_all(good)?;
+            file.sync_all()
+        })
+        .map_err(|e| SnapshotError::io("write salvaged segment", &temp, e))?;
+    let target = broken_path(path);
+    std::fs::hard_link(path, &target)
+        .map_err(|e| SnapshotError::io("keep corrupt segment aside", path, e))?;
+    sync_parent(&target)?;
+    std::fs::rename(&temp, path)
+        .map_err(|e| SnapshotError::io("install salvaged segment", path, e))?;
+    sync_parent(path)?;
+    tracing::error!(
+        segment = %path.display(),
+        kept_at = %target.display(),
+        offset,
+        %reason,
+        "CORRUPT SEGMENT: readable records were replayed and salvaged under the segment's name; \
+         the damaged file was kept aside"
+    );
+    Ok(BrokenSegment {
+        path: target,
+        offset: offset as u64,
+        reason,
+    })
+}
+
+/// Damaged segments kept aside in `dir` (`*.seg.broken`, `*.seg.broken.N`), in name order.
+fn list_set_aside(dir: &Path) -> Result<Vec<PathBuf>, SnapshotError> {
+    let mut found = Vec::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(found),
+        Err(e) => return Err(SnapshotError::io("read directory", dir, e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(|e| SnapshotError::io("read directory", dir, e))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.contains(".seg.broken") {
+            found.push(entry.path());
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// Removes salvage files a crash left behind (see `SALVAGE_SUFFIX`).
+fn remove_stale_salvages(dir: &Path) -> Result<(), SnapshotError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(SnapshotError::io("read directory", dir, e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(|e| SnapshotError::io("read directory", dir, e))?;
+        if entry
+            .file_name()
+            .to_string_lossy()
+            .ends_with(SALVAGE_SUFFIX)
+        {
+            let path = entry.path();
+            std::fs::remove_file(&path)
+                .map_err(|e| SnapshotError::io("remove stale salvage", &path, e))?;
+        }
+    }
+    Ok(())
 }
 
 fn move_aside(path: &Path, offset: usize, reason: String) -> Result<BrokenSegment, SnapshotError> {
@@ -275,6 +410,7 @@ pub fn replay(
     mut visit: impl FnMut(LoggedEvent),
 ) -> Result<ReplayReport, SnapshotError> {
     let started = Instant::now();
+    remove_stale_salvages(dir)?;
     let segments = list_segments(dir)?;
     let mut report = ReplayReport::default();
     let mut expected: Option<u64> = None;
@@ -310,8 +446,8 @@ pub fn replay(
             .metadata()
             .map_err(|e| SnapshotError::io("stat segment", path, e))?
             .len();
-        let scan = if file_len == 0 {
-            scan_segment(&[], *name_seq, &mut visit)
+        let (scan, salvage) = if file_len == 0 {
+            (scan_segment(&[], *name_seq, &mut visit), None)
         } else {
             // SAFETY: the map is read-only and dropped before this function touches the file
             // again. Pulse never modifies a segment while replaying it (the writer starts after
@@ -319,7 +455,11 @@ pub fn replay(
             // the supported model and could fault the read.
             let map = unsafe { memmap2::Mmap::map(&file) }
                 .map_err(|e| SnapshotError::io("map segment", path, e))?;
-            scan_segment(&map, *name_seq, &mut visit)
+            let scan = scan_segment(&map, *name_seq, &mut visit);
+            // Readable records of a damaged file are copied out while its bytes are mapped.
+            let salvage = (is_damaged(&scan.end, newest) && scan.records > 0)
+                .then(|| salvaged_bytes(&map, *name_seq));
+            (scan, salvage)
         };
         drop(file);
         report.segments_read += 1;
@@ -343,16 +483,29 @@ pub fn replay(
             }
             ScanEnd::ZeroTail { offset } => {
                 let reason = "sealed segment ends in zero bytes".to_owned();
-                report.broken.push(move_aside(path, offset, reason)?);
+                report
+                    .broken
+                    .push(set_aside(path, salvage.as_deref(), offset, reason)?);
             }
             ScanEnd::Torn { offset, error } => {
                 let reason = format!("sealed segment ends in a bad record: {error}");
-                report.broken.push(move_aside(path, offset, reason)?);
+                report
+                    .broken
+                    .push(set_aside(path, salvage.as_deref(), offset, reason)?);
             }
             ScanEnd::Corrupt { offset, reason } => {
-                report.broken.push(move_aside(path, offset, reason)?);
+                report
+                    .broken
+                    .push(set_aside(path, salvage.as_deref(), offset, reason)?);
             }
         }
+    }
+    report.set_aside = list_set_aside(dir)?;
+    if !report.set_aside.is_empty() {
+        tracing::error!(
+            files = report.set_aside.len(),
+            "damaged segments are kept aside in the log directory: see README, Operating Pulse"
+        );
     }
     for gap in &report.gaps {
         tracing::error!(

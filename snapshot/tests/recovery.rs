@@ -142,12 +142,23 @@ fn a_single_bit_flip_in_any_non_tail_record_is_detected() {
             .path
             .to_string_lossy()
             .ends_with(".seg.broken"));
-        assert!(!dir.path().join(&name).exists());
         // Only intact events come back: the damaged record's events are missing, none altered.
         let damaged = if bit < offsets[1] * 8 { 0..3 } else { 3..6 };
         let expected: Vec<u64> = (0..9).filter(|s| !damaged.contains(s)).collect();
-        check_events(&events, expected);
+        check_events(&events, expected.clone());
         assert_eq!(report.next_seq, 9);
+        // The intact records now live under the segment's name, the damaged bytes beside it.
+        assert_eq!(fs::read(&report.broken[0].path).unwrap(), flipped);
+        if bit % 97 == 0 {
+            let (again, report) = replay_all(dir.path());
+            check_events(&again, expected);
+            assert!(report.broken.is_empty(), "bit {bit}: salvage is not clean");
+            assert_eq!(
+                report.set_aside.len(),
+                1,
+                "bit {bit}: damage no longer visible"
+            );
+        }
     }
 }
 
@@ -209,6 +220,73 @@ fn corruption_in_a_sealed_segment_moves_it_aside_and_replays_the_rest() {
     assert!(!paths[1].exists());
     assert!(report.torn_tail.is_none());
     assert_eq!(report.next_seq, 9);
+}
+
+#[test]
+fn events_salvaged_around_a_corrupt_segment_come_back_on_every_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let paths = write_segments(dir.path(), 3);
+    // Damage the first record of the middle segment: its other records are still good.
+    let mut entries = record_ranges(&paths[1]);
+    let first_record = entries.remove(0);
+    let mut bytes = fs::read(&paths[1]).unwrap();
+    bytes[first_record.start + 9] ^= 0x01;
+    fs::write(&paths[1], &bytes).unwrap();
+    let (first, report) = replay_all(dir.path());
+    assert_eq!(report.broken.len(), 1);
+    assert_eq!(report.set_aside.len(), 1);
+    for restart in 0..3 {
+        let (events, report) = replay_all(dir.path());
+        let seqs = |events: &[LoggedEvent]| events.iter().map(|e| e.seq).collect::<Vec<_>>();
+        assert_eq!(seqs(&events), seqs(&first), "restart {restart}");
+        assert!(report.broken.is_empty(), "restart {restart}");
+        assert_eq!(
+            report.set_aside,
+            vec![with_broken_suffix(&paths[1])],
+            "restart {restart}: the damage must stay visible"
+        );
+    }
+}
+
+#[test]
+fn a_crash_during_salvage_loses_nothing_and_leaves_no_temp_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let paths = write_segments(dir.path(), 3);
+    let mut bytes = fs::read(&paths[1]).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x40;
+    fs::write(&paths[1], &bytes).unwrap();
+    // A crash after the salvage was written and the damaged file linked aside, before the rename.
+    let temp = dir.path().join(format!(
+        "{}.salvage",
+        paths[1].file_name().unwrap().to_string_lossy()
+    ));
+    fs::write(&temp, b"half a salvage").unwrap();
+    fs::hard_link(&paths[1], with_broken_suffix(&paths[1])).unwrap();
+    let (events, report) = replay_all(dir.path());
+    check_events(&events, (0..3).chain(6..9));
+    assert!(!temp.exists(), "the stale salvage file is still there");
+    assert_eq!(report.set_aside.len(), 2, "{:?}", report.set_aside);
+    let (again, _) = replay_all(dir.path());
+    check_events(&again, (0..3).chain(6..9));
+}
+
+fn with_broken_suffix(path: &Path) -> PathBuf {
+    PathBuf::from(format!("{}.broken", path.display()))
+}
+
+/// The byte ranges of the records in the segment at `path`.
+fn record_ranges(path: &Path) -> Vec<std::ops::Range<usize>> {
+    let bytes = fs::read(path).unwrap();
+    let mut pos = pulse_snapshot::segment::HEADER_BYTES;
+    let mut records = Vec::new();
+    while pos < bytes.len() {
+        let len = u32::from_le_bytes(bytes[pos..pos + 4].try_into().unwrap()) as usize;
+        let end = pos + pulse_snapshot::record::FRAME_BYTES + len;
+        records.push(pos..end);
+        pos = end;
+    }
+    records
 }
 
 #[test]

@@ -35,7 +35,7 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
                 "segments_skipped": report.segments_skipped,
                 "duration_ms": report.duration.as_millis() as u64,
                 "torn_tail_bytes": report.torn_tail.as_ref().map_or(0, |t| t.bytes_removed),
-                "corrupt_segments": report.broken.len(),
+                "corrupt_segments": report.set_aside.len(),
                 "sequence_gaps": report.gaps.len(),
             }
         }))

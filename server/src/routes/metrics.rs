@@ -212,13 +212,13 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
             &mut out,
             "pulse_replay_corrupt_segments",
             "gauge",
-            "Segments moved aside as corrupt at start-up.",
+            "Damaged segments kept aside in the log directory (*.seg.broken), found at this start-up or an earlier one.",
         );
         sample(
             &mut out,
             "pulse_replay_corrupt_segments",
             "",
-            report.broken.len(),
+            report.set_aside.len(),
         );
         help(
             &mut out,
