@@ -93,6 +93,12 @@ pub struct Config {
     #[arg(long, env = "PULSE_SEGMENT_MAX_BYTES", default_value = "64MiB", value_parser = parse_bytes)]
     pub segment_max_bytes: u64,
 
+    /// Free space the event log keeps in hand on its file system (bytes; KiB/MiB/GiB suffixes
+    /// allowed). Below it collect answers 503 `disk_full` while what is already queued is still
+    /// written, so a full disk never costs an acknowledged event. 0 disables the check.
+    #[arg(long, env = "PULSE_DISK_RESERVE", default_value = "64MiB", value_parser = parse_bytes)]
+    pub disk_reserve: u64,
+
     /// Age at which the event log rolls to a new segment, in seconds.
     #[arg(long, env = "PULSE_SEGMENT_MAX_AGE_SECS", default_value_t = 600)]
     pub segment_max_age_secs: u64,
@@ -142,6 +148,7 @@ impl Config {
                     .unwrap_or(i64::MAX),
                 retention_ms: i64::from(self.retention_days) * 86_400_000,
             },
+            disk_reserve_bytes: self.disk_reserve,
             queue_capacity: self.queue_capacity.max(1),
             queue_bytes: plan.queue_bytes,
             window_ms: self.engine_limits(plan).window_ms(),

@@ -9,9 +9,14 @@
 //!   shares one fsync (group commit);
 //! - `None`: written as in `Interval`; the OS decides when it reaches the disk.
 //!
-//! A failed write or fsync is fatal: the log thread stops, `fatal` fires and the server shuts down
-//! with a non-zero exit. It never retries an fsync (after a failure the kernel may have dropped
-//! the dirty pages, so a retry could report success for data that is gone).
+//! A failed write (disk full, read-only, EIO) stalls the log instead of failing it: the events
+//! already queued stay in memory and are retried every `STALL_RETRY`, new batches are refused
+//! (`SubmitError::Stalled`, collect answers 503) and `/readyz` says why, until a write succeeds.
+//! The same stall starts before the disk is full, when free space drops below the configured
+//! reserve, so what is queued still has room. A failed fsync is fatal: the log thread stops,
+//! `fatal` fires and the server shuts down with a non-zero exit. It never retries an fsync (after
+//! a failure the kernel may have dropped the dirty pages, so a retry could report success for data
+//! that is gone).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -53,6 +58,8 @@ pub struct LogOptions {
     pub durability: Durability,
     pub fsync_interval: Duration,
     pub limits: SegmentLimits,
+    /// Free bytes kept in hand on the log's file system: below it new batches are refused.
+    pub disk_reserve_bytes: u64,
     /// Batches the queue holds (each at most one request's events).
     pub queue_capacity: usize,
     /// Bytes the queued events may hold together.
@@ -75,6 +82,14 @@ const MAX_ENTRIES_PER_WRITE: usize = 16 * 1024;
 /// written within milliseconds. `Sync` never lingers: there a handler waits for the fsync.
 const WRITE_LINGER: Duration = Duration::from_millis(5);
 
+/// How often a stalled log retries its write, and checks free space while it is not stalled.
+const STALL_RETRY: Duration = Duration::from_millis(250);
+const SPACE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long shutdown keeps retrying a stalled write before it gives up on the queued events and
+/// exits non-zero.
+const SHUTDOWN_RETRY: Duration = Duration::from_secs(10);
+
 enum Message {
     Batch {
         entries: Vec<LogEntry>,
@@ -91,6 +106,22 @@ pub enum SubmitError {
     Full,
     /// The log thread has stopped (fatal error or shutdown).
     Closed,
+    /// The disk refuses writes or is nearly full: try again later.
+    Stalled,
+}
+
+/// Why the log is not taking new events for now (it resumes by itself).
+#[derive(Debug, thiserror::Error)]
+pub enum LogStall {
+    #[error("writing to the event log failed, retrying: {0}")]
+    WriteFailed(#[source] SnapshotError),
+    #[error(
+        "{available_bytes} bytes free for the event log, below the reserve of {reserve_bytes}"
+    )]
+    LowDisk {
+        available_bytes: u64,
+        reserve_bytes: u64,
+    },
 }
 
 /// Why the event log stopped for good. Every kind is fatal: the server shuts down with a
@@ -117,6 +148,9 @@ pub struct LogStatus {
     ready: AtomicBool,
     replay: Mutex<Option<ReplayReport>>,
     fatal: Mutex<Option<Arc<LogFailure>>>,
+    /// Set while `stall` holds a reason; read on every submit, so it is an atomic.
+    stalled: AtomicBool,
+    stall: Mutex<Option<Arc<LogStall>>>,
     fatal_notify: Notify,
 }
 
@@ -138,6 +172,33 @@ impl LogStatus {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    /// Why the log refuses new events right now, if it does.
+    pub fn stall(&self) -> Option<Arc<LogStall>> {
+        self.stall
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    pub fn is_stalled(&self) -> bool {
+        self.stalled.load(Ordering::Acquire)
+    }
+
+    /// Records a new stall reason (or its end), logging each change once.
+    fn set_stall(&self, stall: Option<LogStall>) {
+        let mut current = self.stall.lock().unwrap_or_else(PoisonError::into_inner);
+        match (&*current, &stall) {
+            (None, None) => return,
+            (None, Some(reason)) => {
+                tracing::error!(%reason, "event log stalled: collect answers 503 until it resumes");
+            }
+            (Some(_), None) => tracing::info!("event log resumed: writes succeed again"),
+            (Some(_), Some(_)) => {}
+        }
+        self.stalled.store(stall.is_some(), Ordering::Release);
+        *current = stall.map(Arc::new);
     }
 
     /// Completes when the log thread hits a fatal error.
@@ -246,6 +307,9 @@ impl EventLog {
         let bytes: usize = entries.iter().map(entry_bytes).sum();
         let counted = entries.clone();
         let _order = self.order.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.status.is_stalled() {
+            return Err(SubmitError::Stalled);
+        }
         if self.queued_bytes.load(Ordering::Relaxed) + bytes > self.max_queue_bytes {
             return Err(SubmitError::Full);
         }
@@ -309,6 +373,22 @@ impl EventLog {
     }
 }
 
+/// A failed append: retried while the disk refuses writes, fatal once an fsync has failed.
+enum WriteError {
+    Retry(SnapshotError),
+    Fatal(LogFailure),
+}
+
+impl WriteError {
+    fn classify(error: SnapshotError) -> Self {
+        if error.is_sync_failure() {
+            Self::Fatal(LogFailure::Fsync(error))
+        } else {
+            Self::Retry(error)
+        }
+    }
+}
+
 /// Appends and fsyncs on the log thread, releasing the queue bytes it wrote and timing both for
 /// the metrics it shares with the rest of the server.
 struct Appender {
@@ -322,11 +402,11 @@ impl Appender {
         segment: &mut SegmentWriter,
         entries: &[LogEntry],
         bytes: usize,
-    ) -> Result<(), LogFailure> {
+    ) -> Result<(), WriteError> {
         let started = Instant::now();
         segment
             .append(entries, clock::now_ms())
-            .map_err(LogFailure::Append)?;
+            .map_err(WriteError::classify)?;
         self.metrics.log_flush.observe(started.elapsed());
         self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
         Ok(())
@@ -377,7 +457,82 @@ fn run_log_thread(
     }
     *status.replay.lock().unwrap_or_else(PoisonError::into_inner) = Some(report);
     status.ready.store(true, Ordering::Release);
-    write_loop(options, &mut segment, receiver, appender)
+    write_loop(options, &mut segment, receiver, appender, status)
+}
+
+/// Events drained from the queue and not yet written, with the handlers waiting for their fsync.
+#[derive(Default)]
+struct Pending {
+    entries: Vec<LogEntry>,
+    bytes: usize,
+    waiting: Vec<oneshot::Sender<()>>,
+}
+
+impl Pending {
+    fn take(&mut self, message: Message) -> bool {
+        match message {
+            Message::Batch {
+                entries,
+                bytes,
+                durable,
+            } => {
+                self.entries.extend(entries);
+                self.bytes += bytes;
+                self.waiting.extend(durable);
+                false
+            }
+            Message::Shutdown => true,
+        }
+    }
+
+    /// Writes the pending entries. `Ok(None)`: written (or nothing to write); `Ok(Some(error))`:
+    /// the disk refused, everything stays pending for a retry.
+    fn write(
+        &mut self,
+        appender: &Appender,
+        segment: &mut SegmentWriter,
+    ) -> Result<Option<SnapshotError>, LogFailure> {
+        if self.entries.is_empty() {
+            return Ok(None);
+        }
+        match appender.append(segment, &self.entries, self.bytes) {
+            Ok(()) => {
+                self.entries.clear();
+                self.bytes = 0;
+                Ok(None)
+            }
+            Err(WriteError::Retry(error)) => Ok(Some(error)),
+            Err(WriteError::Fatal(failure)) => Err(failure),
+        }
+    }
+
+    /// Tells the handlers waiting for an fsync that it happened (only once their entries are
+    /// written, so never while a write is pending).
+    fn acknowledge(&mut self) {
+        if self.entries.is_empty() {
+            for done in self.waiting.drain(..) {
+                let _ = done.send(());
+            }
+        }
+    }
+}
+
+/// Free space below the reserve, as a stall reason (`None` when there is room or no reserve).
+fn check_reserve(segment: &SegmentWriter, reserve_bytes: u64) -> Option<LogStall> {
+    if reserve_bytes == 0 {
+        return None;
+    }
+    match segment.available_bytes() {
+        Ok(available_bytes) if available_bytes < reserve_bytes => Some(LogStall::LowDisk {
+            available_bytes,
+            reserve_bytes,
+        }),
+        Ok(_) => None,
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the free space of the log's file system");
+            None
+        }
+    }
 }
 
 fn write_loop(
@@ -385,18 +540,21 @@ fn write_loop(
     segment: &mut SegmentWriter,
     receiver: &Receiver<Message>,
     appender: &Appender,
+    status: &LogStatus,
 ) -> Result<(), LogFailure> {
     let mut last_sync = Instant::now();
-    let mut entries: Vec<LogEntry> = Vec::new();
-    let mut entries_bytes = 0;
-    let mut waiting: Vec<oneshot::Sender<()>> = Vec::new();
+    let mut pending = Pending::default();
+    let mut retrying = false;
+    let mut low_disk = check_reserve(segment, options.disk_reserve_bytes).is_some();
+    let mut last_space_check = Instant::now();
     let mut stopping = false;
     while !stopping {
         let timeout = match options.durability {
+            _ if retrying => STALL_RETRY,
             Durability::Interval if segment.has_unsynced() => {
                 options.fsync_interval.saturating_sub(last_sync.elapsed())
             }
-            _ => Duration::from_secs(1),
+            _ => SPACE_CHECK_INTERVAL,
         };
         let mut next = match receiver.recv_timeout(timeout) {
             Ok(message) => Some(message),
@@ -408,58 +566,63 @@ fn write_loop(
         };
         // Gather everything already queued into one write (and, in sync mode, one fsync).
         while let Some(message) = next.take() {
-            match message {
-                Message::Batch {
-                    entries: batch,
-                    bytes,
-                    durable,
-                } => {
-                    entries.extend(batch);
-                    entries_bytes += bytes;
-                    waiting.extend(durable);
-                }
-                Message::Shutdown => stopping = true,
-            }
-            if entries.len() < MAX_ENTRIES_PER_WRITE {
+            stopping |= pending.take(message);
+            if pending.entries.len() < MAX_ENTRIES_PER_WRITE {
                 next = receiver.try_recv().ok();
             }
         }
-        let wrote = !entries.is_empty();
-        if wrote {
-            appender.append(segment, &entries, entries_bytes)?;
-            entries.clear();
-            entries_bytes = 0;
+        let had_entries = !pending.entries.is_empty();
+        let failed = pending.write(appender, segment)?;
+        retrying = failed.is_some();
+        let wrote = had_entries && !retrying;
+        if last_space_check.elapsed() >= SPACE_CHECK_INTERVAL || (wrote && status.is_stalled()) {
+            // A write succeeding after a stall ends it at once; otherwise free space is
+            // checked once a second.
+            let stall = check_reserve(segment, options.disk_reserve_bytes);
+            low_disk = stall.is_some();
+            last_space_check = Instant::now();
+            if failed.is_none() {
+                status.set_stall(stall);
+            }
+        }
+        if let Some(error) = failed {
+            status.set_stall(Some(LogStall::WriteFailed(error)));
+        } else if !low_disk {
+            status.set_stall(None);
         }
         let sync_due = match options.durability {
-            Durability::Sync => !waiting.is_empty(),
+            Durability::Sync => !pending.waiting.is_empty(),
             Durability::Interval => last_sync.elapsed() >= options.fsync_interval,
             Durability::None => false,
         };
         if sync_due || stopping {
             appender.sync(segment)?;
             last_sync = Instant::now();
-            for done in waiting.drain(..) {
-                let _ = done.send(());
-            }
+            pending.acknowledge();
         }
         if wrote && !stopping && options.durability != Durability::Sync {
             std::thread::sleep(WRITE_LINGER);
         }
     }
-    // Whatever was queued after the shutdown message is written too before the thread ends.
-    while let Ok(Message::Batch {
-        entries: batch,
-        bytes,
-        durable,
-    }) = receiver.try_recv()
-    {
-        appender.append(segment, &batch, bytes)?;
-        waiting.extend(durable);
+    // Whatever was queued after the shutdown message is written too before the thread ends, and
+    // a stalled disk gets `SHUTDOWN_RETRY` to take it.
+    while let Ok(message) = receiver.try_recv() {
+        pending.take(message);
+    }
+    let deadline = Instant::now() + SHUTDOWN_RETRY;
+    while let Some(error) = pending.write(appender, segment)? {
+        if Instant::now() >= deadline {
+            tracing::error!(
+                unwritten_events = pending.entries.len(),
+                "shutdown gave up waiting for the disk: these acknowledged events are lost"
+            );
+            return Err(LogFailure::Append(error));
+        }
+        tracing::warn!(%error, queued = pending.entries.len(), "shutdown waits for the disk");
+        std::thread::sleep(STALL_RETRY);
     }
     appender.sync(segment)?;
-    for done in waiting.drain(..) {
-        let _ = done.send(());
-    }
+    pending.acknowledge();
     tracing::info!(
         next_seq = segment.next_seq(),
         "event log flushed and closed"

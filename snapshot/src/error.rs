@@ -13,6 +13,14 @@ pub enum SnapshotError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// An fsync (of a segment or of the directory) failed. Unlike a failed write this is never
+    /// retried: the kernel may have dropped the dirty pages, so a retry could report success for
+    /// data that is gone.
+    #[error("fsync {path}: {source}")]
+    Sync {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("record of {len} bytes exceeds the limit of {max} bytes")]
     RecordTooLarge { len: usize, max: usize },
     #[error("segment {path} has an invalid header: {reason}")]
@@ -20,6 +28,12 @@ pub enum SnapshotError {
 }
 
 impl SnapshotError {
+    /// Whether this is a failed fsync, after which nothing written since the last good one can be
+    /// trusted to be on disk.
+    pub fn is_sync_failure(&self) -> bool {
+        matches!(self, Self::Sync { .. })
+    }
+
     pub fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Self::Io {
             op,

@@ -5,9 +5,14 @@
 //! so a crash never leaves a segment that the directory does not know about. A sealed segment is
 //! never written again. When to sync is the caller's policy (the server's durability mode); this
 //! type only does what it is told, and reports every IO error rather than retrying.
+//!
+//! A failed write (a full or read-only disk, EIO) can be retried: the writer cuts the file back to
+//! its last complete record before the next append, so a partial write never becomes a damaged
+//! record in the middle of a segment, and sequence numbers only advance once a write succeeded. A
+//! failed fsync is reported as `SnapshotError::Sync`, which callers must treat as fatal.
 
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use crate::batch::{self, LogEntry, BATCH_HEADER_BYTES};
@@ -53,14 +58,25 @@ pub struct SegmentWriter {
     len: u64,
     next_seq: u64,
     unsynced: bool,
+    /// A write failed, so bytes past `len` may be a partial record: cut them before the next one.
+    tail_dirty: bool,
     buf: Vec<u8>,
     payload: Vec<u8>,
 }
 
 fn sync_dir(dir: &Path) -> Result<(), SnapshotError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| SnapshotError::io("fsync directory", dir, e))
+    let handle = File::open(dir).map_err(|e| SnapshotError::io("open directory", dir, e))?;
+    handle.sync_all().map_err(|source| SnapshotError::Sync {
+        path: dir.to_owned(),
+        source,
+    })
+}
+
+/// Bytes an unprivileged writer can still put on the file system holding `dir`.
+pub fn available_bytes(dir: &Path) -> Result<u64, SnapshotError> {
+    let stats =
+        rustix::fs::statvfs(dir).map_err(|e| SnapshotError::io("statvfs", dir, e.into()))?;
+    Ok(stats.f_bavail.saturating_mul(stats.f_frsize))
 }
 
 impl SegmentWriter {
@@ -83,6 +99,7 @@ impl SegmentWriter {
             len: HEADER_BYTES as u64,
             next_seq,
             unsynced: false,
+            tail_dirty: false,
             buf: Vec::new(),
             payload: Vec::new(),
         })
@@ -109,9 +126,13 @@ impl SegmentWriter {
             .create_new(true)
             .open(&path)
             .map_err(|e| SnapshotError::io("create segment", &path, e))?;
+        // A failed header write leaves a file of at most a header, which the next attempt replaces.
         file.write_all(&header.encode())
-            .and_then(|()| file.sync_all())
             .map_err(|e| SnapshotError::io("write segment header", &path, e))?;
+        file.sync_all().map_err(|source| SnapshotError::Sync {
+            path: path.clone(),
+            source,
+        })?;
         sync_dir(dir)?;
         Ok((file, path, header))
     }
@@ -138,6 +159,9 @@ impl SegmentWriter {
         let first = self.next_seq;
         if entries.is_empty() {
             return Ok(first);
+        }
+        if self.tail_dirty {
+            self.cut_partial_tail()?;
         }
         let too_old =
             now_ms.saturating_sub(self.header.created_ms) >= self.limits.max_segment_age_ms;
@@ -171,9 +195,12 @@ impl SegmentWriter {
             seq += (end - start) as u64;
             start = end;
         }
-        self.file
-            .write_all(&self.buf)
-            .map_err(|e| SnapshotError::io("append to segment", &self.path, e))?;
+        if let Err(e) = self.file.write_all(&self.buf) {
+            // Part of the buffer may be on disk: cut it now if the disk lets us, else next time.
+            self.tail_dirty = true;
+            let _ = self.cut_partial_tail();
+            return Err(SnapshotError::io("append to segment", &self.path, e));
+        }
         self.len += self.buf.len() as u64;
         self.next_seq = seq;
         self.unsynced = true;
@@ -181,14 +208,32 @@ impl SegmentWriter {
         Ok(first)
     }
 
-    /// Makes everything appended so far durable (fdatasync). An error here is fatal for the
-    /// caller: after a failed fsync the kernel may have dropped the dirty pages, so retrying
-    /// could report success for data that is gone.
+    /// Cuts the segment back to its last complete record and puts the write position there.
+    fn cut_partial_tail(&mut self) -> Result<(), SnapshotError> {
+        self.file
+            .set_len(self.len)
+            .and_then(|()| self.file.seek(SeekFrom::Start(self.len)))
+            .map_err(|e| SnapshotError::io("cut a partial write", &self.path, e))?;
+        self.tail_dirty = false;
+        Ok(())
+    }
+
+    /// Bytes still free for the log on its file system.
+    pub fn available_bytes(&self) -> Result<u64, SnapshotError> {
+        available_bytes(&self.dir)
+    }
+
+    /// Makes everything appended so far durable (fdatasync). An error here
+    /// (`SnapshotError::Sync`) is fatal for the caller: after a failed fsync the kernel may have
+    /// dropped the dirty pages, so retrying could report success for data that is gone.
     pub fn sync(&mut self) -> Result<(), SnapshotError> {
         if self.unsynced {
             self.file
                 .sync_data()
-                .map_err(|e| SnapshotError::io("fsync segment", &self.path, e))?;
+                .map_err(|source| SnapshotError::Sync {
+                    path: self.path.clone(),
+                    source,
+                })?;
             self.unsynced = false;
         }
         Ok(())
@@ -202,7 +247,11 @@ impl SegmentWriter {
         self.path = path;
         self.header = header;
         self.len = HEADER_BYTES as u64;
-        self.enforce_retention(now_ms)?;
+        self.tail_dirty = false;
+        // Retention is housekeeping: failing to delete an old file must not fail the append.
+        if let Err(error) = self.enforce_retention(now_ms) {
+            tracing::warn!(%error, "retention could not delete old segments");
+        }
         Ok(())
     }
 

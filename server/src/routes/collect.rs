@@ -544,6 +544,7 @@ async fn accept(
             )
             .retry_after(1),
             SubmitError::Closed => log_unavailable(),
+            SubmitError::Stalled => log_stalled(state),
         })?;
     if let Some(durable) = durable {
         durable.await.map_err(|_| log_unavailable())?;
@@ -558,6 +559,16 @@ fn log_unavailable() -> ApiError {
         "log_unavailable",
         "the event log is not accepting writes",
     )
+}
+
+/// The disk refuses writes or is nearly full: nothing new is acknowledged until it recovers.
+fn log_stalled(state: &AppState) -> ApiError {
+    let why = state
+        .log
+        .status()
+        .stall()
+        .map_or_else(|| "the event log is stalled".to_owned(), |s| s.to_string());
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "log_stalled", why).retry_after(5)
 }
 
 fn accepted() -> Response {

@@ -26,6 +26,15 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
         )
         .into_response();
     }
+    if let Some(stall) = status.stall() {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "log_stalled",
+            stall.to_string(),
+        )
+        .retry_after(5)
+        .into_response();
+    }
     if let (true, Some(report)) = (status.is_ready(), status.replay_report()) {
         Json(json!({
             "status": "ready",
