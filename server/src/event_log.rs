@@ -115,6 +115,8 @@ pub enum SubmitError {
 pub enum LogStall {
     #[error("writing to the event log failed, retrying: {0}")]
     WriteFailed(#[source] SnapshotError),
+    #[error("segment files were deleted under the server and could not be written back: {0}")]
+    SegmentsDeleted(#[source] SnapshotError),
     #[error(
         "{available_bytes} bytes free for the event log, below the reserve of {reserve_bytes}"
     )]
@@ -455,6 +457,9 @@ fn run_log_thread(
     if let Err(e) = segment.enforce_retention(now_ms) {
         tracing::warn!(error = %e, "retention could not delete old segments");
     }
+    segment
+        .hold_sealed(now_ms - options.window_ms)
+        .map_err(LogFailure::StartSegment)?;
     *status.replay.lock().unwrap_or_else(PoisonError::into_inner) = Some(report);
     status.ready.store(true, Ordering::Release);
     write_loop(options, &mut segment, receiver, appender, status)
@@ -517,6 +522,22 @@ impl Pending {
     }
 }
 
+/// Writes back segment files deleted under the running server, loudly: the events in them were
+/// acknowledged, and the next start must find them.
+fn restore_deleted_segments(
+    segment: &mut SegmentWriter,
+    window_ms: i64,
+) -> Result<(), SnapshotError> {
+    let restored = segment.restore_unlinked(clock::now_ms() - window_ms)?;
+    if !restored.is_empty() {
+        tracing::error!(
+            segments = restored.len(),
+            "SEGMENT FILES DELETED under the running server: written back from open handles"
+        );
+    }
+    Ok(())
+}
+
 /// Free space below the reserve, as a stall reason (`None` when there is room or no reserve).
 fn check_reserve(segment: &SegmentWriter, reserve_bytes: u64) -> Option<LogStall> {
     if reserve_bytes == 0 {
@@ -545,7 +566,8 @@ fn write_loop(
     let mut last_sync = Instant::now();
     let mut pending = Pending::default();
     let mut retrying = false;
-    let mut low_disk = check_reserve(segment, options.disk_reserve_bytes).is_some();
+    // Whether free space or deleted segments hold new events back (checked once a second).
+    let mut held_back = check_reserve(segment, options.disk_reserve_bytes).is_some();
     let mut last_space_check = Instant::now();
     let mut stopping = false;
     while !stopping {
@@ -576,18 +598,21 @@ fn write_loop(
         retrying = failed.is_some();
         let wrote = had_entries && !retrying;
         if last_space_check.elapsed() >= SPACE_CHECK_INTERVAL || (wrote && status.is_stalled()) {
-            // A write succeeding after a stall ends it at once; otherwise free space is
-            // checked once a second.
-            let stall = check_reserve(segment, options.disk_reserve_bytes);
-            low_disk = stall.is_some();
+            // A write succeeding after a stall ends it at once; otherwise the segment files and
+            // free space are checked once a second.
             last_space_check = Instant::now();
+            let mut stall = check_reserve(segment, options.disk_reserve_bytes);
+            if let Err(error) = restore_deleted_segments(segment, options.window_ms) {
+                stall = Some(LogStall::SegmentsDeleted(error));
+            }
+            held_back = stall.is_some();
             if failed.is_none() {
                 status.set_stall(stall);
             }
         }
         if let Some(error) = failed {
             status.set_stall(Some(LogStall::WriteFailed(error)));
-        } else if !low_disk {
+        } else if !held_back {
             status.set_stall(None);
         }
         let sync_due = match options.durability {

@@ -219,3 +219,54 @@ async fn free_space_below_the_reserve_stops_acknowledging_before_the_disk_is_ful
     let acked = resume(&proc, acked).await;
     check_every_ack_survives_a_restart(&mut proc, acked).await;
 }
+
+#[tokio::test]
+async fn segments_deleted_under_a_running_server_are_written_back() {
+    let dir = tempfile::tempdir().unwrap();
+    // Every append after the first rolls, so there are sealed segments as well as the open one.
+    let mut proc = Proc::start(dir.path(), &["--segment-max-bytes", "1"]);
+    proc.wait_ready(READY_DEADLINE).await;
+    let resp = proc
+        .post_json(
+            "/api/websites",
+            &json!({"id": SITE, "name": "D", "domain": "example.com"}),
+        )
+        .await;
+    assert_eq!(resp.status, 201, "{resp:?}");
+    let mut acked = 0;
+    for _ in 0..4 {
+        let resp = proc
+            .collect_as(CHROME_DESKTOP, &batch(acked))
+            .await
+            .unwrap();
+        assert_eq!(resp.status, 202, "{resp:?}");
+        acked += BATCH;
+    }
+    // Wait until the log has written them, then delete every segment file.
+    let written = eventually(Duration::from_secs(10), || async {
+        segment_files(dir.path()).len() >= 2
+    })
+    .await;
+    assert!(written, "no segments written; stderr:\n{}", proc.stderr());
+    for path in segment_files(dir.path()) {
+        std::fs::remove_file(path).unwrap();
+    }
+    let noticed = eventually(Duration::from_secs(5), || async {
+        proc.stderr().contains("SEGMENT FILES DELETED") && !segment_files(dir.path()).is_empty()
+    })
+    .await;
+    assert!(
+        noticed,
+        "deleted segment files went unnoticed for 5 s; stderr:\n{}",
+        proc.stderr()
+    );
+    for _ in 0..2 {
+        let resp = proc
+            .collect_as(CHROME_DESKTOP, &batch(acked))
+            .await
+            .unwrap();
+        assert_eq!(resp.status, 202, "{resp:?}");
+        acked += BATCH;
+    }
+    check_every_ack_survives_a_restart(&mut proc, acked).await;
+}

@@ -29,7 +29,7 @@ use crate::batch::{self, LoggedEvent};
 use crate::error::{RecordError, SnapshotError};
 use crate::record::{self, FRAME_BYTES, MAX_RECORD_BYTES};
 use crate::segment::{list_segments, SegmentHeader, BROKEN_SUFFIX, HEADER_BYTES};
-use crate::writer::read_header;
+use crate::writer::{read_header, RESTORE_SUFFIX};
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ReplayOptions {
@@ -339,7 +339,10 @@ fn list_set_aside(dir: &Path) -> Result<Vec<PathBuf>, SnapshotError> {
     Ok(found)
 }
 
-/// Removes salvage files a crash left behind (see `SALVAGE_SUFFIX`).
+/// Removes salvage and restore files a crash left behind (see `SALVAGE_SUFFIX`,
+/// `RESTORE_SUFFIX`). A salvage is a copy of records the damaged file still holds; a restore is
+/// an unfinished copy of a segment an operator deleted, which the crash lost as the deletion
+/// would have.
 fn remove_stale_salvages(dir: &Path) -> Result<(), SnapshotError> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
@@ -348,11 +351,9 @@ fn remove_stale_salvages(dir: &Path) -> Result<(), SnapshotError> {
     };
     for entry in entries {
         let entry = entry.map_err(|e| SnapshotError::io("read directory", dir, e))?;
-        if entry
-            .file_name()
-            .to_string_lossy()
-            .ends_with(SALVAGE_SUFFIX)
-        {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.ends_with(SALVAGE_SUFFIX) || name.ends_with(RESTORE_SUFFIX) {
             let path = entry.path();
             std::fs::remove_file(&path)
                 .map_err(|e| SnapshotError::io("remove stale salvage", &path, e))?;

@@ -10,9 +10,17 @@
 //! its last complete record before the next append, so a partial write never becomes a damaged
 //! record in the middle of a segment, and sequence numbers only advance once a write succeeded. A
 //! failed fsync is reported as `SnapshotError::Sync`, which callers must treat as fatal.
+//!
+//! Segment files deleted under the running writer (`rm segments/*.seg`, the directory removed or
+//! replaced) would otherwise take acknowledged events with them at the next start while appends
+//! go on into an unlinked file. The writer keeps an open handle on every segment that may still
+//! hold events of the live window (up to `MAX_HELD_SEGMENTS`), and `restore_unlinked` notices a
+//! segment whose link count fell to zero or a directory that is no longer the one it opened, and
+//! writes each such segment back under its name from the open handle.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use crate::batch::{self, LogEntry, BATCH_HEADER_BYTES};
@@ -48,9 +56,41 @@ impl Default for SegmentLimits {
     }
 }
 
+/// Most sealed segments kept open against deletion. Each costs one file descriptor; beyond this
+/// the oldest are let go (a deleted one of those is lost, and says so at the next replay as a
+/// sequence gap).
+pub const MAX_HELD_SEGMENTS: usize = 512;
+
+/// A sealed segment kept open so it can be written back if its file is deleted.
+#[derive(Debug)]
+struct HeldSegment {
+    path: PathBuf,
+    file: File,
+    /// When the next segment was created: every event here is older.
+    sealed_ms: i64,
+}
+
+/// Which directory the writer opened, so a removed or replaced one is noticed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct DirIdentity {
+    dev: u64,
+    ino: u64,
+}
+
+impl DirIdentity {
+    fn of(dir: &Path) -> Option<Self> {
+        std::fs::metadata(dir).ok().map(|m| Self {
+            dev: m.dev(),
+            ino: m.ino(),
+        })
+    }
+}
+
 #[derive(Debug)]
 pub struct SegmentWriter {
     dir: PathBuf,
+    dir_identity: Option<DirIdentity>,
+    held: std::collections::VecDeque<HeldSegment>,
     limits: SegmentLimits,
     file: File,
     path: PathBuf,
@@ -92,6 +132,8 @@ impl SegmentWriter {
         let (file, path, header) = Self::new_segment(dir, next_seq, now_ms)?;
         Ok(Self {
             dir: dir.to_owned(),
+            dir_identity: DirIdentity::of(dir),
+            held: std::collections::VecDeque::new(),
             limits,
             file,
             path,
@@ -121,7 +163,9 @@ impl SegmentWriter {
             first_seq,
             created_ms: now_ms,
         };
+        // Readable too, so the segment can be written back from this handle if it is deleted.
         let mut file = OpenOptions::new()
+            .read(true)
             .write(true)
             .create_new(true)
             .open(&path)
@@ -243,8 +287,13 @@ impl SegmentWriter {
     fn roll(&mut self, now_ms: i64) -> Result<(), SnapshotError> {
         self.sync()?;
         let (file, path, header) = Self::new_segment(&self.dir, self.next_seq, now_ms)?;
-        self.file = file;
-        self.path = path;
+        let sealed_file = std::mem::replace(&mut self.file, file);
+        let sealed_path = std::mem::replace(&mut self.path, path);
+        self.hold(HeldSegment {
+            path: sealed_path,
+            file: sealed_file,
+            sealed_ms: now_ms,
+        });
         self.header = header;
         self.len = HEADER_BYTES as u64;
         self.tail_dirty = false;
@@ -253,6 +302,91 @@ impl SegmentWriter {
             tracing::warn!(%error, "retention could not delete old segments");
         }
         Ok(())
+    }
+
+    fn hold(&mut self, segment: HeldSegment) {
+        if self.held.len() == MAX_HELD_SEGMENTS {
+            self.held.pop_front();
+        }
+        self.held.push_back(segment);
+    }
+
+    /// Keeps open handles on the sealed segments already in the directory that may hold events
+    /// after `window_start_ms` (call once after replay, before appending).
+    pub fn hold_sealed(&mut self, window_start_ms: i64) -> Result<(), SnapshotError> {
+        let segments = list_segments(&self.dir)?;
+        for pair in segments.windows(2) {
+            let (path, next_path) = (&pair[0].1, &pair[1].1);
+            if *path == self.path {
+                break;
+            }
+            let Some(sealed_ms) = read_header(next_path).map(|h| h.created_ms) else {
+                continue;
+            };
+            if sealed_ms > window_start_ms {
+                let file =
+                    File::open(path).map_err(|e| SnapshotError::io("open segment", path, e))?;
+                self.hold(HeldSegment {
+                    path: path.clone(),
+                    file,
+                    sealed_ms,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes back, under their own names, the segments deleted since the last call: any whose
+    /// link count fell to zero, or all of them when the directory was removed or replaced. Lets go
+    /// of sealed segments wholly before `window_start_ms` first. Returns the paths written back.
+    pub fn restore_unlinked(
+        &mut self,
+        window_start_ms: i64,
+    ) -> Result<Vec<PathBuf>, SnapshotError> {
+        while self
+            .held
+            .front()
+            .is_some_and(|held| held.sealed_ms <= window_start_ms)
+        {
+            self.held.pop_front();
+        }
+        let dir_replaced = DirIdentity::of(&self.dir) != self.dir_identity;
+        let unlinked = |file: &File| dir_replaced || file.metadata().is_ok_and(|m| m.nlink() == 0);
+        let mut restored = Vec::new();
+        if dir_replaced {
+            std::fs::create_dir_all(&self.dir)
+                .map_err(|e| SnapshotError::io("create directory", &self.dir, e))?;
+        }
+        for held in &mut self.held {
+            if unlinked(&held.file) {
+                let len = held
+                    .file
+                    .metadata()
+                    .map_err(|e| SnapshotError::io("stat segment", &held.path, e))?
+                    .len();
+                write_back(&held.file, len, &held.path)?;
+                held.file = File::open(&held.path)
+                    .map_err(|e| SnapshotError::io("open restored segment", &held.path, e))?;
+                restored.push(held.path.clone());
+            }
+        }
+        if unlinked(&self.file) {
+            // Only complete records are copied; a partial write past `len` is left behind.
+            write_back(&self.file, self.len, &self.path)?;
+            self.file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&self.path)
+                .and_then(|mut f| f.seek(SeekFrom::Start(self.len)).map(|_| f))
+                .map_err(|e| SnapshotError::io("reopen restored segment", &self.path, e))?;
+            self.tail_dirty = false;
+            restored.push(self.path.clone());
+        }
+        if !restored.is_empty() {
+            sync_dir(&self.dir)?;
+        }
+        self.dir_identity = DirIdentity::of(&self.dir);
+        Ok(restored)
     }
 
     /// Deletes sealed segments whose every event is older than the retention period: a segment's
@@ -279,6 +413,38 @@ impl SegmentWriter {
         }
         Ok(deleted)
     }
+}
+
+/// Suffix of the file a deleted segment is copied to before it takes its name back. One left
+/// over by a crash is removed at the next replay.
+pub const RESTORE_SUFFIX: &str = ".restore";
+
+/// Copies the first `len` bytes of the open (deleted) `source` to a new file at `path`, durably.
+fn write_back(source: &File, len: u64, path: &Path) -> Result<(), SnapshotError> {
+    let mut temp_name = path.as_os_str().to_owned();
+    temp_name.push(RESTORE_SUFFIX);
+    let temp = PathBuf::from(temp_name);
+    let mut target = File::create(&temp).map_err(|e| SnapshotError::io("create", &temp, e))?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut offset = 0;
+    while offset < len {
+        let want = usize::try_from((len - offset).min(buf.len() as u64)).unwrap_or(buf.len());
+        let read = source
+            .read_at(&mut buf[..want], offset)
+            .map_err(|e| SnapshotError::io("read deleted segment", path, e))?;
+        if read == 0 {
+            break;
+        }
+        target
+            .write_all(&buf[..read])
+            .map_err(|e| SnapshotError::io("write restored segment", &temp, e))?;
+        offset += read as u64;
+    }
+    target.sync_all().map_err(|source| SnapshotError::Sync {
+        path: temp.clone(),
+        source,
+    })?;
+    std::fs::rename(&temp, path).map_err(|e| SnapshotError::io("install restored segment", path, e))
 }
 
 /// The header of the segment at `path`, if it can be read.

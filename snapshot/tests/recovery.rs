@@ -289,6 +289,54 @@ fn record_ranges(path: &Path) -> Vec<std::ops::Range<usize>> {
     records
 }
 
+/// Appends events `range` one per append (each append rolls with `max_segment_bytes: 1`).
+fn append_each(writer: &mut SegmentWriter, range: std::ops::Range<u64>) {
+    for n in range {
+        writer.append(&[entry(n)], T0 + n as i64).unwrap();
+        writer.sync().unwrap();
+    }
+}
+
+#[test]
+fn segments_deleted_under_a_running_writer_are_written_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = SegmentLimits {
+        max_segment_bytes: 1,
+        ..SegmentLimits::default()
+    };
+    let mut writer = SegmentWriter::create(dir.path(), 0, T0, limits).unwrap();
+    writer.hold_sealed(T0 - 1).unwrap();
+    append_each(&mut writer, 0..5);
+    assert!(writer.restore_unlinked(T0 - 1).unwrap().is_empty());
+    for (_, path) in pulse_snapshot::segment::list_segments(dir.path()).unwrap() {
+        fs::remove_file(path).unwrap();
+    }
+    let restored = writer.restore_unlinked(T0 - 1).unwrap();
+    assert_eq!(restored.len(), 5, "{restored:?}");
+    append_each(&mut writer, 5..8);
+    drop(writer);
+    let (events, report) = replay_all(dir.path());
+    check_events(&events, 0..8);
+    assert!(
+        report.broken.is_empty() && report.gaps.is_empty(),
+        "{report:?}"
+    );
+}
+
+#[test]
+fn a_removed_log_directory_is_recreated_with_every_held_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("segments");
+    let mut writer = SegmentWriter::create(&log, 0, T0, SegmentLimits::default()).unwrap();
+    append_each(&mut writer, 0..4);
+    fs::remove_dir_all(&log).unwrap();
+    assert_eq!(writer.restore_unlinked(T0 - 1).unwrap().len(), 1);
+    append_each(&mut writer, 4..6);
+    drop(writer);
+    let (events, _) = replay_all(&log);
+    check_events(&events, 0..6);
+}
+
 #[test]
 fn sealed_segments_older_than_the_cutoff_are_skipped() {
     let dir = tempfile::tempdir().unwrap();
