@@ -19,7 +19,7 @@
 //! that is gone).
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -126,6 +126,37 @@ pub enum LogStall {
     },
 }
 
+/// How far past "now" a logged event may be stamped before replay calls it a clock error (two
+/// hosts' clocks, or one clock before and after a small NTP step, disagree by this much).
+const FUTURE_TOLERANCE_MS: i64 = 60_000;
+
+/// Events replay found stamped beyond `now + FUTURE_TOLERANCE_MS`: the clock ran ahead when they
+/// were logged (or runs behind now). Counting them at their stamps would show visitors in the
+/// future and push the engine's clock past every new event, hiding live traffic; so each is
+/// counted as of now, and the count is logged and reported.
+#[derive(Debug, Default)]
+struct FutureEvents {
+    events: u64,
+    max_ahead_ms: i64,
+}
+
+impl FutureEvents {
+    fn counted_as_of(&mut self, event: Arc<Event>, now_ms: i64) -> Arc<Event> {
+        let ahead_ms = event.ts.unix_ms().saturating_sub(now_ms);
+        if ahead_ms <= FUTURE_TOLERANCE_MS {
+            return event;
+        }
+        let Ok(now) = pulse_engine::Timestamp::from_unix_ms(now_ms) else {
+            return event;
+        };
+        self.events += 1;
+        self.max_ahead_ms = self.max_ahead_ms.max(ahead_ms);
+        let mut moved = Event::clone(&event);
+        moved.ts = now;
+        Arc::new(moved)
+    }
+}
+
 /// Why the event log stopped for good. Every kind is fatal: the server shuts down with a
 /// non-zero exit rather than acknowledge events it cannot keep.
 #[derive(Debug, thiserror::Error)]
@@ -150,6 +181,8 @@ pub struct LogStatus {
     ready: AtomicBool,
     replay: Mutex<Option<ReplayReport>>,
     fatal: Mutex<Option<Arc<LogFailure>>>,
+    /// Events replay counted as of now because they were stamped in the future.
+    future_events: AtomicU64,
     /// Set while `stall` holds a reason; read on every submit, so it is an atomic.
     stalled: AtomicBool,
     stall: Mutex<Option<Arc<LogStall>>>,
@@ -174,6 +207,11 @@ impl LogStatus {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    /// Events the start-up replay found stamped in the future and counted as of now.
+    pub fn future_events(&self) -> u64 {
+        self.future_events.load(Ordering::Relaxed)
     }
 
     /// Why the log refuses new events right now, if it does.
@@ -438,11 +476,22 @@ fn run_log_thread(
     let replay_options = ReplayOptions {
         skip_before_ms: now_ms - options.window_ms,
     };
+    let mut future = FutureEvents::default();
     let report = replay(&options.dir, replay_options, |logged| {
+        let event = future.counted_as_of(logged.entry.event, now_ms);
         // Events of websites deleted since they were logged have nowhere to go.
-        let _ = engine.ingest(logged.entry.event, logged.entry.carried_from);
+        let _ = engine.ingest(event, logged.entry.carried_from);
     })
     .map_err(LogFailure::Replay)?;
+    if future.events > 0 {
+        tracing::error!(
+            events = future.events,
+            max_ahead_secs = future.max_ahead_ms / 1000,
+            "the log holds events stamped ahead of the system clock (it ran ahead, or runs \
+             behind now): they are counted as of now; check the system clock"
+        );
+    }
+    status.future_events.store(future.events, Ordering::Relaxed);
     tracing::info!(
         events = report.events,
         segments = report.segments_read,

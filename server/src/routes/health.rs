@@ -46,6 +46,7 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
                 "torn_tail_bytes": report.torn_tail.as_ref().map_or(0, |t| t.bytes_removed),
                 "corrupt_segments": report.set_aside.len(),
                 "sequence_gaps": report.gaps.len(),
+                "future_events": status.future_events(),
             }
         }))
         .into_response()
