@@ -23,12 +23,42 @@ pub async fn require_admin(
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
+            .and_then(bearer_token);
         let ok = presented.is_some_and(|p| bool::from(p.as_bytes().ct_eq(expected.as_bytes())));
         if !ok {
             return ApiError::unauthorized().into_response();
         }
     }
     next.run(request).await
+}
+
+/// The token of an `Authorization: Bearer <token>` value. The scheme is case-insensitive
+/// (RFC 7235), so `bearer x` and `BEARER x` present `x`.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for value in [
+            "Bearer x",
+            "bearer x",
+            "BEARER x",
+            "bEaReR   x ",
+            " Bearer x",
+        ] {
+            assert_eq!(bearer_token(value), Some("x"), "{value:?}");
+        }
+        for value in ["Basic x", "Bearer", "Bearer ", "Bearerx", "x"] {
+            assert_eq!(bearer_token(value), None, "{value:?}");
+        }
+    }
 }

@@ -11,6 +11,7 @@ use pulse_engine::EngineLimits;
 use pulse_snapshot::SegmentLimits;
 
 use crate::client_ip::Cidr;
+use crate::error::ServerError;
 use crate::event_log::{Durability, LogOptions};
 use crate::memory::{default_memory_limit, MemoryPlan};
 
@@ -137,6 +138,28 @@ impl Config {
         })
     }
 
+    /// The admin token, trimmed of surrounding whitespace (a token read from a file often ends
+    /// in a newline, which no `Authorization` header could ever match); `Ok(None)` without one
+    /// or with an empty one. A token that is only whitespace, or holds whitespace or control
+    /// characters inside, is refused: it could never be presented.
+    pub fn admin_token(&self) -> Result<Option<String>, ServerError> {
+        let Some(raw) = self.admin_token.as_deref().filter(|t| !t.is_empty()) else {
+            return Ok(None);
+        };
+        let token = raw.trim();
+        if token.is_empty() {
+            return Err(ServerError::AdminToken {
+                reason: "it is only whitespace",
+            });
+        }
+        if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(ServerError::AdminToken {
+                reason: "it holds whitespace or control characters",
+            });
+        }
+        Ok(Some(token.to_owned()))
+    }
+
     pub fn log_options(&self, plan: &MemoryPlan) -> LogOptions {
         LogOptions {
             dir: self.data_dir.join("segments"),
@@ -211,10 +234,37 @@ mod tests {
         assert_eq!(config.data_dir, PathBuf::from("./pulse-data"));
         assert!(config.trusted_proxies.is_empty());
         assert!(config.admin_token.is_none());
+        assert_eq!(config.admin_token().unwrap(), None);
         let limits = config.engine_limits(&config.memory_plan());
         assert_eq!(limits.ring_capacity, EngineLimits::DEFAULT_RING_CAPACITY);
         assert!(limits.max_websites <= EngineLimits::DEFAULT_MAX_WEBSITES);
         assert_eq!(config.rate_limit_per_ip, 1000);
+    }
+
+    #[test]
+    fn an_admin_token_is_trimmed_and_a_blank_or_spaced_one_is_refused() {
+        let token = |value: &str| {
+            Config::try_parse_from(["pulse", "--admin-token", value])
+                .unwrap()
+                .admin_token()
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(token("s3cret\n"), Ok(Some("s3cret".to_owned())));
+        assert_eq!(token("  s3cret \t"), Ok(Some("s3cret".to_owned())));
+        assert_eq!(token(""), Ok(None));
+        assert!(token("   ").unwrap_err().contains("only whitespace"));
+        assert!(token("\n").unwrap_err().contains("only whitespace"));
+        assert!(token("two words")
+            .unwrap_err()
+            .contains("whitespace or control"));
+    }
+
+    #[test]
+    fn a_whitespace_token_does_not_unlock_a_public_address() {
+        let config =
+            Config::try_parse_from(["pulse", "--listen", "0.0.0.0:3000", "--admin-token", " "])
+                .unwrap();
+        assert!(crate::check_exposure(&config).is_err());
     }
 
     #[test]

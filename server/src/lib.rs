@@ -74,7 +74,7 @@ const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Refuses configurations that would expose the admin API without a token.
 pub fn check_exposure(config: &Config) -> Result<(), ServerError> {
-    let has_token = config.admin_token.as_deref().is_some_and(|t| !t.is_empty());
+    let has_token = config.admin_token()?.is_some();
     if !has_token && !config.listen.ip().is_loopback() {
         return Err(ServerError::TokenRequired {
             addr: config.listen,

@@ -1,7 +1,7 @@
 //! The `pulse` binary: parse the configuration, start logging, bind the listener, announce the
 //! address on stdout, and serve until SIGTERM or SIGINT. Everything else is in the library.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -11,10 +11,15 @@ use pulse_server::{clock, AppState, Config};
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
+/// Logs go to stderr at the level of `PULSE_LOG`, else `RUST_LOG`, else `info`; in colour only
+/// when stderr is a terminal, so files and journald get plain text.
 fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_env("PULSE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_env("PULSE_LOG")
+        .or_else(|_| EnvFilter::try_from_env("RUST_LOG"))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

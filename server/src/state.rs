@@ -49,11 +49,11 @@ impl AppState {
     /// `now_ms` decides which salts are live.
     pub fn open(config: &Config, now_ms: i64) -> Result<Self, ServerError> {
         let data_dir = config.data_dir.as_path();
-        let dir_error = |source| ServerError::DataDir {
+        // Owner-only: the data directory holds salts, websites and the event log.
+        pulse_snapshot::writer::create_private_dir(data_dir).map_err(|e| ServerError::DataDir {
             path: data_dir.to_owned(),
-            source,
-        };
-        std::fs::create_dir_all(data_dir).map_err(dir_error)?;
+            source: std::io::Error::other(e),
+        })?;
         let memory = config.memory_plan();
         let limits = config.engine_limits(&memory);
         let engine = Arc::new(Engine::new(limits)?);
@@ -80,7 +80,7 @@ impl AppState {
             websites,
             salts,
             proxies: TrustedProxies::new(config.trusted_proxies.clone()),
-            admin_token: config.admin_token.clone().filter(|t| !t.is_empty()),
+            admin_token: config.admin_token()?,
             geoip,
             http,
             memory,

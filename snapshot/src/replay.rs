@@ -29,7 +29,7 @@ use crate::batch::{self, LoggedEvent};
 use crate::error::{RecordError, SnapshotError};
 use crate::record::{self, FRAME_BYTES, MAX_RECORD_BYTES};
 use crate::segment::{list_segments, SegmentHeader, BROKEN_SUFFIX, HEADER_BYTES};
-use crate::writer::{read_header, RESTORE_SUFFIX};
+use crate::writer::{private_file, read_header, RESTORE_SUFFIX};
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ReplayOptions {
@@ -291,7 +291,11 @@ fn set_aside(
         return move_aside(path, offset, reason);
     };
     let temp = with_suffix(path, SALVAGE_SUFFIX);
-    File::create(&temp)
+    private_file()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&temp)
         .and_then(|mut file| {
             file.write_all(good)?;
             file.sync_all()

@@ -20,7 +20,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::batch::{self, LogEntry, BATCH_HEADER_BYTES};
@@ -112,6 +112,37 @@ fn sync_dir(dir: &Path) -> Result<(), SnapshotError> {
     })
 }
 
+/// Mode of the log's directory and files: segments hold visitor ids, paths and referrers, which
+/// other local users have no business reading.
+const PRIVATE_DIR_MODE: u32 = 0o700;
+const PRIVATE_FILE_MODE: u32 = 0o600;
+
+/// Creates `dir` (and its parents) readable by the owner only, and tightens it if it already
+/// exists with a looser mode.
+pub fn create_private_dir(dir: &Path) -> Result<(), SnapshotError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(PRIVATE_DIR_MODE)
+        .create(dir)
+        .map_err(|e| SnapshotError::io("create directory", dir, e))?;
+    let mode = std::fs::metadata(dir)
+        .map_err(|e| SnapshotError::io("stat directory", dir, e))?
+        .permissions()
+        .mode();
+    if mode & 0o777 != PRIVATE_DIR_MODE {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(PRIVATE_DIR_MODE))
+            .map_err(|e| SnapshotError::io("restrict directory", dir, e))?;
+    }
+    Ok(())
+}
+
+/// Options for a new log file, readable and writable by the owner only.
+pub fn private_file() -> OpenOptions {
+    let mut options = OpenOptions::new();
+    options.mode(PRIVATE_FILE_MODE);
+    options
+}
+
 /// Bytes an unprivileged writer can still put on the file system holding `dir`.
 pub fn available_bytes(dir: &Path) -> Result<u64, SnapshotError> {
     let stats =
@@ -128,7 +159,7 @@ impl SegmentWriter {
         now_ms: i64,
         limits: SegmentLimits,
     ) -> Result<Self, SnapshotError> {
-        std::fs::create_dir_all(dir).map_err(|e| SnapshotError::io("create directory", dir, e))?;
+        create_private_dir(dir)?;
         let (file, path, header) = Self::new_segment(dir, next_seq, now_ms)?;
         Ok(Self {
             dir: dir.to_owned(),
@@ -164,7 +195,7 @@ impl SegmentWriter {
             created_ms: now_ms,
         };
         // Readable too, so the segment can be written back from this handle if it is deleted.
-        let mut file = OpenOptions::new()
+        let mut file = private_file()
             .read(true)
             .write(true)
             .create_new(true)
@@ -354,8 +385,7 @@ impl SegmentWriter {
         let unlinked = |file: &File| dir_replaced || file.metadata().is_ok_and(|m| m.nlink() == 0);
         let mut restored = Vec::new();
         if dir_replaced {
-            std::fs::create_dir_all(&self.dir)
-                .map_err(|e| SnapshotError::io("create directory", &self.dir, e))?;
+            create_private_dir(&self.dir)?;
         }
         for held in &mut self.held {
             if unlinked(&held.file) {
@@ -424,7 +454,12 @@ fn write_back(source: &File, len: u64, path: &Path) -> Result<(), SnapshotError>
     let mut temp_name = path.as_os_str().to_owned();
     temp_name.push(RESTORE_SUFFIX);
     let temp = PathBuf::from(temp_name);
-    let mut target = File::create(&temp).map_err(|e| SnapshotError::io("create", &temp, e))?;
+    let mut target = private_file()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&temp)
+        .map_err(|e| SnapshotError::io("create", &temp, e))?;
     let mut buf = vec![0u8; 1 << 20];
     let mut offset = 0;
     while offset < len {

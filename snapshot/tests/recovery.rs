@@ -458,3 +458,18 @@ fn fixture_v1_segment_stays_readable() {
     assert!(report.broken.is_empty() && report.torn_tail.is_none());
     check_events(&events, 0..12);
 }
+
+#[test]
+fn the_log_directory_and_segments_are_private_to_the_owner() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |path: &Path| fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("segments");
+    // A directory left world-readable by an older version is tightened.
+    fs::create_dir(&log).unwrap();
+    fs::set_permissions(&log, fs::Permissions::from_mode(0o755)).unwrap();
+    let mut writer = SegmentWriter::create(&log, 0, T0, SegmentLimits::default()).unwrap();
+    writer.append(&[entry(0)], T0).unwrap();
+    assert_eq!(mode(&log), 0o700, "segments directory");
+    assert_eq!(mode(writer.path()), 0o600, "segment file");
+}
