@@ -6,12 +6,14 @@
 //! # Layout
 //! - `record`: framing, `[len u32][crc32c u32][payload]`, pure.
 //! - `batch`: the payload — a batch of events with sequence numbers (`LogEntry`, `LoggedEvent`).
+//! - `codes`: the explicit byte of every enum value and flag the payload stores.
 //! - `segment`: file naming, the 32-byte header, listing segments.
 //! - `writer`: `SegmentWriter` — append, sync, roll, retention.
 //! - `replay`: `replay()` and the pure `scan_segment()`, torn-tail repair, corruption isolation.
 //! - `error`: `SnapshotError`, `RecordError`.
 
 pub mod batch;
+pub mod codes;
 pub mod error;
 pub mod record;
 pub mod replay;

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use pulse_engine::{
     Browser, CountryCode, DeviceType, Event, EventKind, Timestamp, VisitorId, WebsiteId,
 };
-use pulse_snapshot::batch;
 use pulse_snapshot::LogEntry;
+use pulse_snapshot::{batch, codes};
 
 const FIRST_SEQ: u64 = 1_000;
 const T0: i64 = 1_780_000_000_000;
@@ -160,4 +160,58 @@ fn decoding_the_committed_bytes_gives_the_golden_entries() {
         assert_eq!(got.seq, FIRST_SEQ + i as u64);
         assert_eq!(&got.entry, want, "entry {i}");
     }
+}
+
+/// The fixture only pins what it contains: when an engine enum gains a variant, this fails
+/// until the variant has a code in `codes.rs` and an entry here (and so a new fixture
+/// version); when a flag is added, `KNOWN_FLAGS` grows and this fails the same way.
+#[test]
+fn golden_entries_use_every_enum_value_and_set_and_clear_every_flag() {
+    let entries = golden_entries();
+    for browser in Browser::ALL {
+        assert!(
+            entries.iter().any(|e| e.event.browser == *browser),
+            "{browser:?} is missing from the golden batch"
+        );
+    }
+    for device in DeviceType::ALL {
+        assert!(
+            entries.iter().any(|e| e.event.device == *device),
+            "{device:?} is missing from the golden batch"
+        );
+    }
+    for kind in EventKind::ALL {
+        assert!(
+            entries.iter().any(|e| e.event.kind == *kind),
+            "{kind:?} is missing from the golden batch"
+        );
+    }
+    let flags_of = |e: &LogEntry| {
+        let mut flags = codes::kind_flags(e.event.kind);
+        for (set, flag) in [
+            (e.event.is_bot, codes::FLAG_BOT),
+            (e.event.referrer_domain.is_some(), codes::FLAG_REFERRER),
+            (e.event.country.is_some(), codes::FLAG_COUNTRY),
+            (e.carried_from.is_some(), codes::FLAG_CARRIED),
+        ] {
+            if set {
+                flags |= flag;
+            }
+        }
+        flags
+    };
+    for bit in (0..8)
+        .map(|i| 1u8 << i)
+        .filter(|b| codes::KNOWN_FLAGS & b != 0)
+    {
+        assert!(
+            entries.iter().any(|e| flags_of(e) & bit != 0),
+            "no golden entry sets flag {bit:#x}"
+        );
+        assert!(
+            entries.iter().any(|e| flags_of(e) & bit == 0),
+            "no golden entry clears flag {bit:#x}"
+        );
+    }
+    assert!(entries.iter().any(|e| flags_of(e) == codes::KNOWN_FLAGS));
 }
