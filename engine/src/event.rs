@@ -72,6 +72,7 @@ impl WebsiteId {
         }
     }
 
+    /// The id as text.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -222,6 +223,7 @@ impl CountryCode {
         }
     }
 
+    /// The two upper-case letters as text.
     pub fn as_str(&self) -> &str {
         // Both bytes are ASCII letters by construction, so this never falls back.
         std::str::from_utf8(&self.0).unwrap_or("??")
@@ -239,15 +241,25 @@ impl CountryCode {
 /// has already dropped query strings and fragments, which can carry personal data.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
+    /// The website the event was sent for.
     pub website: WebsiteId,
+    /// When it happened, as the server stamped it.
     pub ts: Timestamp,
+    /// Who sent it, pseudonymously.
     pub visitor: VisitorId,
+    /// Pageview or custom event.
     pub kind: EventKind,
+    /// The page path (pageview) or the event name (custom event).
     pub target: Arc<str>,
+    /// The referring site's host, when the page was reached from another site.
     pub referrer_domain: Option<Arc<str>>,
+    /// Whether the User-Agent was classified as a bot.
     pub is_bot: bool,
+    /// Browser family (`Other` for bots).
     pub browser: Browser,
+    /// Device class (`Other` for bots).
     pub device: DeviceType,
+    /// The client's country, when a GeoIP database is configured and knows the address.
     pub country: Option<CountryCode>,
 }
 

@@ -47,14 +47,18 @@ const MIN_EVENT_BYTES: usize = FIXED_EVENT_BYTES + 1;
 /// id under yesterday's salt (replay needs it to rebuild the window exactly).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogEntry {
+    /// The event as the engine counted it.
     pub event: Arc<Event>,
+    /// The visitor's id under yesterday's salt (`Identity::carried_from`), if any.
     pub carried_from: Option<VisitorId>,
 }
 
 /// A `LogEntry` read back, with its sequence number.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoggedEvent {
+    /// The event's sequence number: gap-free and increasing across the whole log.
     pub seq: u64,
+    /// The entry as it was appended.
     pub entry: LogEntry,
 }
 

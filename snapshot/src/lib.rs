@@ -12,6 +12,8 @@
 //! - `replay`: `replay()` and the pure `scan_segment()`, torn-tail repair, corruption isolation.
 //! - `error`: `SnapshotError`, `RecordError`.
 
+#![deny(missing_docs)]
+
 pub mod batch;
 pub mod codes;
 pub mod error;
