@@ -1,7 +1,8 @@
 //! Pulse's on-disk event log: append-only segment files, their writer and their replay.
 //!
 //! Knows files and bytes only (std::fs and memmap2): never HTTP, JSON, configuration or clocks —
-//! callers pass `now`. The format is versioned; `tests/fixtures/v1/` pins it.
+//! callers pass `now`. The format is versioned and spells out every code (`codes`):
+//! `tests/fixtures/v1/` pins a whole segment, `tests/fixtures/golden/` every code of a batch.
 //!
 //! # Layout
 //! - `record`: framing, `[len u32][crc32c u32][payload]`, pure.
