@@ -41,6 +41,8 @@ fn register_and_rank(id: u64) -> (usize, u8) {
     (register, rank)
 }
 
+/// An approximate distinct count of visitor ids over a sliding window: one HyperLogLog per
+/// 20-second slice, merged register-wise over the slices the window covers.
 #[derive(Debug)]
 pub struct SlidingHll {
     window_ms: i64,
@@ -55,6 +57,7 @@ pub struct SlidingHll {
 }
 
 impl SlidingHll {
+    /// An empty count over a window of `window_secs` seconds (at least one).
     pub fn new(window_secs: u32) -> Self {
         Self {
             window_ms: i64::from(window_secs.max(1)) * 1000,

@@ -7,6 +7,8 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+/// The byte limit shared by all websites' visitor counts and tallies, the bytes they hold now,
+/// and how many websites share it. Updated with relaxed atomics: it steers, it does not lock.
 #[derive(Debug)]
 pub struct MemoryBudget {
     limit_bytes: usize,
@@ -15,6 +17,7 @@ pub struct MemoryBudget {
 }
 
 impl MemoryBudget {
+    /// A budget of `limit_bytes`, nothing held yet (`usize::MAX` never fills).
     pub fn new(limit_bytes: usize) -> Self {
         Self {
             limit_bytes,
@@ -23,10 +26,12 @@ impl MemoryBudget {
         }
     }
 
+    /// The limit, in bytes.
     pub fn limit_bytes(&self) -> usize {
         self.limit_bytes
     }
 
+    /// Bytes the websites report holding now.
     pub fn used_bytes(&self) -> usize {
         self.used_bytes.load(Ordering::Relaxed)
     }

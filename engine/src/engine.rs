@@ -15,6 +15,8 @@ use crate::event::{Event, VisitorId, WebsiteId};
 use crate::limits::EngineLimits;
 use crate::website::{Ingested, Realtime, WebsiteState};
 
+/// Every website's realtime state, the shared memory budget and the limits: what `ingest` and
+/// `realtime` act on.
 #[derive(Debug)]
 pub struct Engine {
     limits: EngineLimits,
@@ -33,6 +35,7 @@ impl Engine {
         })
     }
 
+    /// The limits the engine was created with.
     pub fn limits(&self) -> &EngineLimits {
         &self.limits
     }
@@ -65,6 +68,7 @@ impl Engine {
         Ok(())
     }
 
+    /// Websites tracked now.
     pub fn website_count(&self) -> usize {
         self.websites.len()
     }

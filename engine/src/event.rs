@@ -7,6 +7,8 @@
 use std::fmt;
 use std::sync::Arc;
 
+use strum::VariantArray;
+
 use crate::error::EngineError;
 
 /// Milliseconds since the Unix epoch, UTC.
@@ -70,6 +72,7 @@ impl WebsiteId {
         }
     }
 
+    /// The id as text.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -104,13 +107,18 @@ impl fmt::Display for VisitorId {
 }
 
 /// What happened: a page was viewed, or the site reported a named custom event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, VariantArray)]
 pub enum EventKind {
+    /// A page was viewed; the event's target is the page path.
     Pageview,
+    /// The site reported a custom event; the event's target is its name.
     Custom,
 }
 
 impl EventKind {
+    /// Every kind, in declaration order (derived, so a new variant is never missing).
+    pub const ALL: &'static [Self] = <Self as VariantArray>::VARIANTS;
+
     /// The name used in the API and the log: `pageview` or `event`.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -121,39 +129,36 @@ impl EventKind {
 }
 
 /// Browser family, as classified from the User-Agent by the server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[repr(u8)]
+///
+/// Declaration order means nothing: the event log stores each family under its own explicit
+/// code (`pulse_snapshot::codes`), so variants may be added or reordered freely.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, VariantArray)]
 pub enum Browser {
+    /// Google Chrome, and Chromium-based browsers that name no other family.
     Chrome,
+    /// Microsoft Edge.
     Edge,
+    /// Mozilla Firefox.
     Firefox,
+    /// Apple Safari.
     Safari,
+    /// Opera, including Opera Mini.
     Opera,
+    /// Samsung Internet.
     SamsungInternet,
+    /// Yandex Browser.
     YandexBrowser,
+    /// UC Browser.
     UcBrowser,
+    /// Internet Explorer.
     InternetExplorer,
+    /// Any other or unrecognised browser, and every bot.
     Other,
 }
 
 impl Browser {
-    pub const ALL: [Browser; 10] = [
-        Self::Chrome,
-        Self::Edge,
-        Self::Firefox,
-        Self::Safari,
-        Self::Opera,
-        Self::SamsungInternet,
-        Self::YandexBrowser,
-        Self::UcBrowser,
-        Self::InternetExplorer,
-        Self::Other,
-    ];
-
-    /// The family with this `repr(u8)` value, as stored in the event log.
-    pub fn from_u8(value: u8) -> Option<Self> {
-        Self::ALL.get(usize::from(value)).copied()
-    }
+    /// Every family, in declaration order (derived, so a new variant is never missing).
+    pub const ALL: &'static [Self] = <Self as VariantArray>::VARIANTS;
 
     /// The display name used in the realtime API.
     pub fn as_str(self) -> &'static str {
@@ -173,22 +178,24 @@ impl Browser {
 }
 
 /// Device class, as classified from the User-Agent by the server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[repr(u8)]
+///
+/// Declaration order means nothing: the event log stores each class under its own explicit
+/// code (`pulse_snapshot::codes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, VariantArray)]
 pub enum DeviceType {
+    /// A desktop or laptop computer.
     Desktop,
+    /// A phone.
     Mobile,
+    /// A tablet.
     Tablet,
+    /// Televisions, consoles, anything unrecognised, and every bot.
     Other,
 }
 
 impl DeviceType {
-    pub const ALL: [DeviceType; 4] = [Self::Desktop, Self::Mobile, Self::Tablet, Self::Other];
-
-    /// The class with this `repr(u8)` value, as stored in the event log.
-    pub fn from_u8(value: u8) -> Option<Self> {
-        Self::ALL.get(usize::from(value)).copied()
-    }
+    /// Every class, in declaration order (derived, so a new variant is never missing).
+    pub const ALL: &'static [Self] = <Self as VariantArray>::VARIANTS;
 
     /// The name used in the realtime API.
     pub fn as_str(self) -> &'static str {
@@ -216,6 +223,7 @@ impl CountryCode {
         }
     }
 
+    /// The two upper-case letters as text.
     pub fn as_str(&self) -> &str {
         // Both bytes are ASCII letters by construction, so this never falls back.
         std::str::from_utf8(&self.0).unwrap_or("??")
@@ -233,15 +241,25 @@ impl CountryCode {
 /// has already dropped query strings and fragments, which can carry personal data.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
+    /// The website the event was sent for.
     pub website: WebsiteId,
+    /// When it happened, as the server stamped it.
     pub ts: Timestamp,
+    /// Who sent it, pseudonymously.
     pub visitor: VisitorId,
+    /// Pageview or custom event.
     pub kind: EventKind,
+    /// The page path (pageview) or the event name (custom event).
     pub target: Arc<str>,
+    /// The referring site's host, when the page was reached from another site.
     pub referrer_domain: Option<Arc<str>>,
+    /// Whether the User-Agent was classified as a bot.
     pub is_bot: bool,
+    /// Browser family (`Other` for bots).
     pub browser: Browser,
+    /// Device class (`Other` for bots).
     pub device: DeviceType,
+    /// The client's country, when a GeoIP database is configured and knows the address.
     pub country: Option<CountryCode>,
 }
 
@@ -279,15 +297,15 @@ mod tests {
     }
 
     #[test]
-    fn enum_codes_round_trip_through_u8() {
-        for browser in Browser::ALL {
-            assert_eq!(Browser::from_u8(browser as u8), Some(browser));
+    fn every_variant_has_its_own_api_name() {
+        fn distinct(names: impl Iterator<Item = &'static str>) -> bool {
+            let names: Vec<_> = names.collect();
+            let unique: std::collections::HashSet<_> = names.iter().collect();
+            unique.len() == names.len()
         }
-        for device in DeviceType::ALL {
-            assert_eq!(DeviceType::from_u8(device as u8), Some(device));
-        }
-        assert_eq!(Browser::from_u8(Browser::ALL.len() as u8), None);
-        assert_eq!(DeviceType::from_u8(200), None);
+        assert!(distinct(EventKind::ALL.iter().map(|k| k.as_str())));
+        assert!(distinct(Browser::ALL.iter().map(|b| b.as_str())));
+        assert!(distinct(DeviceType::ALL.iter().map(|d| d.as_str())));
     }
 
     #[test]

@@ -19,12 +19,15 @@ use crate::event::{Timestamp, VisitorId};
 pub struct Salt([u8; Salt::LEN]);
 
 impl Salt {
+    /// Bytes in a salt.
     pub const LEN: usize = 32;
 
+    /// Wraps 32 bytes the caller drew from a secure random source.
     pub fn from_bytes(bytes: [u8; Self::LEN]) -> Self {
         Self(bytes)
     }
 
+    /// The secret bytes, for hashing and for the salt file.
     pub fn as_bytes(&self) -> &[u8; Self::LEN] {
         &self.0
     }
@@ -64,7 +67,9 @@ pub fn visitor_id(salt: &Salt, ip: IpAddr, user_agent: &str) -> VisitorId {
 /// A salt and the UTC day (days since 1970-01-01) it belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DailySalt {
+    /// The UTC day, in days since 1970-01-01.
     pub day: i64,
+    /// The secret for that day.
     pub salt: Salt,
 }
 
@@ -73,7 +78,10 @@ pub struct DailySalt {
 /// `carried_from` when that id is still active, so midnight does not double-count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Identity {
+    /// The id under the salt of the event's own UTC day.
     pub visitor: VisitorId,
+    /// The id under yesterday's salt, for events within the carry-over after midnight
+    /// (`SaltSchedule::carry_ms`); `None` otherwise.
     pub carried_from: Option<VisitorId>,
 }
 
@@ -101,10 +109,12 @@ impl SaltSchedule {
         }
     }
 
+    /// The salt of the newest day the schedule holds.
     pub fn current(&self) -> &DailySalt {
         &self.current
     }
 
+    /// The previous day's salt, while the carry-over may still need it.
     pub fn previous(&self) -> Option<&DailySalt> {
         self.previous.as_ref()
     }

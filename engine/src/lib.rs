@@ -16,6 +16,8 @@
 //! - `engine`: `Engine`, the websites and the `ingest` / `realtime` calls.
 //! - `error`: `EngineError`.
 
+#![deny(missing_docs)]
+
 mod approx;
 mod budget;
 mod engine;

@@ -24,9 +24,13 @@ pub struct EngineLimits {
 }
 
 impl EngineLimits {
+    /// Default `window_secs`: 30 minutes.
     pub const DEFAULT_WINDOW_SECS: u32 = 30 * 60;
+    /// Default `ring_capacity`, in events per website and class.
     pub const DEFAULT_RING_CAPACITY: usize = 256;
+    /// Default `recent_limit`, in events.
     pub const DEFAULT_RECENT_LIMIT: usize = 100;
+    /// Default `max_websites`.
     pub const DEFAULT_MAX_WEBSITES: usize = 1_000;
     /// No budget: the engine alone never degrades. The server sets one from `--memory-limit`.
     pub const DEFAULT_VISITOR_MEMORY_BYTES: usize = usize::MAX;

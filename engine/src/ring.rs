@@ -27,7 +27,9 @@ use crate::event::Event;
 /// ties between equal timestamps (later arrival first).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecentEvent {
+    /// Arrival number within the website: larger means pushed later.
     pub arrival: u64,
+    /// The event itself, shared with the ring.
     pub event: Arc<Event>,
 }
 
@@ -59,6 +61,8 @@ struct Slot {
     event: Arc<Event>,
 }
 
+/// The most recent events of one website and class, at most `capacity`, readable without
+/// blocking the single writer.
 pub struct EventRing {
     slots: Box<[Atomic<Slot>]>,
     /// Next position to write; positions `head - capacity .. head` may hold events.

@@ -26,6 +26,8 @@ fn new_run(ts_ms: i64) -> u64 {
     ((ts_ms as u64) << COUNT_BITS) | 1
 }
 
+/// The exact count of events with a timestamp in `(clock - window, clock]`, as packed
+/// `(ms, count)` runs.
 #[derive(Debug)]
 pub struct EventTally {
     window_ms: i64,
@@ -35,6 +37,7 @@ pub struct EventTally {
 }
 
 impl EventTally {
+    /// An empty tally over a window of `window_secs` seconds (at least one).
     pub fn new(window_secs: u32) -> Self {
         Self {
             window_ms: i64::from(window_secs.max(1)) * 1000,
@@ -93,6 +96,7 @@ impl EventTally {
         }
     }
 
+    /// Bytes the runs hold (their allocated capacity, 8 bytes a run).
     #[inline]
     pub fn memory_bytes(&self) -> usize {
         self.runs.capacity() * std::mem::size_of::<u64>()

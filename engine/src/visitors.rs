@@ -39,6 +39,8 @@ enum Mode {
     },
 }
 
+/// One class's active-visitor count: an exact `VisitorWindow` while it fits the memory budget,
+/// a `SlidingHll` estimate while it does not.
 #[derive(Debug)]
 pub struct VisitorCount {
     window_secs: u32,
@@ -47,6 +49,7 @@ pub struct VisitorCount {
 }
 
 impl VisitorCount {
+    /// An empty, exact count over a window of `window_secs` seconds.
     pub fn new(window_secs: u32) -> Self {
         Self {
             window_secs,
@@ -59,6 +62,7 @@ impl VisitorCount {
         i64::from(self.window_secs.max(1)) * 1000
     }
 
+    /// Whether `count` is an estimate now.
     #[inline]
     pub fn is_approximate(&self) -> bool {
         matches!(self.mode, Mode::Approximate { .. })
@@ -73,6 +77,7 @@ impl VisitorCount {
         }
     }
 
+    /// Bytes held: the exact window, or the estimate and its shadow window.
     #[inline]
     pub fn memory_bytes(&self) -> usize {
         match &self.mode {

@@ -21,13 +21,19 @@ use crate::window::Recorded;
 pub enum Ingested {
     /// The event is in the window, the counts and the ring; `arrival` numbers it within its
     /// website.
-    Windowed { arrival: u64 },
+    Windowed {
+        /// The event's arrival number within its website.
+        arrival: u64,
+    },
     /// The event is at or before the window's cutoff: it belongs in the log, but changes nothing
     /// in memory.
     OutsideWindow,
     /// The visitor window is at its hard size limit; the event is in the ring and the event
     /// count but its visitor is not counted.
-    VisitorWindowFull { arrival: u64 },
+    VisitorWindowFull {
+        /// The event's arrival number within its website.
+        arrival: u64,
+    },
 }
 
 /// A realtime answer for one website.
@@ -36,6 +42,8 @@ pub struct Realtime {
     /// The instant the answer is for: the query's `now`, or the newest event's timestamp if
     /// that is later.
     pub as_of_ms: i64,
+    /// Distinct visitors with an event in the window ending at `as_of_ms` (humans only unless
+    /// bots were included).
     pub active_visitors: u64,
     /// True when `active_visitors` is an estimate (the website's exact window did not fit the
     /// memory budget); the events and their count stay exact.
@@ -100,6 +108,8 @@ impl Writer {
     }
 }
 
+/// One website's rings, visitor counts and tallies, and the writer lock that orders its
+/// updates.
 #[derive(Debug)]
 pub struct WebsiteState {
     limits: EngineLimits,
@@ -110,6 +120,7 @@ pub struct WebsiteState {
 }
 
 impl WebsiteState {
+    /// An empty website under `limits`, reporting its memory to `budget`.
     pub fn new(limits: EngineLimits, budget: Arc<MemoryBudget>) -> Self {
         Self {
             limits,

@@ -52,6 +52,8 @@ pub enum Recorded {
     Full,
 }
 
+/// The exact set of visitor ids with a timestamp in `(clock - window, clock]`, each with its
+/// latest timestamp.
 #[derive(Debug)]
 pub struct VisitorWindow {
     window_ms: i64,
@@ -96,6 +98,7 @@ impl VisitorWindow {
         self.live
     }
 
+    /// Whether no visitor is active.
     pub fn is_empty(&self) -> bool {
         self.live == 0
     }

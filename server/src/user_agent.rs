@@ -4,15 +4,16 @@
 //! table of needles, so the cost is linear in the (capped) input length and
 //! nothing is compiled or allocated per request. This module only derives the
 //! three coarse facts in [`UserAgentClass`]; it never stores or logs the
-//! User-Agent itself, so no raw header outlives the call. `ClassCache` remembers
-//! recent verdicts under a keyed 48-bit hash of the header, never the header.
+//! User-Agent itself, so no raw header outlives the call. `ClassCache` (`cache.rs`)
+//! remembers recent verdicts under a keyed hash of the header, never the header.
 
-use std::collections::hash_map::RandomState;
-use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::LazyLock;
 
 use pulse_engine::{Browser, DeviceType};
+
+mod cache;
+
+pub use cache::ClassCache;
 
 /// The coarse facts Pulse keeps about a request's User-Agent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,77 +57,6 @@ pub fn classify(user_agent: &str) -> UserAgentClass {
         browser: browser_family(facts),
         device: device_type(facts),
     }
-}
-
-/// Slots of a `ClassCache` (a power of two): 4096 × 8 bytes = 32 KiB.
-const CACHE_SLOTS: usize = 1 << 12;
-/// Low bits of a cache slot that hold the class; the high bits hold the hash tag.
-const CLASS_BITS: u32 = 16;
-/// Set in every filled slot, so an empty (zero) slot never matches.
-const FILLED: u64 = 1 << 15;
-
-/// A fixed-size memo of recent verdicts: real traffic repeats a few hundred distinct headers,
-/// and a lookup costs one keyed hash of the header instead of a scan (about a quarter of the
-/// collect handler's own CPU before the cache). Each slot is one atomic word, the high 48 bits
-/// of the header's hash next to the packed class, so readers never lock and a racing writer
-/// can only replace a whole entry. The hash is keyed with a per-process random key: nobody
-/// can craft a header that shares a tag with another one, and the table holds no header.
-/// A miss, or a hit on a slot another header took over, just classifies afresh.
-#[derive(Debug)]
-pub struct ClassCache {
-    hasher: RandomState,
-    slots: Box<[AtomicU64]>,
-}
-
-impl Default for ClassCache {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl ClassCache {
-    pub fn new() -> Self {
-        Self {
-            hasher: RandomState::new(),
-            slots: (0..CACHE_SLOTS).map(|_| AtomicU64::new(0)).collect(),
-        }
-    }
-
-    /// `classify(user_agent)`, from the memo when this header was seen recently.
-    pub fn classify(&self, user_agent: &str) -> UserAgentClass {
-        let hash = self.hasher.hash_one(user_agent.as_bytes());
-        let slot = &self.slots[(hash as usize) & (CACHE_SLOTS - 1)];
-        let tag = hash & !((1 << CLASS_BITS) - 1);
-        let current = slot.load(Ordering::Relaxed);
-        if current & !((1 << CLASS_BITS) - 1) == tag && current & FILLED != 0 {
-            if let Some(class) = unpack(current) {
-                return class;
-            }
-        }
-        let class = classify(user_agent);
-        slot.store(tag | pack(class), Ordering::Relaxed);
-        class
-    }
-
-    pub fn memory_bytes(&self) -> usize {
-        self.slots.len() * std::mem::size_of::<AtomicU64>()
-    }
-}
-
-/// The class in the low `CLASS_BITS` of a cache slot: the filled flag, the bot bit, the
-/// browser and the device (their `repr(u8)` values, below 64).
-fn pack(class: UserAgentClass) -> u64 {
-    FILLED | (u64::from(class.is_bot) << 14) | ((class.browser as u64) << 6) | (class.device as u64)
-}
-
-fn unpack(slot: u64) -> Option<UserAgentClass> {
-    let browser = Browser::from_u8(u8::try_from((slot >> 6) & 0xFF).ok()? & 0x3F)?;
-    let device = DeviceType::from_u8(u8::try_from(slot & 0x3F).ok()?)?;
-    Some(UserAgentClass {
-        is_bot: slot & (1 << 14) != 0,
-        browser,
-        device,
-    })
 }
 
 /// Real browsers send a couple of hundred bytes at most; a longer header is
@@ -895,7 +825,7 @@ mod tests {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata")
     }
 
-    fn sample_lines(name: &str) -> Vec<String> {
+    pub(super) fn sample_lines(name: &str) -> Vec<String> {
         let path = testdata_dir().join(name);
         let text = std::fs::read_to_string(&path).unwrap_or_else(|err| {
             panic!(
@@ -944,47 +874,5 @@ mod tests {
             false_positive_rate <= 0.01,
             "false-positive rate {false_positive_rate:.4} is above 0.01"
         );
-    }
-
-    #[test]
-    fn every_class_survives_the_cache_slot_encoding() {
-        for is_bot in [false, true] {
-            for browser in Browser::ALL {
-                for device in DeviceType::ALL {
-                    let class = UserAgentClass {
-                        is_bot,
-                        browser,
-                        device,
-                    };
-                    let slot = (0xABCD_u64 << CLASS_BITS) | pack(class);
-                    assert_eq!(unpack(slot), Some(class), "{class:?}");
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn the_cache_answers_what_the_scan_answers() {
-        let mut samples = sample_lines("browser-user-agents.txt");
-        samples.extend(sample_lines("bot-user-agents.txt"));
-        samples.extend(
-            ["", "curl/8.5.0", "Mozilla/5.0", "x".repeat(600).as_str()]
-                .into_iter()
-                .map(str::to_owned),
-        );
-        let cache = ClassCache::new();
-        // Twice over: the first pass fills slots (more samples than some slots can hold
-        // without collisions), the second reads them back.
-        for round in 0..2 {
-            for ua in &samples {
-                assert_eq!(cache.classify(ua), classify(ua), "round {round}: {ua:?}");
-            }
-        }
-        let filled = cache
-            .slots
-            .iter()
-            .filter(|slot| slot.load(Ordering::Relaxed) != 0)
-            .count();
-        assert!(filled > 0, "the cache never stored a verdict");
     }
 }

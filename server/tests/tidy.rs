@@ -84,6 +84,17 @@ fn no_file_is_named_after_nothing_in_particular() {
 }
 
 #[test]
+fn the_pure_crates_deny_missing_docs() {
+    for lib in ["engine/src/lib.rs", "snapshot/src/lib.rs"] {
+        let text = std::fs::read_to_string(repo_root().join(lib)).expect("readable lib.rs");
+        assert!(
+            text.contains("#![deny(missing_docs)]"),
+            "{lib} must carry #![deny(missing_docs)]"
+        );
+    }
+}
+
+#[test]
 fn no_source_reads_files_beside_the_repository() {
     // A user's clone has no sibling folders: test data belongs in testdata/.
     let mut sources = rust_files();

@@ -1,43 +1,42 @@
 //! The record payload, pure: a batch of events with consecutive sequence numbers, in a
 //! hand-written little-endian layout (faster than a generic encoder and as strict).
 //!
+//! The layout below and the code tables in `codes` are the format: every enum and flag is
+//! written under the explicit code `codes` gives it, never under the engine's declaration
+//! order, and `tests/golden.rs` pins the bytes.
+//!
 //! ```text
-//! u8  kind = 1 (event batch)
+//! u8  kind = KIND_EVENT_BATCH (1)
 //! u64 first_seq            events are numbered first_seq, first_seq + 1, ...
 //! u32 count
 //! count × event:
-//!   i64 ts_ms   u64 visitor   u8 flags   u8 browser   u8 device
+//!   i64 ts_ms   u64 visitor   u8 flags   u8 browser code   u8 device code
 //!   [u8; 2] country          if flags & COUNTRY
 //!   u64 carried_from         if flags & CARRIED
 //!   u8 len + website id      (1..=64 bytes, [A-Za-z0-9_-])
 //!   u16 len + target         (UTF-8, at most MAX_TARGET_BYTES)
 //!   u8 len + referrer host   if flags & REFERRER (UTF-8)
 //! ```
-//! flags: 1 bot, 2 custom event, 4 referrer, 8 country, 16 carried; other bits must be zero.
+//! flags (`codes::FLAG_*`): 1 bot, 2 custom event, 4 referrer, 8 country, 16 carried; other
+//! bits must be zero.
 //! Decoding checks every length against the bytes left before slicing, validates every value
 //! (timestamps in range, enums known, strings UTF-8, ids valid) and rejects trailing bytes.
 
 use std::sync::Arc;
 
-use pulse_engine::{
-    Browser, CountryCode, DeviceType, Event, EventKind, Timestamp, VisitorId, WebsiteId,
-};
+use pulse_engine::{Browser, CountryCode, DeviceType, Event, Timestamp, VisitorId, WebsiteId};
 
+use crate::codes::{
+    kind_flags, kind_from_flags, LogCode, FLAG_BOT, FLAG_CARRIED, FLAG_COUNTRY, FLAG_REFERRER,
+    KIND_EVENT_BATCH, KNOWN_FLAGS,
+};
 use crate::error::RecordError;
 
-/// The only payload kind so far.
-pub const KIND_EVENT_BATCH: u8 = 1;
 /// Longest target (path or event name) the log stores, in bytes.
 pub const MAX_TARGET_BYTES: usize = u16::MAX as usize;
 /// Bytes of the batch header (kind, first_seq, count).
 pub const BATCH_HEADER_BYTES: usize = 13;
 
-const FLAG_BOT: u8 = 1;
-const FLAG_CUSTOM: u8 = 2;
-const FLAG_REFERRER: u8 = 4;
-const FLAG_COUNTRY: u8 = 8;
-const FLAG_CARRIED: u8 = 16;
-const KNOWN_FLAGS: u8 = 31;
 /// Bytes of an event besides its optional parts and strings: ts, visitor, flags, browser,
 /// device and the two length prefixes of website and target.
 const FIXED_EVENT_BYTES: usize = 22;
@@ -48,14 +47,18 @@ const MIN_EVENT_BYTES: usize = FIXED_EVENT_BYTES + 1;
 /// id under yesterday's salt (replay needs it to rebuild the window exactly).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogEntry {
+    /// The event as the engine counted it.
     pub event: Arc<Event>,
+    /// The visitor's id under yesterday's salt (`Identity::carried_from`), if any.
     pub carried_from: Option<VisitorId>,
 }
 
 /// A `LogEntry` read back, with its sequence number.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoggedEvent {
+    /// The event's sequence number: gap-free and increasing across the whole log.
     pub seq: u64,
+    /// The entry as it was appended.
     pub entry: LogEntry,
 }
 
@@ -93,12 +96,9 @@ pub fn encode(first_seq: u64, entries: &[LogEntry], out: &mut Vec<u8>) {
     out.extend_from_slice(&(entries.len() as u32).to_le_bytes());
     for entry in entries {
         let event = &entry.event;
-        let mut flags = 0;
+        let mut flags = kind_flags(event.kind);
         if event.is_bot {
             flags |= FLAG_BOT;
-        }
-        if event.kind == EventKind::Custom {
-            flags |= FLAG_CUSTOM;
         }
         if event.referrer_domain.is_some() {
             flags |= FLAG_REFERRER;
@@ -111,7 +111,7 @@ pub fn encode(first_seq: u64, entries: &[LogEntry], out: &mut Vec<u8>) {
         }
         out.extend_from_slice(&event.ts.unix_ms().to_le_bytes());
         out.extend_from_slice(&event.visitor.0.to_le_bytes());
-        out.extend_from_slice(&[flags, event.browser as u8, event.device as u8]);
+        out.extend_from_slice(&[flags, event.browser.to_code(), event.device.to_code()]);
         if let Some(country) = event.country {
             out.extend_from_slice(&country.as_bytes());
         }
@@ -218,9 +218,8 @@ pub fn decode(
         if flags & !KNOWN_FLAGS != 0 {
             return Err(RecordError::Payload("unknown event flags"));
         }
-        let browser = Browser::from_u8(cur.u8()?).ok_or(RecordError::Payload("unknown browser"))?;
-        let device =
-            DeviceType::from_u8(cur.u8()?).ok_or(RecordError::Payload("unknown device type"))?;
+        let browser = Browser::from_code(cur.u8()?)?;
+        let device = DeviceType::from_code(cur.u8()?)?;
         let country = if flags & FLAG_COUNTRY != 0 {
             let code = cur.array::<2>()?;
             let code =
@@ -253,11 +252,7 @@ pub fn decode(
         } else {
             None
         };
-        let kind = if flags & FLAG_CUSTOM != 0 {
-            EventKind::Custom
-        } else {
-            EventKind::Pageview
-        };
+        let kind = kind_from_flags(flags);
         visit(LoggedEvent {
             seq: first_seq + u64::from(i),
             entry: LogEntry {
@@ -287,6 +282,7 @@ pub fn decode(
 pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
+    use pulse_engine::EventKind;
 
     pub fn entry_strategy() -> impl Strategy<Value = LogEntry> {
         (

@@ -31,6 +31,7 @@ use crate::record::{self, FRAME_BYTES, MAX_RECORD_BYTES};
 use crate::segment::{list_segments, SegmentHeader, BROKEN_SUFFIX, HEADER_BYTES};
 use crate::writer::{private_file, read_header, RESTORE_SUFFIX};
 
+/// What `replay` may skip.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ReplayOptions {
     /// Sealed segments whose events are all at or before this instant (unix ms) are skipped.
@@ -40,8 +41,11 @@ pub struct ReplayOptions {
 /// A torn tail that replay cut off.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TornTail {
+    /// The segment that was truncated.
     pub path: PathBuf,
+    /// Its new length: the byte offset where the torn record started.
     pub offset: u64,
+    /// Bytes cut off the end.
     pub bytes_removed: u64,
 }
 
@@ -50,32 +54,44 @@ pub struct TornTail {
 pub struct BrokenSegment {
     /// Where the segment is now (`….seg.broken`).
     pub path: PathBuf,
+    /// Byte offset of the first damage in the file.
     pub offset: u64,
+    /// What the damage is, for the log and `/readyz`.
     pub reason: String,
 }
 
 /// Sequence numbers that are missing between two records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SeqGap {
+    /// The sequence number that should have come next.
     pub expected: u64,
+    /// The sequence number that came instead.
     pub found: u64,
 }
 
+/// What `replay` read, repaired and isolated.
 #[derive(Debug, Clone, Default)]
 pub struct ReplayReport {
+    /// Segments whose records were read.
     pub segments_read: usize,
+    /// Sealed segments not read because all their events are at or before `skip_before_ms`.
     pub segments_skipped: usize,
+    /// Valid records replayed.
     pub records: u64,
+    /// Events replayed (handed to `visit`).
     pub events: u64,
     /// The sequence number the next event written must get.
     pub next_seq: u64,
+    /// The torn tail cut off the newest segment, if there was one.
     pub torn_tail: Option<TornTail>,
     /// Segments this replay found damaged and moved aside (after salvaging their good records).
     pub broken: Vec<BrokenSegment>,
     /// Every damaged segment kept aside in the directory, by this replay or an earlier one: the
     /// damage an operator has not dealt with yet.
     pub set_aside: Vec<PathBuf>,
+    /// Places where sequence numbers jumped forward, within or between segments.
     pub gaps: Vec<SeqGap>,
+    /// Wall-clock time the replay took.
     pub duration: Duration,
 }
 
@@ -85,21 +101,38 @@ pub enum ScanEnd {
     /// Every byte belongs to a valid record.
     Clean,
     /// Valid records, then only zero bytes from `offset` on.
-    ZeroTail { offset: usize },
+    ZeroTail {
+        /// Byte offset where the zeros start.
+        offset: usize,
+    },
     /// Valid records, then a bad one at `offset` with nothing valid after it.
-    Torn { offset: usize, error: RecordError },
+    Torn {
+        /// Byte offset of the bad record.
+        offset: usize,
+        /// Why it could not be read.
+        error: RecordError,
+    },
     /// A bad header or a bad record at `offset` followed by valid data.
-    Corrupt { offset: usize, reason: String },
+    Corrupt {
+        /// Byte offset of the first damage.
+        offset: usize,
+        /// What the damage is.
+        reason: String,
+    },
 }
 
 /// What `scan_segment` found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SegmentScan {
+    /// How the bytes ended.
     pub end: ScanEnd,
     /// The sequence number after the last event read (the header's first one if none).
     pub next_seq: u64,
+    /// Valid records read.
     pub records: u64,
+    /// Events in those records.
     pub events: u64,
+    /// Sequence jumps between consecutive records.
     pub gaps: Vec<SeqGap>,
 }
 

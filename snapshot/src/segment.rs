@@ -14,21 +14,28 @@ use std::path::{Path, PathBuf};
 
 use crate::error::SnapshotError;
 
+/// The first 8 bytes of every segment file.
 pub const MAGIC: [u8; 8] = *b"PULSESEG";
+/// The segment format version this code writes and reads.
 pub const FORMAT_VERSION: u16 = 1;
+/// Bytes of the segment header.
 pub const HEADER_BYTES: usize = 32;
 /// Extension of live segments.
 pub const SEGMENT_EXT: &str = "seg";
 /// Suffix appended to a segment moved aside after corruption.
 pub const BROKEN_SUFFIX: &str = ".broken";
 
+/// The header fields a segment carries besides magic, version and checksum.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SegmentHeader {
+    /// Sequence number of the segment's first event (also its file name).
     pub first_seq: u64,
+    /// When the segment was created, in Unix milliseconds.
     pub created_ms: i64,
 }
 
 impl SegmentHeader {
+    /// The 32 header bytes, checksum included.
     pub fn encode(&self) -> [u8; HEADER_BYTES] {
         let mut out = [0u8; HEADER_BYTES];
         out[..8].copy_from_slice(&MAGIC);
@@ -40,6 +47,7 @@ impl SegmentHeader {
         out
     }
 
+    /// Reads a header from the start of `bytes`; the error says which check failed.
     pub fn decode(bytes: &[u8]) -> Result<Self, &'static str> {
         let Some(h) = bytes.first_chunk::<HEADER_BYTES>() else {
             return Err("shorter than a header");
@@ -67,6 +75,7 @@ impl SegmentHeader {
     }
 }
 
+/// The file name of the segment starting at `first_seq`: 20 digits and `.seg`.
 pub fn segment_file_name(first_seq: u64) -> String {
     format!("{first_seq:020}.{SEGMENT_EXT}")
 }

@@ -41,8 +41,11 @@ pub struct SegmentLimits {
 }
 
 impl SegmentLimits {
+    /// Default `max_segment_bytes`: 64 MiB.
     pub const DEFAULT_MAX_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+    /// Default `max_segment_age_ms`: 10 minutes.
     pub const DEFAULT_MAX_SEGMENT_AGE_MS: i64 = 10 * 60 * 1000;
+    /// Default `retention_ms`: 30 days.
     pub const DEFAULT_RETENTION_MS: i64 = 30 * 24 * 3_600_000;
 }
 
@@ -86,6 +89,8 @@ impl DirIdentity {
     }
 }
 
+/// Appends batches to the newest segment of a directory, rolls to a new one by size and age,
+/// fsyncs on request and deletes segments past retention.
 #[derive(Debug)]
 pub struct SegmentWriter {
     dir: PathBuf,
