@@ -305,7 +305,7 @@ impl Writer {
         segment
             .append(entries, clock::now_ms())
             .map_err(|e| format!("append failed: {e}"))?;
-        self.metrics.log_flush.observe(started.elapsed());
+        self.metrics.record_log_flush(started.elapsed());
         self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
         Ok(())
     }
@@ -316,7 +316,7 @@ impl Writer {
         }
         let started = Instant::now();
         segment.sync().map_err(|e| format!("fsync failed: {e}"))?;
-        self.metrics.log_fsync.observe(started.elapsed());
+        self.metrics.record_log_fsync(started.elapsed());
         Ok(())
     }
 }
