@@ -369,6 +369,11 @@ impl EventLog {
         }
     }
 
+    /// Bytes free for the log on its file system, if they can be read.
+    pub fn disk_available_bytes(&self) -> Option<u64> {
+        pulse_snapshot::writer::available_bytes(&self.dir).ok()
+    }
+
     /// Batches waiting in the queue.
     pub fn queue_depth(&self) -> usize {
         self.sender.len()
@@ -447,7 +452,7 @@ impl Appender {
         segment
             .append(entries, clock::now_ms())
             .map_err(WriteError::classify)?;
-        self.metrics.log_flush.observe(started.elapsed());
+        self.metrics.record_log_flush(started.elapsed());
         self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
         Ok(())
     }
@@ -458,7 +463,7 @@ impl Appender {
         }
         let started = Instant::now();
         segment.sync().map_err(LogFailure::Fsync)?;
-        self.metrics.log_fsync.observe(started.elapsed());
+        self.metrics.record_log_fsync(started.elapsed());
         Ok(())
     }
 }
@@ -576,6 +581,7 @@ impl Pending {
 fn restore_deleted_segments(
     segment: &mut SegmentWriter,
     window_ms: i64,
+    appender: &Appender,
 ) -> Result<(), SnapshotError> {
     let restored = segment.restore_unlinked(clock::now_ms() - window_ms)?;
     if !restored.is_empty() {
@@ -583,6 +589,9 @@ fn restore_deleted_segments(
             segments = restored.len(),
             "SEGMENT FILES DELETED under the running server: written back from open handles"
         );
+        appender
+            .metrics
+            .record_segments_restored(restored.len() as u64);
     }
     Ok(())
 }
@@ -651,7 +660,7 @@ fn write_loop(
             // free space are checked once a second.
             last_space_check = Instant::now();
             let mut stall = check_reserve(segment, options.disk_reserve_bytes);
-            if let Err(error) = restore_deleted_segments(segment, options.window_ms) {
+            if let Err(error) = restore_deleted_segments(segment, options.window_ms, appender) {
                 stall = Some(LogStall::SegmentsDeleted(error));
             }
             held_back = stall.is_some();

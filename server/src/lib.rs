@@ -8,15 +8,17 @@
 //! # Layout
 //! - `config`: `Config` (flags and `PULSE_*` variables), `HttpLimits`.
 //! - `state`: `AppState`, what handlers share.
-//! - `routes`: the router and one module per route (`collect`, `realtime`, `websites`, `health`,
-//!   `assets` — the embedded dashboard and `/s.js` tracker).
+//! - `routes`: the router, its paths and request metrics, and one module per route (`collect`,
+//!   `realtime`, `websites`, `health`, `scrape` — `GET /metrics`, `assets` — the embedded
+//!   dashboard and `/s.js` tracker).
 //! - `auth`: the admin token check. `body`: bounded, timed body reading.
 //! - `client_ip`: trusted proxies and `X-Forwarded-For`. `referrer`: referrer hosts.
 //! - `user_agent`: bot, browser and device classification in one pass.
 //! - `event_log`: `EventLog`, the write queue, replay and the writer thread (`Durability`).
 //! - `salts`: daily salts on disk. `websites`: the website registry and its file.
-//! - `memory`: `MemoryPlan`, how `--memory-limit` is divided. `metrics`: counters and
-//!   histograms for `/metrics`. `rate_limit`: per-IP token buckets in fixed memory.
+//! - `memory`: `MemoryPlan`, how `--memory-limit` is divided. `metrics`: the Prometheus
+//!   registry (`prometheus-client`), metric names, labels and the scrape encoding.
+//!   `rate_limit`: per-IP token buckets in fixed memory.
 //! - `geoip`: optional country lookup. `clock`: now and RFC 3339.
 //! - `atomic_file`: crash-safe small-file replacement. `error`: `ApiError`, `ServerError`.
 

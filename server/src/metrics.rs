@@ -1,221 +1,565 @@
-//! `Metrics`: the server's counters, gauges and latency histograms, rendered in the Prometheus
-//! text format for `GET /metrics`. Updating a metric is a relaxed atomic add (a map lookup under
-//! a read lock for labelled counters); nothing here allocates on the hot path after warm-up.
+//! `Metrics`: the server's counters and latency histograms in a `prometheus-client` registry,
+//! their typed label sets, and the encoding of one scrape — the registry plus the gauges read
+//! at scrape time (`Readings`) — as Prometheus text (0.0.4) or OpenMetrics text.
 //!
-//! What is measured lives where it happens (routes, the event log); this module only stores and
-//! renders. Gauges that are cheap to read on demand (queue depth, budget use, segment files) are
-//! read at scrape time by `routes::metrics`.
+//! This module owns the exposition contract the README documents: every metric name, help
+//! text, unit, label name and label value is spelled out here, once. It reads no server state
+//! and knows no HTTP: what is measured is recorded where it happens (the router's request
+//! layer, collect, the event log), and `routes::scrape` reads the gauges and picks the format.
+//! Recording is a relaxed atomic add, plus a read-locked map lookup for labelled counters and
+//! a short uncontended mutex for histograms; nothing allocates on the hot path after warm-up.
 
-use std::collections::BTreeMap;
-use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::PoisonError;
-use std::sync::RwLock;
+use std::fmt;
 use std::time::Duration;
 
-/// A monotonically increasing count.
-#[derive(Debug, Default)]
-pub struct Counter(AtomicU64);
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    prometheus_text, text, DescriptorEncoder, EncodeGaugeValue, EncodeLabelSet, EncodeLabelValue,
+    EncodeMetric, LabelValueEncoder,
+};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::{Registry, Unit};
 
-impl Counter {
-    pub fn add(&self, n: u64) {
-        self.0.fetch_add(n, Ordering::Relaxed);
-    }
+/// Every metric name starts `pulse_`.
+const PREFIX: &str = "pulse";
 
-    pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
-    }
-}
-
-/// Bucket upper bounds in seconds: 50 µs to 2.5 s, roughly ×2–2.5 apart.
+/// Latency bucket upper bounds in seconds: 50 µs to 2.5 s, roughly ×2–2.5 apart.
 const BUCKETS_SECS: [f64; 15] = [
     0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
     1.0, 2.5,
 ];
 
-/// A latency histogram with fixed buckets.
-#[derive(Debug, Default)]
-pub struct Histogram {
-    buckets: [AtomicU64; BUCKETS_SECS.len()],
-    count: AtomicU64,
-    sum_nanos: AtomicU64,
+/// The `route` label of `pulse_http_requests_total` and `pulse_http_request_duration_seconds`.
+/// `routes` maps each path pattern it serves to one of these.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Route {
+    Collect,
+    Realtime,
+    /// The website list and single websites (`/api/websites`, `/api/websites/{id}`).
+    Websites,
+    Healthz,
+    Readyz,
+    Metrics,
+    /// The dashboard and the tracker script.
+    Assets,
+    /// No route matched (a 404 or 405 fallback).
+    Unmatched,
 }
 
-impl Histogram {
-    pub fn observe(&self, elapsed: Duration) {
-        let secs = elapsed.as_secs_f64();
-        if let Some(i) = BUCKETS_SECS.iter().position(|le| secs <= *le) {
-            self.buckets[i].fetch_add(1, Ordering::Relaxed);
-        }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
-        self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
-    }
-
-    pub fn count(&self) -> u64 {
-        self.count.load(Ordering::Relaxed)
-    }
-
-    fn render(&self, out: &mut String, name: &str, labels: &str) {
-        let mut cumulative = 0;
-        let sep = if labels.is_empty() { "" } else { "," };
-        for (le, bucket) in BUCKETS_SECS.iter().zip(&self.buckets) {
-            cumulative += bucket.load(Ordering::Relaxed);
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {cumulative}"
-            );
-        }
-        let count = self.count();
-        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
-        let braces = if labels.is_empty() {
-            String::new()
-        } else {
-            format!("{{{labels}}}")
-        };
-        let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
-        let _ = writeln!(out, "{name}_sum{braces} {sum}");
-        let _ = writeln!(out, "{name}_count{braces} {count}");
-    }
-}
-
-/// Counters keyed by a small, closed set of label values (routes, status codes, reasons).
-#[derive(Debug, Default)]
-pub struct LabeledCounter(RwLock<BTreeMap<(&'static str, u16), Counter>>);
-
-impl LabeledCounter {
-    pub fn add(&self, label: &'static str, code: u16, n: u64) {
-        {
-            let map = self.0.read().unwrap_or_else(PoisonError::into_inner);
-            if let Some(counter) = map.get(&(label, code)) {
-                counter.add(n);
-                return;
-            }
-        }
-        let mut map = self.0.write().unwrap_or_else(PoisonError::into_inner);
-        map.entry((label, code)).or_default().add(n);
-    }
-
-    pub fn get(&self, label: &'static str, code: u16) -> u64 {
-        let map = self.0.read().unwrap_or_else(PoisonError::into_inner);
-        map.get(&(label, code)).map_or(0, Counter::get)
-    }
-
-    fn for_each(&self, mut f: impl FnMut(&'static str, u16, u64)) {
-        let map = self.0.read().unwrap_or_else(PoisonError::into_inner);
-        for ((label, code), counter) in map.iter() {
-            f(label, *code, counter.get());
+impl Route {
+    /// The label value; dashboards select on it, so each is written out.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Collect => "collect",
+            Self::Realtime => "realtime",
+            Self::Websites => "websites",
+            Self::Healthz => "healthz",
+            Self::Readyz => "readyz",
+            Self::Metrics => "metrics",
+            Self::Assets => "assets",
+            Self::Unmatched => "unmatched",
         }
     }
 }
 
-#[derive(Debug, Default)]
+impl EncodeLabelValue for Route {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> fmt::Result {
+        self.as_str().encode(encoder)
+    }
+}
+
+/// Why events answered 202 were not stored: the `reason` label of
+/// `pulse_events_not_recorded_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum NotRecorded {
+    /// `DNT: 1` or `Sec-GPC: 1` to a website that respects them.
+    Dnt,
+}
+
+impl NotRecorded {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Dnt => "dnt",
+        }
+    }
+}
+
+impl EncodeLabelValue for NotRecorded {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> fmt::Result {
+        self.as_str().encode(encoder)
+    }
+}
+
+/// What holds memory: the `component` label of `pulse_memory_bytes` and
+/// `pulse_memory_budget_bytes`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Component {
+    VisitorWindows,
+    Rings,
+    WriteQueue,
+    RequestBodies,
+}
+
+impl Component {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::VisitorWindows => "visitor_windows",
+            Self::Rings => "rings",
+            Self::WriteQueue => "write_queue",
+            Self::RequestBodies => "request_bodies",
+        }
+    }
+}
+
+impl EncodeLabelValue for Component {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> fmt::Result {
+        self.as_str().encode(encoder)
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: Route,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: Route,
+}
+
+/// `reason` is the `ApiError` code, which `error.rs` and each route already spell out once.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RejectionLabels {
+    reason: &'static str,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NotRecordedLabels {
+    reason: NotRecorded,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ComponentLabels {
+    component: Component,
+}
+
+/// The text format of a scrape.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// The classic Prometheus text format, version 0.0.4.
+    PrometheusText,
+    /// OpenMetrics 1.0 text: counter families are typed without `_total`, units get `# UNIT`
+    /// lines, and the body ends with `# EOF`.
+    OpenMetrics,
+}
+
+impl Format {
+    /// The `Content-Type` of a body in this format.
+    pub const fn content_type(self) -> &'static str {
+        match self {
+            Self::PrometheusText => prometheus_text::CONTENT_TYPE,
+            Self::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        }
+    }
+}
+
+/// The counters and histograms that handlers and the event log update.
+#[derive(Debug)]
 pub struct Metrics {
-    pub events_accepted: Counter,
-    /// Events answered 202 but neither stored nor counted, by reason (`dnt`).
-    pub events_not_recorded: LabeledCounter,
-    /// Collect requests refused, by error code (the `u16` is the HTTP status).
-    pub collect_rejected: LabeledCounter,
-    /// HTTP requests by route and status.
-    pub http_requests: LabeledCounter,
-    pub collect_latency: Histogram,
-    pub realtime_latency: Histogram,
-    /// Time to write one batch of records to the segment (the `write` call).
-    pub log_flush: Histogram,
-    /// Time of one fsync of the segment.
-    pub log_fsync: Histogram,
+    registry: Registry,
+    events_accepted: Counter,
+    segments_restored: Counter,
+    events_not_recorded: Family<NotRecordedLabels, Counter>,
+    collect_rejected: Family<RejectionLabels, Counter>,
+    http_requests: Family<RequestLabels, Counter>,
+    /// The `route="collect"` and `route="realtime"` series of the request-duration family,
+    /// created up front (so both are scraped from the start) and held so that timing a request
+    /// skips the family's map lookup.
+    collect_latency: Histogram,
+    realtime_latency: Histogram,
+    log_flush: Histogram,
+    log_fsync: Histogram,
 }
 
-/// Writes `# HELP` and `# TYPE` lines.
-pub fn header(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-}
-
-/// Writes one sample line; `labels` is `key="value",...` or empty.
-pub fn sample(out: &mut String, name: &str, labels: &str, value: impl std::fmt::Display) {
-    if labels.is_empty() {
-        let _ = writeln!(out, "{name} {value}");
-    } else {
-        let _ = writeln!(out, "{name}{{{labels}}} {value}");
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
     }
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(BUCKETS_SECS)
+}
+
+fn observe(histogram: &Histogram, elapsed: Duration) {
+    histogram.observe(elapsed.as_secs_f64());
 }
 
 impl Metrics {
-    /// Renders the counters and histograms this struct holds.
-    pub fn render(&self, out: &mut String) {
-        header(
-            out,
-            "pulse_events_accepted_total",
-            "counter",
-            "Events answered 202 and recorded.",
+    /// Registers every counter and histogram under its documented name. `prometheus-client`
+    /// appends `_total` to counters and the unit to names registered with one.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix(PREFIX);
+        let events_accepted = Counter::default();
+        registry.register(
+            "events_accepted",
+            "Events answered 202 and recorded",
+            events_accepted.clone(),
         );
-        sample(
-            out,
-            "pulse_events_accepted_total",
-            "",
-            self.events_accepted.get(),
+        let segments_restored = Counter::default();
+        registry.register(
+            "log_segments_restored",
+            "Segment files deleted under the running server and written back from open handles",
+            segments_restored.clone(),
         );
+        let events_not_recorded = Family::default();
+        registry.register(
+            "events_not_recorded",
+            "Events answered 202 but deliberately not stored (privacy signals)",
+            events_not_recorded.clone(),
+        );
+        let collect_rejected = Family::default();
+        registry.register(
+            "collect_rejected",
+            "Collect requests refused, by error code",
+            collect_rejected.clone(),
+        );
+        let http_requests = Family::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests by route and status",
+            http_requests.clone(),
+        );
+        let request_duration: Family<RouteLabels, Histogram> =
+            Family::new_with_constructor(latency_histogram);
+        let route_latency = |route| {
+            request_duration
+                .get_or_create(&RouteLabels { route })
+                .clone()
+        };
+        let collect_latency = route_latency(Route::Collect);
+        let realtime_latency = route_latency(Route::Realtime);
+        registry.register_with_unit(
+            "http_request_duration",
+            "Latency of collect and realtime requests",
+            Unit::Seconds,
+            request_duration,
+        );
+        let log_flush = latency_histogram();
+        registry.register_with_unit(
+            "log_flush_duration",
+            "Time to write a batch of records to the segment",
+            Unit::Seconds,
+            log_flush.clone(),
+        );
+        let log_fsync = latency_histogram();
+        registry.register_with_unit(
+            "log_fsync_duration",
+            "Time of one fsync of the segment",
+            Unit::Seconds,
+            log_fsync.clone(),
+        );
+        Self {
+            registry,
+            events_accepted,
+            segments_restored,
+            events_not_recorded,
+            collect_rejected,
+            http_requests,
+            collect_latency,
+            realtime_latency,
+            log_flush,
+            log_fsync,
+        }
+    }
 
-        header(
-            out,
-            "pulse_events_not_recorded_total",
-            "counter",
-            "Events answered 202 but deliberately not stored (privacy signals).",
-        );
-        self.events_not_recorded.for_each(|reason, _, n| {
-            sample(
-                out,
-                "pulse_events_not_recorded_total",
-                &format!("reason=\"{reason}\""),
-                n,
-            );
-        });
+    /// Counts one answered request; times it when it is collect or realtime.
+    pub fn record_request(&self, route: Route, status: u16, elapsed: Duration) {
+        self.http_requests
+            .get_or_create(&RequestLabels { route, status })
+            .inc();
+        match route {
+            Route::Collect => observe(&self.collect_latency, elapsed),
+            Route::Realtime => observe(&self.realtime_latency, elapsed),
+            _ => {}
+        }
+    }
 
-        header(
-            out,
-            "pulse_collect_rejected_total",
-            "counter",
-            "Collect requests refused, by error code.",
-        );
-        self.collect_rejected.for_each(|reason, status, n| {
-            let labels = format!("reason=\"{reason}\",status=\"{status}\"");
-            sample(out, "pulse_collect_rejected_total", &labels, n);
-        });
+    /// Events answered 202 and recorded.
+    pub fn record_accepted(&self, events: u64) {
+        self.events_accepted.inc_by(events);
+    }
 
-        header(
-            out,
-            "pulse_http_requests_total",
-            "counter",
-            "HTTP requests by route and status.",
-        );
-        self.http_requests.for_each(|route, status, n| {
-            let labels = format!("route=\"{route}\",status=\"{status}\"");
-            sample(out, "pulse_http_requests_total", &labels, n);
-        });
+    /// Events answered 202 but not stored, and why.
+    pub fn record_not_recorded(&self, reason: NotRecorded, events: u64) {
+        self.events_not_recorded
+            .get_or_create(&NotRecordedLabels { reason })
+            .inc_by(events);
+    }
 
-        let name = "pulse_http_request_duration_seconds";
-        header(
-            out,
-            name,
-            "histogram",
-            "Latency of collect and realtime requests.",
-        );
-        self.collect_latency.render(out, name, "route=\"collect\"");
-        self.realtime_latency
-            .render(out, name, "route=\"realtime\"");
+    /// A collect request refused with the error `code` and HTTP `status`.
+    pub fn record_rejection(&self, code: &'static str, status: u16) {
+        self.collect_rejected
+            .get_or_create(&RejectionLabels {
+                reason: code,
+                status,
+            })
+            .inc();
+    }
 
-        let name = "pulse_log_flush_duration_seconds";
-        header(
-            out,
-            name,
-            "histogram",
-            "Time to write a batch of records to the segment.",
-        );
-        self.log_flush.render(out, name, "");
-        let name = "pulse_log_fsync_duration_seconds";
-        header(out, name, "histogram", "Time of one fsync of the segment.");
-        self.log_fsync.render(out, name, "");
+    /// Segment files that were deleted under the server and written back.
+    pub fn record_segments_restored(&self, segments: u64) {
+        self.segments_restored.inc_by(segments);
+    }
+
+    /// One write of a batch to the segment.
+    pub fn record_log_flush(&self, elapsed: Duration) {
+        observe(&self.log_flush, elapsed);
+    }
+
+    /// One fsync of the segment.
+    pub fn record_log_fsync(&self, elapsed: Duration) {
+        observe(&self.log_fsync, elapsed);
+    }
+
+    /// One scrape in `format`: the counters and histograms, then `readings`.
+    pub fn encode(&self, readings: Readings, format: Format) -> Result<String, fmt::Error> {
+        // The gauges go through a registry of their own, made per scrape: a `Collector` is the
+        // library's way to emit values read on demand, and handing it plain numbers keeps this
+        // module free of server state (a collector holding the state would make an `Arc` cycle
+        // through the event log, which holds `Metrics`). Unlike gauges stored here and set
+        // before encoding, two concurrent scrapes cannot interleave their values, and a reading
+        // that does not exist yet (the replay, RSS off Linux) is left out rather than shown as 0.
+        let mut scraped = Registry::with_prefix(PREFIX);
+        scraped.register_collector(Box::new(readings));
+        let mut out = String::with_capacity(16 * 1024);
+        match format {
+            Format::PrometheusText => {
+                prometheus_text::encode(&mut out, &self.registry)?;
+                prometheus_text::encode(&mut out, &scraped)?;
+            }
+            Format::OpenMetrics => {
+                text::encode_registry(&mut out, &self.registry)?;
+                text::encode_registry(&mut out, &scraped)?;
+                text::encode_eof(&mut out)?;
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Bytes held by one component and the most it may hold.
+#[derive(Clone, Copy, Debug)]
+pub struct MemoryReading {
+    pub component: Component,
+    pub used_bytes: usize,
+    pub budget_bytes: usize,
+}
+
+/// What the start-up replay did.
+#[derive(Clone, Copy, Debug)]
+pub struct ReplayReading {
+    pub duration: Duration,
+    pub events: u64,
+    pub corrupt_segments: usize,
+    /// Events stamped in the future, counted as of now (see `event_log`).
+    pub future_events: u64,
+    pub torn_tail_bytes: u64,
+}
+
+/// Gauges read from the server at scrape time; `routes::scrape` fills them in.
+#[derive(Clone, Debug)]
+pub struct Readings {
+    pub write_queue_depth: usize,
+    pub memory: Vec<MemoryReading>,
+    pub memory_limit_bytes: u64,
+    /// `None` where /proc is not readable.
+    pub resident_bytes: Option<u64>,
+    pub websites: usize,
+    pub approximate_websites: usize,
+    pub connections: usize,
+    pub connections_max: usize,
+    pub log_segments: usize,
+    pub log_segment_bytes: u64,
+    /// `None` until the replay has finished.
+    pub replay: Option<ReplayReading>,
+    /// Whether the event log refuses new events (full or failing disk, deleted segments).
+    pub log_stalled: bool,
+    /// Bytes free for the event log on its file system, when they can be read.
+    pub log_disk_available_bytes: Option<u64>,
+    /// How far the server's clock runs ahead of the system clock after it stepped back.
+    pub clock_ahead: Duration,
+}
+
+/// Writes one unlabelled gauge. Help texts here end with a period: the registry adds one to
+/// registered metrics, but not to what a collector writes.
+fn gauge(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    value: impl EncodeGaugeValue,
+) -> fmt::Result {
+    let metric = encoder.encode_descriptor(name, help, unit, MetricType::Gauge)?;
+    ConstGauge::new(value).encode(metric)
+}
+
+impl Collector for Readings {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        let bytes = Unit::Bytes;
+        let seconds = Unit::Seconds;
+        let e = &mut encoder;
+        gauge(
+            e,
+            "write_queue_depth",
+            "Batches waiting for the log writer.",
+            None,
+            self.write_queue_depth,
+        )?;
+        // Each family's samples must form one group, so used and allowed are two passes.
+        let mut family = e.encode_descriptor(
+            "memory",
+            "Bytes held, by component.",
+            Some(&bytes),
+            MetricType::Gauge,
+        )?;
+        for m in &self.memory {
+            let labels = ComponentLabels {
+                component: m.component,
+            };
+            ConstGauge::new(m.used_bytes).encode(family.encode_family(&labels)?)?;
+        }
+        let mut family = e.encode_descriptor(
+            "memory_budget",
+            "Bytes allowed, by component.",
+            Some(&bytes),
+            MetricType::Gauge,
+        )?;
+        for m in &self.memory {
+            let labels = ComponentLabels {
+                component: m.component,
+            };
+            ConstGauge::new(m.budget_bytes).encode(family.encode_family(&labels)?)?;
+        }
+        gauge(
+            e,
+            "memory_limit",
+            "The --memory-limit in force.",
+            Some(&bytes),
+            self.memory_limit_bytes,
+        )?;
+        if let Some(rss) = self.resident_bytes {
+            gauge(
+                e,
+                "process_resident_memory",
+                "Resident set size.",
+                Some(&bytes),
+                rss,
+            )?;
+        }
+        gauge(e, "websites", "Websites held.", None, self.websites)?;
+        gauge(
+            e,
+            "approximate_websites",
+            "Websites whose visitor count is approximate because it did not fit the budget.",
+            None,
+            self.approximate_websites,
+        )?;
+        gauge(
+            e,
+            "connections",
+            "Open client connections.",
+            None,
+            self.connections,
+        )?;
+        gauge(
+            e,
+            "connections_max",
+            "Most client connections served at once.",
+            None,
+            self.connections_max,
+        )?;
+        gauge(
+            e,
+            "log_segments",
+            "Segment files of the event log.",
+            None,
+            self.log_segments,
+        )?;
+        gauge(
+            e,
+            "log_segment",
+            "Bytes in segment files.",
+            Some(&bytes),
+            self.log_segment_bytes,
+        )?;
+        gauge(
+            e,
+            "log_stalled",
+            "1 while the event log refuses new events (disk full or failing, below the reserve, deleted segments not yet written back).",
+            None,
+            u32::from(self.log_stalled),
+        )?;
+        if let Some(available) = self.log_disk_available_bytes {
+            gauge(
+                e,
+                "log_disk_available",
+                "Bytes free for the event log on its file system.",
+                Some(&bytes),
+                available,
+            )?;
+        }
+        gauge(
+            e,
+            "clock_ahead_of_system",
+            "How far the server's clock runs ahead of the system clock, which stepped back since start-up.",
+            Some(&seconds),
+            self.clock_ahead.as_secs_f64(),
+        )?;
+        if let Some(replay) = &self.replay {
+            gauge(
+                e,
+                "replay_duration",
+                "Start-up replay time.",
+                Some(&seconds),
+                replay.duration.as_secs_f64(),
+            )?;
+            gauge(
+                e,
+                "replay_events",
+                "Events replayed at start-up.",
+                None,
+                replay.events,
+            )?;
+            gauge(
+                e,
+                "replay_corrupt_segments",
+                "Damaged segments kept aside in the log directory (*.seg.broken), found at this start-up or an earlier one.",
+                None,
+                replay.corrupt_segments,
+            )?;
+            gauge(
+                e,
+                "replay_future_events",
+                "Events stamped more than 60 s in the future at start-up, counted as of now.",
+                None,
+                replay.future_events,
+            )?;
+            gauge(
+                e,
+                "replay_torn_tail",
+                "Bytes cut from a torn tail at start-up.",
+                Some(&bytes),
+                replay.torn_tail_bytes,
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -223,33 +567,184 @@ impl Metrics {
 mod tests {
     use super::*;
 
-    #[test]
-    fn histograms_render_cumulative_buckets_sum_and_count() {
-        let h = Histogram::default();
-        h.observe(Duration::from_micros(30));
-        h.observe(Duration::from_millis(3));
-        h.observe(Duration::from_secs(10));
-        let mut out = String::new();
-        h.render(&mut out, "x", "route=\"a\"");
-        assert!(
-            out.contains("x_bucket{route=\"a\",le=\"0.00005\"} 1\n"),
-            "{out}"
-        );
-        assert!(out.contains("x_bucket{route=\"a\",le=\"0.005\"} 2\n"));
-        assert!(out.contains("x_bucket{route=\"a\",le=\"2.5\"} 2\n"));
-        assert!(out.contains("x_bucket{route=\"a\",le=\"+Inf\"} 3\n"));
-        assert!(out.contains("x_count{route=\"a\"} 3\n"));
+    fn readings() -> Readings {
+        Readings {
+            write_queue_depth: 2,
+            memory: vec![
+                MemoryReading {
+                    component: Component::VisitorWindows,
+                    used_bytes: 10,
+                    budget_bytes: 100,
+                },
+                MemoryReading {
+                    component: Component::RequestBodies,
+                    used_bytes: 0,
+                    budget_bytes: 50,
+                },
+            ],
+            memory_limit_bytes: 1 << 20,
+            resident_bytes: Some(4096),
+            websites: 3,
+            approximate_websites: 1,
+            connections: 5,
+            connections_max: 64,
+            log_segments: 2,
+            log_segment_bytes: 1234,
+            replay: Some(ReplayReading {
+                duration: Duration::from_millis(1500),
+                events: 42,
+                corrupt_segments: 0,
+                future_events: 3,
+                torn_tail_bytes: 7,
+            }),
+            log_stalled: true,
+            log_disk_available_bytes: Some(1 << 30),
+            clock_ahead: Duration::from_secs(10_800),
+        }
+    }
+
+    fn encode(metrics: &Metrics, readings: Readings, format: Format) -> String {
+        match metrics.encode(readings, format) {
+            Ok(text) => text,
+            Err(e) => panic!("encoding failed: {e}"),
+        }
+    }
+
+    #[track_caller]
+    fn assert_lines(text: &str, lines: &[&str]) {
+        for line in lines {
+            assert!(
+                text.lines().any(|l| l == *line),
+                "no line {line:?} in:\n{text}"
+            );
+        }
     }
 
     #[test]
-    fn labeled_counters_add_per_label() {
-        let c = LabeledCounter::default();
-        c.add("collect", 202, 2);
-        c.add("collect", 202, 1);
-        c.add("collect", 400, 1);
-        assert_eq!(
-            (c.get("collect", 202), c.get("collect", 400), c.get("x", 1)),
-            (3, 1, 0)
+    fn counters_keep_their_documented_names_and_labels() {
+        let m = Metrics::new();
+        m.record_accepted(3);
+        m.record_accepted(1);
+        m.record_not_recorded(NotRecorded::Dnt, 2);
+        m.record_rejection("rate_limited", 429);
+        m.record_rejection("rate_limited", 429);
+        m.record_rejection("invalid_json", 400);
+        m.record_request(Route::Collect, 202, Duration::from_micros(80));
+        m.record_request(Route::Unmatched, 404, Duration::ZERO);
+        let text = encode(&m, readings(), Format::PrometheusText);
+        assert_lines(
+            &text,
+            &[
+                "# TYPE pulse_events_accepted_total counter",
+                "pulse_events_accepted_total 4",
+                "pulse_events_not_recorded_total{reason=\"dnt\"} 2",
+                "pulse_collect_rejected_total{reason=\"rate_limited\",status=\"429\"} 2",
+                "pulse_collect_rejected_total{reason=\"invalid_json\",status=\"400\"} 1",
+                "pulse_http_requests_total{route=\"collect\",status=\"202\"} 1",
+                "pulse_http_requests_total{route=\"unmatched\",status=\"404\"} 1",
+            ],
         );
+        assert!(!text.contains("# EOF"), "{text}");
+    }
+
+    #[test]
+    fn histograms_render_cumulative_buckets_sum_and_count() {
+        let m = Metrics::new();
+        for elapsed in [
+            Duration::from_micros(30),
+            Duration::from_millis(3),
+            Duration::from_secs(10),
+        ] {
+            m.record_request(Route::Realtime, 200, elapsed);
+        }
+        m.record_log_flush(Duration::from_millis(1));
+        let text = encode(&m, readings(), Format::PrometheusText);
+        let name = "pulse_http_request_duration_seconds";
+        assert_lines(
+            &text,
+            &[
+                &format!("# TYPE {name} histogram"),
+                &format!("{name}_bucket{{route=\"realtime\",le=\"5e-05\"}} 1"),
+                &format!("{name}_bucket{{route=\"realtime\",le=\"0.005\"}} 2"),
+                &format!("{name}_bucket{{route=\"realtime\",le=\"2.5\"}} 2"),
+                &format!("{name}_bucket{{route=\"realtime\",le=\"+Inf\"}} 3"),
+                &format!("{name}_count{{route=\"realtime\"}} 3"),
+                // Collect is scraped before its first request.
+                &format!("{name}_count{{route=\"collect\"}} 0"),
+                "pulse_log_flush_duration_seconds_count 1",
+                "pulse_log_fsync_duration_seconds_count 0",
+            ],
+        );
+        // Other routes are counted but not timed.
+        let buckets = text
+            .lines()
+            .filter(|l| l.starts_with(&format!("{name}_bucket{{route=\"realtime\"")))
+            .count();
+        assert_eq!(buckets, BUCKETS_SECS.len() + 1, "{text}");
+    }
+
+    #[test]
+    fn scrape_time_gauges_keep_their_documented_names() {
+        let text = encode(&Metrics::new(), readings(), Format::PrometheusText);
+        assert_lines(
+            &text,
+            &[
+                "pulse_write_queue_depth 2",
+                "pulse_memory_bytes{component=\"visitor_windows\"} 10",
+                "pulse_memory_bytes{component=\"request_bodies\"} 0",
+                "pulse_memory_budget_bytes{component=\"visitor_windows\"} 100",
+                "pulse_memory_limit_bytes 1048576",
+                "pulse_process_resident_memory_bytes 4096",
+                "pulse_websites 3",
+                "pulse_approximate_websites 1",
+                "pulse_connections 5",
+                "pulse_connections_max 64",
+                "pulse_log_segments 2",
+                "pulse_log_segment_bytes 1234",
+                "pulse_replay_duration_seconds 1.5",
+                "pulse_replay_events 42",
+                "pulse_replay_corrupt_segments 0",
+                "pulse_replay_future_events 3",
+                "pulse_log_stalled 1",
+                "pulse_log_disk_available_bytes 1073741824",
+                "pulse_clock_ahead_of_system_seconds 10800.0",
+                "pulse_replay_torn_tail_bytes 7",
+                "# HELP pulse_websites Websites held.",
+            ],
+        );
+        // One group per family: every memory_bytes sample comes before the budget's header.
+        let last_used = text.rfind("pulse_memory_bytes{");
+        let budget_header = text.find("# TYPE pulse_memory_budget_bytes");
+        assert!(last_used < budget_header, "{text}");
+    }
+
+    #[test]
+    fn readings_not_yet_known_are_left_out() {
+        let mut readings = readings();
+        readings.replay = None;
+        readings.resident_bytes = None;
+        let text = encode(&Metrics::new(), readings, Format::PrometheusText);
+        assert!(!text.contains("pulse_replay"), "{text}");
+        assert!(!text.contains("pulse_process_resident"), "{text}");
+        assert_lines(&text, &["pulse_websites 3"]);
+    }
+
+    #[test]
+    fn openmetrics_scrapes_type_counters_without_total_and_end_with_eof() {
+        let m = Metrics::new();
+        m.record_accepted(1);
+        let text = encode(&m, readings(), Format::OpenMetrics);
+        assert_lines(
+            &text,
+            &[
+                "# TYPE pulse_events_accepted counter",
+                "pulse_events_accepted_total 1",
+                "# UNIT pulse_memory_bytes bytes",
+                "pulse_memory_bytes{component=\"visitor_windows\"} 10",
+                "pulse_websites 3",
+            ],
+        );
+        assert!(text.ends_with("# EOF\n"), "{text}");
+        assert_eq!(text.matches("# EOF").count(), 1, "{text}");
     }
 }

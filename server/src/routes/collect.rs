@@ -24,6 +24,7 @@ use crate::body::read_body;
 use crate::clock;
 use crate::error::ApiError;
 use crate::event_log::SubmitError;
+use crate::metrics::NotRecorded;
 use crate::referrer::referrer_domain;
 use crate::state::AppState;
 use crate::websites::WebsiteEntry;
@@ -421,8 +422,7 @@ pub async fn collect(
     if let Err(error) = &outcome {
         state
             .metrics
-            .collect_rejected
-            .add(error.code, error.status.as_u16(), 1);
+            .record_rejection(error.code, error.status.as_u16());
     }
     outcome
 }
@@ -474,8 +474,7 @@ async fn accept(
     if skipped > 0 {
         state
             .metrics
-            .events_not_recorded
-            .add("dnt", 0, skipped as u64);
+            .record_not_recorded(NotRecorded::Dnt, skipped as u64);
     }
     if recorded_count == 0 {
         return Ok(accepted());
@@ -549,7 +548,7 @@ async fn accept(
     if let Some(durable) = durable {
         durable.await.map_err(|_| log_unavailable())?;
     }
-    state.metrics.events_accepted.add(accepted_events as u64);
+    state.metrics.record_accepted(accepted_events as u64);
     Ok(accepted())
 }
 

@@ -1,47 +1,65 @@
 //! The HTTP routes and the router that joins them: which paths exist, which need the admin
-//! token, and the JSON 404/405 answers. Each route's logic lives in its own module.
+//! token, the JSON 404/405 answers, and the request layer that counts every request by route
+//! and status (the `route` label comes from the same path constants the router is built from).
+//! Each route's logic lives in its own module.
 
 use std::sync::Arc;
+use std::time::Instant;
 
-use axum::middleware;
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
 
 use crate::auth::require_admin;
 use crate::error::ApiError;
+use crate::metrics::Route;
 use crate::state::AppState;
 
 pub mod assets;
 pub mod collect;
 pub mod health;
-pub mod metrics;
 pub mod realtime;
+pub mod scrape;
 pub mod websites;
+
+/// The path patterns of the API, each written once: the router is built from them and
+/// `route_label` maps them back to the `route` label of the request metrics.
+pub mod path {
+    pub const COLLECT: &str = "/api/collect";
+    pub const WEBSITES: &str = "/api/websites";
+    pub const WEBSITE: &str = "/api/websites/{id}";
+    pub const REALTIME: &str = "/api/websites/{id}/realtime";
+    pub const HEALTHZ: &str = "/healthz";
+    pub const READYZ: &str = "/readyz";
+    pub const METRICS: &str = "/metrics";
+}
 
 /// The full application router over `state`.
 pub fn router(state: Arc<AppState>) -> Router {
     let admin = Router::new()
-        .route("/api/websites", get(websites::list).post(websites::create))
+        .route(path::WEBSITES, get(websites::list).post(websites::create))
         .route(
-            "/api/websites/{id}",
+            path::WEBSITE,
             get(websites::get)
                 .patch(websites::update)
                 .delete(websites::delete),
         )
-        .route("/api/websites/{id}/realtime", get(realtime::realtime))
-        .route("/metrics", get(metrics::metrics))
+        .route(path::REALTIME, get(realtime::realtime))
+        .route(path::METRICS, get(scrape::metrics))
         .route_layer(middleware::from_fn_with_state(
             Arc::clone(&state),
             require_admin,
         ));
     let public = Router::new()
         .route(
-            "/api/collect",
+            path::COLLECT,
             post(collect::collect).options(collect::preflight),
         )
         .layer(middleware::map_response(collect::allow_any_origin))
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
+        .route(path::HEALTHZ, get(health::healthz))
+        .route(path::READYZ, get(health::readyz))
         .merge(assets::router());
     admin
         .merge(public)
@@ -49,7 +67,61 @@ pub fn router(state: Arc<AppState>) -> Router {
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(middleware::from_fn_with_state(
             Arc::clone(&state),
-            metrics::track,
+            track_request,
         ))
         .with_state(state)
+}
+
+/// The `route` label of a request matched to `pattern` (`None`: nothing matched). Every path
+/// not in `path` is one of the assets' (dashboard files and the tracker).
+fn route_label(pattern: Option<&str>) -> Route {
+    match pattern {
+        Some(path::COLLECT) => Route::Collect,
+        Some(path::REALTIME) => Route::Realtime,
+        Some(path::WEBSITES | path::WEBSITE) => Route::Websites,
+        Some(path::HEALTHZ) => Route::Healthz,
+        Some(path::READYZ) => Route::Readyz,
+        Some(path::METRICS) => Route::Metrics,
+        Some(_) => Route::Assets,
+        None => Route::Unmatched,
+    }
+}
+
+/// Counts every request by route and status, and times collect and realtime.
+async fn track_request(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let route = route_label(
+        request
+            .extensions()
+            .get::<MatchedPath>()
+            .map(MatchedPath::as_str),
+    );
+    let started = Instant::now();
+    let response = next.run(request).await;
+    state
+        .metrics
+        .record_request(route, response.status().as_u16(), started.elapsed());
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_patterns_map_to_fixed_labels() {
+        assert_eq!(route_label(Some(path::COLLECT)), Route::Collect);
+        assert_eq!(
+            route_label(Some("/api/websites/{id}/realtime")),
+            Route::Realtime
+        );
+        assert_eq!(route_label(Some("/api/websites/{id}")), Route::Websites);
+        assert_eq!(route_label(Some("/api/websites")), Route::Websites);
+        assert_eq!(route_label(Some("/metrics")), Route::Metrics);
+        assert_eq!(route_label(Some("/s.js")), Route::Assets);
+        assert_eq!(route_label(None), Route::Unmatched);
+    }
 }
