@@ -7,7 +7,6 @@
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use pulse_engine::EngineLimits;
-
 use pulse_testkit::model::{run, Op, PEOPLE, SITES, TARGETS};
 
 #[derive(Debug, Arbitrary)]

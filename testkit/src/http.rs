@@ -408,8 +408,8 @@ impl Request {
     }
 
     /// A body (sent with its `Content-Length`).
-    pub fn body(mut self, body: Vec<u8>) -> Self {
-        self.body = Some(body);
+    pub fn body(mut self, body: impl Into<Vec<u8>>) -> Self {
+        self.body = Some(body.into());
         self
     }
 

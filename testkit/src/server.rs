@@ -218,6 +218,30 @@ pub fn run_expecting_exit(bin: &Path, opts: &Opts, data_dir: &Path) -> Exited {
     }
 }
 
+/// Asserts a clean exit after SIGTERM: status 0.
+#[track_caller]
+pub fn assert_exit_zero(status: ExitStatus, context: &str, stderr: &str) {
+    assert!(
+        status.success(),
+        "{context}: SIGTERM should end the server with exit status 0, got {status}; \
+         stderr:\n{stderr}"
+    );
+}
+
+/// Asserts that `status` is death by SIGKILL: the kill hit a running server, which had not
+/// exited (crashed) by itself before.
+#[cfg(unix)]
+#[track_caller]
+pub fn assert_killed(status: ExitStatus, context: &str, stderr: &str) {
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        status.signal(),
+        Some(9),
+        "{context}: the server should have died of SIGKILL, but exited with {status}; \
+         stderr:\n{stderr}"
+    );
+}
+
 /// A running process, its address and its captured output.
 struct Running {
     child: Child,
