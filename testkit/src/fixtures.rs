@@ -291,7 +291,10 @@ mod tests {
     #[test]
     fn parse_utc_second_reads_only_the_exact_form() {
         assert_eq!(parse_utc_second("1970-01-01T00:00:00Z"), Some(0));
-        assert_eq!(parse_utc_second("2024-02-29T12:34:56Z"), Some(1_709_210_096));
+        assert_eq!(
+            parse_utc_second("2024-02-29T12:34:56Z"),
+            Some(1_709_210_096)
+        );
         assert_eq!(parse_utc_second("2024-02-29 12:34:56Z"), None);
         assert_eq!(parse_utc_second("2024-13-01T00:00:00Z"), None);
     }

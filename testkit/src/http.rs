@@ -262,7 +262,8 @@ impl AsyncConn {
             if n == 0 {
                 return Err(HttpError::Closed);
             }
-            if let Some((response, used)) = parse_response(&self.buf, want_body, is_head(request))? {
+            if let Some((response, used)) = parse_response(&self.buf, want_body, is_head(request))?
+            {
                 if used != self.buf.len() {
                     return Err(HttpError::Malformed(
                         "bytes after the response to a non-pipelined request".to_owned(),
@@ -607,7 +608,8 @@ mod tests {
 
     #[test]
     fn keeps_headers_when_asked_and_reads_no_body_after_head_or_304() {
-        let raw = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nETag: \"x\"\r\nVary: a\r\nVary: b\r\n\r\n";
+        let raw =
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nETag: \"x\"\r\nVary: a\r\nVary: b\r\n\r\n";
         let (response, used) = parse_response(raw, true, true).unwrap().unwrap();
         assert_eq!(used, raw.len());
         assert!(response.body.is_empty());
@@ -623,7 +625,10 @@ mod tests {
 
     #[test]
     fn request_bytes_carry_headers_and_the_body_length() {
-        let client = Client::new(SocketAddr::from(([127, 0, 0, 1], 8080)), Duration::from_secs(1));
+        let client = Client::new(
+            SocketAddr::from(([127, 0, 0, 1], 8080)),
+            Duration::from_secs(1),
+        );
         let bytes = client
             .post("/api/collect")
             .bearer_auth("t")

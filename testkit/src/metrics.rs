@@ -36,9 +36,12 @@ fn is_label_name(name: &str) -> bool {
     is_metric_name(name) && !name.contains(':')
 }
 
+/// A sample's labels, `(name, value)` in the order written.
+type Labels = Vec<(String, String)>;
+
 /// Parses the inside of `{…}` starting right after the `{`; returns the labels and the rest of
 /// the line after the closing `}`. Values may hold `\\`, `\"` and `\n` escapes, `,` and `}`.
-fn parse_labels(text: &str) -> Result<(Vec<(String, String)>, &str), String> {
+fn parse_labels(text: &str) -> Result<(Labels, &str), String> {
     let mut labels = Vec::new();
     let mut rest = text.trim_start();
     loop {
@@ -95,7 +98,9 @@ fn parse_sample(line: &str) -> Result<(String, f64), String> {
         None => (Vec::new(), &line[name_end..]),
     };
     // OpenMetrics: `value [timestamp] [# {exemplar labels} value [timestamp]]`.
-    let rest = rest.split_once(" # ").map_or(rest, |(sample, _exemplar)| sample);
+    let rest = rest
+        .split_once(" # ")
+        .map_or(rest, |(sample, _exemplar)| sample);
     let mut fields = rest.split_ascii_whitespace();
     let value = fields
         .next()
@@ -213,7 +218,10 @@ mod tests {
             Some(7.0)
         );
         assert_eq!(scrape.sum("pulse_requests_total"), 9.0);
-        assert_eq!(scrape.value("pulse_latency_seconds_bucket", &[("le", "+Inf")]), 3.0);
+        assert_eq!(
+            scrape.value("pulse_latency_seconds_bucket", &[("le", "+Inf")]),
+            3.0
+        );
         assert!(scrape.value("odd_value", &[]).is_nan());
         assert_eq!(scrape.counter("pulse_missing_total", &[]), 0.0);
     }
@@ -227,8 +235,14 @@ mod tests {
                     pulse_queue_depth -Inf\n# EOF\n";
         let scrape = Scrape::parse(text).unwrap();
         assert_eq!(scrape.value("pulse_events_total", &[("site", "w")]), 12.0);
-        assert_eq!(scrape.value("pulse_events_created", &[("site", "w")]), 1.7e9);
-        assert_eq!(scrape.value("pulse_rt_seconds_bucket", &[("le", "0.1")]), 4.0);
+        assert_eq!(
+            scrape.value("pulse_events_created", &[("site", "w")]),
+            1.7e9
+        );
+        assert_eq!(
+            scrape.value("pulse_rt_seconds_bucket", &[("le", "0.1")]),
+            4.0
+        );
         assert_eq!(scrape.value("pulse_queue_depth", &[]), f64::NEG_INFINITY);
         assert_eq!(scrape.get("pulse_events", &[("site", "w")]), None);
     }
@@ -239,7 +253,10 @@ mod tests {
         let scrape = Scrape::parse(text).unwrap();
         assert_eq!(
             scrape.series(),
-            [series_key("m", &[("path", "/a,b}"), ("q", "say \"hi\"\\\n")])]
+            [series_key(
+                "m",
+                &[("path", "/a,b}"), ("q", "say \"hi\"\\\n")]
+            )]
         );
     }
 
@@ -255,7 +272,10 @@ mod tests {
             ("m\n", "no value"),
             ("m 1 2 3\n", "unexpected"),
             ("m 1\nm 2\n", "appears twice"),
-            ("m{b=\"1\",a=\"2\"} 1\nm{a=\"2\",b=\"1\"} 2\n", "appears twice"),
+            (
+                "m{b=\"1\",a=\"2\"} 1\nm{a=\"2\",b=\"1\"} 2\n",
+                "appears twice",
+            ),
             ("m 1\n# EOF\nn 2\n", "after # EOF"),
         ] {
             let errors = Scrape::parse(text).expect_err(text);

@@ -411,7 +411,10 @@ impl Server {
     /// Sends SIGTERM and waits (up to `STOP_DEADLINE`) for the process to exit; kills it and
     /// panics with its stderr when it does not.
     pub fn stop(&mut self) -> ExitStatus {
-        let mut running = self.running.take().expect("stop: the server is not running");
+        let mut running = self
+            .running
+            .take()
+            .expect("stop: the server is not running");
         let pid = running.child.id().to_string();
         let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
         assert!(sent.success(), "kill -TERM {pid} failed: {sent}");

@@ -631,7 +631,10 @@ const RECORD_FRAME_BYTES: u64 = 8;
 async fn a_corrupt_sealed_segment_is_reported_on_readyz_and_moved_aside() {
     let tmp = tempfile::tempdir().unwrap();
     // Every append after the first rolls to a new segment.
-    let mut proc = start_in(Opts::default().args(&["--durability", "sync", "--segment-max-bytes", "1"]), tmp.path());
+    let mut proc = start_in(
+        Opts::default().args(&["--durability", "sync", "--segment-max-bytes", "1"]),
+        tmp.path(),
+    );
     proc.wait_ready(READY_DEADLINE).await;
     proc.site(SITE, "example.com").await;
     collect_one(&proc, "/first").await;

@@ -929,7 +929,9 @@ async fn oversized_content_length_is_refused_before_the_body_is_read() {
             "POST /api/collect HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: {CHROME_DESKTOP}\r\n\
              Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n"
         );
-        let out = raw_exchange(server.addr(), request.into_bytes(), RAW_DEADLINE).await.unwrap();
+        let out = raw_exchange(server.addr(), request.into_bytes(), RAW_DEADLINE)
+            .await
+            .unwrap();
         assert!(
             !out.timed_out,
             "Content-Length {length}: no answer within {RAW_DEADLINE:?}: {out:?}"
@@ -964,11 +966,15 @@ async fn chunked_body_over_the_limit_is_413() {
     };
     // Chunked within the limit works.
     let small = chunked(&serde_json::to_vec(&pageview("s", "/small")).unwrap());
-    let out = raw_exchange(server.addr(), small, RAW_DEADLINE).await.unwrap();
+    let out = raw_exchange(server.addr(), small, RAW_DEADLINE)
+        .await
+        .unwrap();
     assert_eq!(out.status(), Some(202), "small chunked body: {out:?}");
     // Over the limit: a valid event padded with spaces to 110 000 bytes.
     let big = chunked(&padded(&pageview("s", "/big"), 110_000));
-    let out = raw_exchange(server.addr(), big, RAW_DEADLINE).await.unwrap();
+    let out = raw_exchange(server.addr(), big, RAW_DEADLINE)
+        .await
+        .unwrap();
     assert_eq!(
         out.status(),
         Some(413),
@@ -1463,7 +1469,11 @@ async fn without_a_token_the_api_is_open_on_loopback() {
 #[tokio::test]
 async fn non_loopback_listen_requires_an_admin_token() {
     let dir = tempfile::tempdir().unwrap();
-    let refused = run_expecting_exit(pulse_bin(), &Opts::default().listen("0.0.0.0:0"), dir.path());
+    let refused = run_expecting_exit(
+        pulse_bin(),
+        &Opts::default().listen("0.0.0.0:0"),
+        dir.path(),
+    );
     assert!(
         !refused.status.success(),
         "listening on 0.0.0.0 without a token must fail: {refused:?}"
@@ -1559,7 +1569,9 @@ async fn oversized_request_heads_are_refused_and_the_server_survives() {
     let big = format!("X-Big: {}\r\n", "a".repeat(64 * 1024));
     for (name, headers) in [("200 headers", many), ("a 64 KB header", big)] {
         let request = format!("GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}\r\n");
-        let out = raw_exchange(server.addr(), request.into_bytes(), RAW_DEADLINE).await.unwrap();
+        let out = raw_exchange(server.addr(), request.into_bytes(), RAW_DEADLINE)
+            .await
+            .unwrap();
         assert!(!out.timed_out, "{name}: no answer within {RAW_DEADLINE:?}");
         match out.status() {
             Some(status) => assert!(

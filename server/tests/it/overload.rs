@@ -41,7 +41,11 @@ const REPLY_DEADLINE: Duration = Duration::from_secs(10);
 /// Checks a refusal: `status` with error `code`, and a `Retry-After` of at least 1 second.
 fn check_refusal(reply: &Response, status: u16, code: &str) -> Result<(), String> {
     error_check(reply, status, code)?;
-    match reply.header("retry-after").as_deref().map(str::parse::<u64>) {
+    match reply
+        .header("retry-after")
+        .as_deref()
+        .map(str::parse::<u64>)
+    {
         Some(Ok(secs)) if secs >= 1 => Ok(()),
         other => Err(format!(
             "{status} `{code}` needs a Retry-After of at least 1 second, got {other:?}"
@@ -168,8 +172,9 @@ fn check_flood_reply(reply: &Response) -> Result<(), String> {
     match reply.status {
         202 => Ok(()),
         429 => check_refusal(reply, 429, "rate_limited"),
-        503 => check_refusal(reply, 503, "queue_full")
-            .or_else(|_| check_refusal(reply, 503, "busy")),
+        503 => {
+            check_refusal(reply, 503, "queue_full").or_else(|_| check_refusal(reply, 503, "busy"))
+        }
         _ => Err(format!(
             "only 202, 429 or 503 are allowed, got {}",
             String::from_utf8_lossy(&reply.body)
@@ -203,9 +208,7 @@ async fn flood_connection(addr: SocketAddr, next: Arc<AtomicU64>, end: u64, batc
                 }
                 if reply.status == 202 {
                     ledger.acked.extend(numbers);
-                } else if reply.status == 503
-                    && error_check(&reply, 503, "queue_full").is_ok()
-                {
+                } else if reply.status == 503 && error_check(&reply, 503, "queue_full").is_ok() {
                     ledger.queue_full += 1;
                 }
             }
@@ -442,7 +445,9 @@ async fn a_flood_of_distinct_visitors_stays_within_the_memory_limit() {
     proc.wait_ready(READY_DEADLINE).await;
     proc.site(SITE, "example.com").await;
     let pid = proc.pid();
-    let baseline = procfs::status_kib(pid, "VmRSS").map(|kib| kib * 1024).expect("VmRSS of the server");
+    let baseline = procfs::status_kib(pid, "VmRSS")
+        .map(|kib| kib * 1024)
+        .expect("VmRSS of the server");
     let sampler = RssSampler::start(pid);
 
     // While the window fits, the count is exact and says so by leaving `approximate` out.
@@ -481,7 +486,9 @@ async fn a_flood_of_distinct_visitors_stays_within_the_memory_limit() {
     let (active, total, approximate) = realtime_counts(&realtime_all(&proc).await);
     let metrics = proc.scrape().await;
     let (peak_sampled, samples) = sampler.finish();
-    let peak_hwm = procfs::status_kib(pid, "VmHWM").map(|kib| kib * 1024).expect("VmHWM of the server");
+    let peak_hwm = procfs::status_kib(pid, "VmHWM")
+        .map(|kib| kib * 1024)
+        .expect("VmHWM of the server");
     let peak = peak_sampled.max(peak_hwm);
     let bound = baseline + FLOOD_LIMIT_BYTES + RSS_SLACK_BYTES;
     let max_poll = polls.iter().map(|p| p.latency).max().unwrap_or_default();
@@ -635,7 +642,10 @@ async fn metrics_counters_move_as_expected() {
     // Guarded by the admin token.
     for (what, request) in [
         ("no token", proc.client().get("/metrics")),
-        ("a wrong token", proc.client().get("/metrics").bearer_auth("nope")),
+        (
+            "a wrong token",
+            proc.client().get("/metrics").bearer_auth("nope"),
+        ),
     ] {
         let resp = request.send().await.unwrap();
         if let Err(why) = error_check(&resp, 401, "unauthorized") {
@@ -792,7 +802,8 @@ async fn metrics_counters_move_as_expected() {
     // The writer reports its flushes (within milliseconds in interval mode).
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let flushes = proc.scrape()
+        let flushes = proc
+            .scrape()
             .await
             .value("pulse_log_flush_duration_seconds_count", &[]);
         if flushes > 0.0 {
@@ -1019,7 +1030,11 @@ async fn a_full_write_queue_answers_503_not_202() {
         small.status, 202,
         "a small event after the refused batches: {small:?}"
     );
-    assert_exit_zero(proc.stop(), "SIGTERM after the refused batches", &proc.stderr());
+    assert_exit_zero(
+        proc.stop(),
+        "SIGTERM after the refused batches",
+        &proc.stderr(),
+    );
     let mut logged = Vec::new();
     pulse_snapshot::replay(
         &dir.path().join("segments"),
