@@ -8,8 +8,6 @@
 // Test code: a failed unwrap is a failed check, which is what we want here.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod support;
-
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
@@ -17,7 +15,7 @@ use proptest::prelude::*;
 use pulse_engine::{
     Browser, DeviceType, Engine, EngineLimits, Event, EventKind, SaltSchedule, Timestamp,
 };
-use support::model::{run, salt_for, site_id, Op, PEOPLE, SITES, TARGETS};
+use pulse_testkit::model::{run, salt_for, site_id, Op, PEOPLE, SITES, TARGETS};
 
 fn op() -> impl Strategy<Value = Op> {
     let step = prop_oneof![

@@ -1,18 +1,13 @@
 //! Fuzz target `engine_model`: arbitrary sequences of ingests and queries across websites,
-//! compared answer by answer with the naive reference model of the engine's property test
-//! (`engine/tests/support/model.rs`, included here by path so both use the same model).
+//! compared answer by answer with the naive reference model that the engine's property test
+//! uses too (`pulse_testkit::model`).
 
 #![no_main]
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use pulse_engine::EngineLimits;
-
-#[path = "../../engine/tests/support/model.rs"]
-#[allow(dead_code)]
-mod model;
-
-use model::{run, Op, PEOPLE, SITES, TARGETS};
+use pulse_testkit::model::{run, Op, PEOPLE, SITES, TARGETS};
 
 #[derive(Debug, Arbitrary)]
 enum FuzzOp {

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use pulse_benches::load::http::{format_request, request_once};
 use pulse_benches::load::{self, LoadConfig, Mode, Report, UserAgents};
+use pulse_testkit::http::{format_request, request_once};
 
 /// Simulated visitors for a Pulse server (started with --trusted-proxies 127.0.0.1/32, so the
 /// X-Forwarded-For addresses count as distinct visitors).

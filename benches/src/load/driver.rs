@@ -15,12 +15,13 @@ use std::time::{Duration, Instant};
 use tokio::sync::{watch, Barrier};
 use tokio::task::JoinSet;
 
-use crate::load::http::{format_request, AsyncConn, Response};
 use crate::load::realtime::{PollStats, Poller};
 use crate::load::report::{Counts, ProcessReport, RealtimeReport, Report, ServerRealtime};
 use crate::load::rng::{mix64, SplitMix64};
 use crate::load::traffic::{EventBodies, RequestBuilder, UserAgents, VisitorModel};
-use crate::load::{procfs, LoadConfig, LoadError, Mode};
+use crate::load::{LoadConfig, LoadError, Mode};
+use pulse_testkit::http::{format_request, AsyncConn, Response};
+use pulse_testkit::procfs;
 
 /// A keep-alive connection idle longer than this is replaced before use: the server closes idle
 /// connections after its header timeout (10 s by default).

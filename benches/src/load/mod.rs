@@ -8,18 +8,18 @@
 //! - this file: `LoadConfig`, `Mode`, `LoadError`.
 //! - `driver`: `run` — connection tasks, pacing, per-connection counters, progress lines.
 //! - `traffic`: user agents, the visitor model, paths, referrers, request formatting.
-//! - `http`: the lean HTTP/1.1 client (async for load, blocking for the poller).
 //! - `realtime`: the realtime poller thread. `histogram`: `LatencyHistogram`.
-//! - `rng`: `SplitMix64` and the `Zipf` sampler. `procfs`: RSS and CPU from `/proc`.
+//! - `rng`: `SplitMix64` and the `Zipf` sampler.
 //! - `report`: `Report`, `Counts` and the summary line.
+//!
+//! The HTTP/1.1 client (async for load, blocking for the poller) and the `/proc` readers are the
+//! test kit's (`pulse_testkit::http`, `pulse_testkit::procfs`), shared with the tests.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 pub mod driver;
 pub mod histogram;
-pub mod http;
-pub mod procfs;
 pub mod realtime;
 pub mod report;
 pub mod rng;

@@ -11,7 +11,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::load::histogram::LatencyHistogram;
-use crate::load::http::{format_request, BlockingConn};
+use pulse_testkit::http::{format_request, BlockingConn};
 
 /// Timeout of one poll (connect, write or read).
 const POLL_TIMEOUT: Duration = Duration::from_secs(5);

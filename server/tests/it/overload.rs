@@ -7,12 +7,8 @@
 //! connections, so a reset or a malformed answer is seen as such and the client stays cheap next
 //! to a debug-build server on two cores. Every wait has a deadline.
 
-// Test code: a failed unwrap or panic is a failed check, which is what we want here.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 // /proc/<pid>/status and SIGTERM are Linux notions.
 #![cfg(target_os = "linux")]
-
-mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -21,11 +17,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
-use support::{error_check, proc_status_bytes, try_send, Proc, Resp, CHROME_DESKTOP};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
+use pulse_testkit::fixtures::{counts_of, error_check, sample, Failures, CHROME_DESKTOP};
+use pulse_testkit::http::{AsyncConn, Client, HttpError, Response};
+use pulse_testkit::metrics::series_key;
+use pulse_testkit::procfs;
+use pulse_testkit::server::{assert_exit_zero, Opts, Server};
+use serde_json::Value;
 use tokio::task::JoinSet;
+
+use crate::start_in;
 
 /// The website every test sends to.
 const SITE: &str = "w";
@@ -38,45 +38,29 @@ const REPLY_DEADLINE: Duration = Duration::from_secs(10);
 // Raw keep-alive HTTP/1.1
 // ---------------------------------------------------------------------------------------------
 
-/// What the server answered to one request on a `KeepAlive` connection.
-#[derive(Debug)]
-struct Reply {
-    status: u16,
-    retry_after: Option<String>,
-    /// `Connection: close`: the server ends the connection after this answer.
-    close: bool,
-    body: Vec<u8>,
-}
-
-impl Reply {
-    /// As a harness `Resp`, for `error_check`.
-    fn resp(&self) -> Resp {
-        Resp {
-            status: self.status,
-            headers: reqwest::header::HeaderMap::new(),
-            body: self.body.clone(),
-        }
-    }
-
-    /// Checks a refusal: `status` with error `code`, and a `Retry-After` of at least 1 second.
-    fn check_refusal(&self, status: u16, code: &str) -> Result<(), String> {
-        error_check(&self.resp(), status, code)?;
-        match self.retry_after.as_deref().map(str::parse::<u64>) {
-            Some(Ok(secs)) if secs >= 1 => Ok(()),
-            other => Err(format!(
-                "{status} `{code}` needs a Retry-After of at least 1 second, got {other:?}"
-            )),
-        }
+/// Checks a refusal: `status` with error `code`, and a `Retry-After` of at least 1 second.
+fn check_refusal(reply: &Response, status: u16, code: &str) -> Result<(), String> {
+    error_check(reply, status, code)?;
+    match reply
+        .header("retry-after")
+        .as_deref()
+        .map(str::parse::<u64>)
+    {
+        Some(Ok(secs)) if secs >= 1 => Ok(()),
+        other => Err(format!(
+            "{status} `{code}` needs a Retry-After of at least 1 second, got {other:?}"
+        )),
     }
 }
 
-/// One HTTP/1.1 connection reused for request after request. It reconnects after any answer
-/// that is not a 202 (the server may close a connection whose request body it did not read,
-/// e.g. after a 429, and a POST must not be retried blindly) or that says `Connection: close`.
-/// Anything else — a reset, an early end of file, a malformed or missing answer — is an error.
+/// One keep-alive connection (the test kit's `AsyncConn`) reused for request after request. It
+/// reconnects after any answer that is not a 202 (the server may close a connection whose
+/// request body it did not read, e.g. after a 429, and a POST must not be retried blindly) or
+/// that says `Connection: close`. Anything else — a reset, an early end of file, a malformed or
+/// missing answer — is an error.
 struct KeepAlive {
     addr: SocketAddr,
-    stream: Option<BufReader<TcpStream>>,
+    conn: Option<AsyncConn>,
     /// Connections opened so far.
     connects: u64,
 }
@@ -85,92 +69,32 @@ impl KeepAlive {
     fn new(addr: SocketAddr) -> Self {
         Self {
             addr,
-            stream: None,
+            conn: None,
             connects: 0,
         }
     }
 
     /// Sends `request` (complete bytes) and reads the whole answer.
-    async fn exchange(&mut self, request: &[u8]) -> Result<Reply, String> {
-        if self.stream.is_none() {
-            let stream = TcpStream::connect(self.addr)
-                .await
-                .map_err(|e| format!("connect: {e}"))?;
-            stream
-                .set_nodelay(true)
-                .map_err(|e| format!("nodelay: {e}"))?;
-            self.stream = Some(BufReader::new(stream));
-            self.connects += 1;
-        }
-        let stream = self.stream.as_mut().unwrap();
-        let result = tokio::time::timeout(REPLY_DEADLINE, exchange_on(stream, request))
+    async fn exchange(&mut self, request: &[u8]) -> Result<Response, String> {
+        let conn = match &mut self.conn {
+            Some(conn) => conn,
+            None => {
+                let conn = AsyncConn::connect(self.addr)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                self.connects += 1;
+                self.conn.insert(conn)
+            }
+        };
+        let result = tokio::time::timeout(REPLY_DEADLINE, conn.send(request, true))
             .await
-            .unwrap_or_else(|_| Err(format!("no complete answer within {REPLY_DEADLINE:?}")));
+            .unwrap_or(Err(HttpError::Timeout))
+            .map_err(|e| format!("{e} (deadline {REPLY_DEADLINE:?})"));
         if !matches!(&result, Ok(reply) if reply.status == 202 && !reply.close) {
-            self.stream = None;
+            self.conn = None;
         }
         result
     }
-}
-
-async fn exchange_on(stream: &mut BufReader<TcpStream>, request: &[u8]) -> Result<Reply, String> {
-    stream
-        .get_mut()
-        .write_all(request)
-        .await
-        .map_err(|e| format!("write: {e}"))?;
-    let mut head = Vec::with_capacity(512);
-    loop {
-        let n = stream
-            .read_until(b'\n', &mut head)
-            .await
-            .map_err(|e| format!("read: {e}"))?;
-        if n == 0 {
-            return Err(format!(
-                "the connection ended after {} byte(s) of an answer",
-                head.len()
-            ));
-        }
-        if head.ends_with(b"\r\n\r\n") {
-            break;
-        }
-        if head.len() > 16 * 1024 {
-            return Err("answer head over 16 KiB".into());
-        }
-    }
-    let head = String::from_utf8_lossy(&head);
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let status = status_line
-        .strip_prefix("HTTP/1.1 ")
-        .and_then(|s| s.get(..3))
-        .and_then(|s| s.parse::<u16>().ok())
-        .ok_or_else(|| format!("bad status line {status_line:?}"))?;
-    let (mut length, mut retry_after, mut close) = (None, None, false);
-    for line in lines {
-        let Some((name, value)) = line.split_once(':') else {
-            continue;
-        };
-        let value = value.trim();
-        match name.trim().to_ascii_lowercase().as_str() {
-            "content-length" => length = value.parse::<usize>().ok(),
-            "retry-after" => retry_after = Some(value.to_owned()),
-            "connection" => close = value.eq_ignore_ascii_case("close"),
-            _ => {}
-        }
-    }
-    let length = length.ok_or_else(|| format!("{status} answer without a Content-Length"))?;
-    let mut body = vec![0; length];
-    stream
-        .read_exact(&mut body)
-        .await
-        .map_err(|e| format!("reading a {length}-byte body: {e}"))?;
-    Ok(Reply {
-        status,
-        retry_after,
-        close,
-        body,
-    })
 }
 
 /// `POST /api/collect` as desktop Chrome behind the trusted proxy, for client address `ip`.
@@ -244,13 +168,13 @@ impl Ledger {
 
 /// Checks an answer to a flood request against the contract: 202, 429 `rate_limited` or 503
 /// `queue_full` / `busy`, refusals with a `Retry-After`.
-fn check_flood_reply(reply: &Reply) -> Result<(), String> {
+fn check_flood_reply(reply: &Response) -> Result<(), String> {
     match reply.status {
         202 => Ok(()),
-        429 => reply.check_refusal(429, "rate_limited"),
-        503 => reply
-            .check_refusal(503, "queue_full")
-            .or_else(|_| reply.check_refusal(503, "busy")),
+        429 => check_refusal(reply, 429, "rate_limited"),
+        503 => {
+            check_refusal(reply, 503, "queue_full").or_else(|_| check_refusal(reply, 503, "busy"))
+        }
         _ => Err(format!(
             "only 202, 429 or 503 are allowed, got {}",
             String::from_utf8_lossy(&reply.body)
@@ -284,9 +208,7 @@ async fn flood_connection(addr: SocketAddr, next: Arc<AtomicU64>, end: u64, batc
                 }
                 if reply.status == 202 {
                     ledger.acked.extend(numbers);
-                } else if reply.status == 503
-                    && error_check(&reply.resp(), 503, "queue_full").is_ok()
-                {
+                } else if reply.status == 503 && error_check(&reply, 503, "queue_full").is_ok() {
                     ledger.queue_full += 1;
                 }
             }
@@ -327,12 +249,12 @@ struct Poll {
 }
 
 /// Polls realtime (bots included) every `POLL_EVERY` until `stop` is set.
-async fn poll_realtime(client: reqwest::Client, url: String, stop: Arc<AtomicBool>) -> Vec<Poll> {
+async fn poll_realtime(client: Client, target: String, stop: Arc<AtomicBool>) -> Vec<Poll> {
     const POLL_EVERY: Duration = Duration::from_millis(100);
     let mut polls = Vec::new();
     while !stop.load(Ordering::Relaxed) {
         let started = Instant::now();
-        let poll = match try_send(client.get(&url)).await {
+        let poll = match client.get(&target).send().await {
             Ok(resp) if resp.status == 200 => {
                 let body = resp.json();
                 let data = &body["data"];
@@ -389,7 +311,7 @@ impl RssSampler {
         let thread = std::thread::spawn(move || {
             let (mut peak, mut samples) = (0, 0);
             loop {
-                if let Some(rss) = proc_status_bytes(pid, "VmRSS") {
+                if let Some(rss) = procfs::status_kib(pid, "VmRSS").map(|kib| kib * 1024) {
                     peak = peak.max(rss);
                     samples += 1;
                 }
@@ -415,210 +337,22 @@ fn mib(bytes: u64) -> String {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Prometheus text
-// ---------------------------------------------------------------------------------------------
-
-/// A scrape of `/metrics`: every sample by `name{sorted labels}`.
-#[derive(Debug, Clone)]
-struct Scrape(BTreeMap<String, f64>);
-
-/// `name{k="v",…}` with the labels sorted, the key under which `Scrape` stores a sample.
-fn series_key(name: &str, labels: &[(&str, &str)]) -> String {
-    let mut labels: Vec<(&str, &str)> = labels.to_vec();
-    labels.sort_unstable();
-    let inner: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
-    format!("{name}{{{}}}", inner.join(","))
-}
-
-fn is_metric_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
-}
-
-/// Parses `k="v",k2="v2"` (values without escapes beyond `\"` and `\\`).
-fn parse_labels(text: &str) -> Result<Vec<(String, String)>, String> {
-    let mut labels = Vec::new();
-    let mut rest = text;
-    while !rest.is_empty() {
-        let (key, after) = rest
-            .split_once("=\"")
-            .ok_or_else(|| format!("label without =\"…\" in {text:?}"))?;
-        if !is_metric_name(key) || key.contains(':') {
-            return Err(format!("bad label name {key:?}"));
-        }
-        let mut value = String::new();
-        let mut chars = after.char_indices();
-        let end = loop {
-            match chars.next() {
-                Some((_, '\\')) => match chars.next() {
-                    Some((_, c)) => value.push(c),
-                    None => return Err(format!("dangling escape in {text:?}")),
-                },
-                Some((i, '"')) => break i,
-                Some((_, c)) => value.push(c),
-                None => return Err(format!("unterminated label value in {text:?}")),
-            }
-        };
-        labels.push((key.to_owned(), value));
-        rest = &after[end + 1..];
-        rest = match rest.strip_prefix(',') {
-            Some(more) => more,
-            None if rest.is_empty() => rest,
-            None => return Err(format!("expected , between labels in {text:?}")),
-        };
-    }
-    Ok(labels)
-}
-
-/// Parses the Prometheus text format: every line is a `#` comment or `name{labels} value` (or
-/// `name value`) with a numeric value, and no series appears twice.
-fn parse_prometheus(text: &str) -> Result<Scrape, Vec<String>> {
-    let mut samples = BTreeMap::new();
-    let mut errors = Vec::new();
-    for line in text.lines() {
-        if line.starts_with('#') || line.trim().is_empty() {
-            continue;
-        }
-        let parsed = (|| {
-            let (series, value) = line
-                .rsplit_once(' ')
-                .ok_or_else(|| "no space before the value".to_owned())?;
-            let value: f64 = value
-                .parse()
-                .map_err(|_| format!("value {value:?} is not a number"))?;
-            let (name, labels) = match series.split_once('{') {
-                Some((name, rest)) => {
-                    let inner = rest
-                        .strip_suffix('}')
-                        .ok_or_else(|| "labels do not end with }".to_owned())?;
-                    (name, parse_labels(inner)?)
-                }
-                None => (series, Vec::new()),
-            };
-            if !is_metric_name(name) {
-                return Err(format!("bad metric name {name:?}"));
-            }
-            let labels: Vec<(&str, &str)> = labels
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_str()))
-                .collect();
-            Ok((series_key(name, &labels), value))
-        })();
-        match parsed {
-            Ok((key, value)) => {
-                if samples.insert(key.clone(), value).is_some() {
-                    errors.push(format!("{key} appears twice"));
-                }
-            }
-            Err(why) => errors.push(format!("{line:?}: {why}")),
-        }
-    }
-    if errors.is_empty() {
-        Ok(Scrape(samples))
-    } else {
-        Err(errors)
-    }
-}
-
-impl Scrape {
-    /// The sample, if the scrape has it.
-    fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-        self.0.get(&series_key(name, labels)).copied()
-    }
-
-    /// The sample; panics when it is missing.
-    #[track_caller]
-    fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        self.get(name, labels).unwrap_or_else(|| {
-            panic!(
-                "/metrics has no {}; it has:\n{}",
-                series_key(name, labels),
-                self.0.keys().cloned().collect::<Vec<_>>().join("\n")
-            )
-        })
-    }
-
-    /// The sample, 0 when absent (a labelled counter is rendered once it first moves).
-    fn counter(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        self.get(name, labels).unwrap_or(0.0)
-    }
-
-    /// Sum of every sample of `name` (all label sets).
-    fn sum(&self, name: &str) -> f64 {
-        let prefix = format!("{name}{{");
-        self.0
-            .iter()
-            .filter(|(key, _)| key.starts_with(&prefix))
-            .map(|(_, v)| v)
-            .sum()
-    }
-}
-
-/// `GET /metrics` (with `token` as bearer when given), asserting 200 and a well-formed body.
-async fn scrape(proc: &Proc, token: Option<&str>) -> Scrape {
-    let mut request = proc.client().get(proc.url("/metrics"));
-    if let Some(token) = token {
-        request = request.bearer_auth(token);
-    }
-    let resp = try_send(request).await.unwrap();
-    assert_eq!(resp.status, 200, "GET /metrics: {resp:?}");
-    let content_type = resp.header("content-type").unwrap_or_default();
-    assert!(
-        content_type.starts_with("text/plain"),
-        "/metrics content-type {content_type:?}"
-    );
-    let text = String::from_utf8(resp.body).expect("/metrics is not UTF-8");
-    parse_prometheus(&text).unwrap_or_else(|errors| {
-        panic!(
-            "/metrics is not valid Prometheus text:\n  {}\n--- body:\n{text}",
-            errors.join("\n  ")
-        )
-    })
-}
-
-// ---------------------------------------------------------------------------------------------
 // Setup and checks
 // ---------------------------------------------------------------------------------------------
 
-/// Creates `SITE`, with the admin token when given, asserting 201.
-async fn create_site(proc: &Proc, token: Option<&str>) {
-    let mut request = proc
-        .client()
-        .post(proc.url("/api/websites"))
-        .json(&json!({"id": SITE, "name": "W", "domain": "example.com"}));
-    if let Some(token) = token {
-        request = request.bearer_auth(token);
-    }
-    let resp = try_send(request).await.unwrap();
-    assert_eq!(resp.status, 201, "creating the website: {resp:?}");
-}
-
 /// Realtime of `SITE` with bots included, asserting 200; returns `data`.
-async fn realtime_all(proc: &Proc) -> Value {
+async fn realtime_all(proc: &Server) -> Value {
     proc.realtime_q(SITE, "?include_bots=true").await
 }
 
 /// `(active_visitors, total_in_window, approximate)` of a realtime `data` object.
 fn realtime_counts(data: &Value) -> (u64, u64, bool) {
-    let (active, total) = support::counts_of(data);
+    let (active, total) = counts_of(data);
     (active, total, approximate_flag(data))
 }
 
 fn relative_error(estimate: u64, exact: u64) -> f64 {
     (estimate as f64 - exact as f64).abs() / exact.max(1) as f64
-}
-
-/// Up to 10 items of a list, for failure messages.
-fn sample<T: std::fmt::Debug>(items: &[T]) -> String {
-    let shown: Vec<&T> = items.iter().take(10).collect();
-    if items.len() > shown.len() {
-        format!("{shown:?} … ({} in all)", items.len())
-    } else {
-        format!("{shown:?}")
-    }
 }
 
 /// Reads the whole event log of `data_dir` (no server running) and asserts that it holds every
@@ -707,11 +441,13 @@ async fn a_flood_of_distinct_visitors_stays_within_the_memory_limit() {
         "--rate-limit-per-ip",
         "0",
     ];
-    let mut proc = Proc::start(dir.path(), &args);
+    let mut proc = start_in(Opts::default().args(&args), dir.path());
     proc.wait_ready(READY_DEADLINE).await;
-    create_site(&proc, None).await;
+    proc.site(SITE, "example.com").await;
     let pid = proc.pid();
-    let baseline = proc_status_bytes(pid, "VmRSS").expect("VmRSS of the server");
+    let baseline = procfs::status_kib(pid, "VmRSS")
+        .map(|kib| kib * 1024)
+        .expect("VmRSS of the server");
     let sampler = RssSampler::start(pid);
 
     // While the window fits, the count is exact and says so by leaving `approximate` out.
@@ -729,7 +465,7 @@ async fn a_flood_of_distinct_visitors_stays_within_the_memory_limit() {
     let stop = Arc::new(AtomicBool::new(false));
     let poller = tokio::spawn(poll_realtime(
         proc.client().clone(),
-        proc.url(&format!("/api/websites/{SITE}/realtime?include_bots=true")),
+        format!("/api/websites/{SITE}/realtime?include_bots=true"),
         Arc::clone(&stop),
     ));
     let flood_started = Instant::now();
@@ -748,9 +484,11 @@ async fn a_flood_of_distinct_visitors_stays_within_the_memory_limit() {
 
     let acked = ledger.acked_count();
     let (active, total, approximate) = realtime_counts(&realtime_all(&proc).await);
-    let metrics = scrape(&proc, None).await;
+    let metrics = proc.scrape().await;
     let (peak_sampled, samples) = sampler.finish();
-    let peak_hwm = proc_status_bytes(pid, "VmHWM").expect("VmHWM of the server");
+    let peak_hwm = procfs::status_kib(pid, "VmHWM")
+        .map(|kib| kib * 1024)
+        .expect("VmHWM of the server");
     let peak = peak_sampled.max(peak_hwm);
     let bound = baseline + FLOOD_LIMIT_BYTES + RSS_SLACK_BYTES;
     let max_poll = polls.iter().map(|p| p.latency).max().unwrap_or_default();
@@ -857,12 +595,7 @@ async fn a_flood_of_distinct_visitors_stays_within_the_memory_limit() {
     );
 
     // A clean stop, a restart on the same data with the same limit: every 202 is back.
-    let status = proc.sigterm();
-    assert!(
-        status.success(),
-        "SIGTERM after the flood should exit 0, got {status}; stderr:\n{}",
-        proc.stderr()
-    );
+    assert_exit_zero(proc.stop(), "SIGTERM after the flood", &proc.stderr());
     proc.respawn();
     let replay = proc.wait_ready(READY_DEADLINE).await;
     assert_eq!(
@@ -877,8 +610,7 @@ async fn a_flood_of_distinct_visitors_stays_within_the_memory_limit() {
         "after the restart realtime should again be approximate within 2% of {acked}: \
          active_visitors {active}, approximate {approximate}"
     );
-    let status = proc.sigterm();
-    assert!(status.success(), "second SIGTERM: {status}");
+    assert_exit_zero(proc.stop(), "second SIGTERM", &proc.stderr());
     let logged = assert_log_holds_exactly(dir.path(), &ledger.acked);
     println!(
         "flood: {logged} events in the log; whole test {:?}",
@@ -898,37 +630,41 @@ type Expected<'a> = (&'a str, Vec<(&'a str, &'a str)>, f64);
 #[tokio::test]
 async fn metrics_counters_move_as_expected() {
     let dir = tempfile::tempdir().unwrap();
-    let proc = Proc::start(
+    let proc = start_in(
+        Opts::default()
+            .admin_token(TOKEN)
+            .args(&["--memory-limit", "64MiB"]),
         dir.path(),
-        &["--admin-token", TOKEN, "--memory-limit", "64MiB"],
     );
     proc.wait_ready(READY_DEADLINE).await;
-    create_site(&proc, Some(TOKEN)).await;
+    proc.site(SITE, "example.com").await;
 
     // Guarded by the admin token.
-    let url = proc.url("/metrics");
     for (what, request) in [
-        ("no token", proc.client().get(&url)),
-        ("a wrong token", proc.client().get(&url).bearer_auth("nope")),
+        ("no token", proc.client().get("/metrics")),
+        (
+            "a wrong token",
+            proc.client().get("/metrics").bearer_auth("nope"),
+        ),
     ] {
-        let resp = try_send(request).await.unwrap();
+        let resp = request.send().await.unwrap();
         if let Err(why) = error_check(&resp, 401, "unauthorized") {
             panic!("GET /metrics with {what}: {why}");
         }
     }
 
-    let before = scrape(&proc, Some(TOKEN)).await;
+    let before = proc.scrape().await;
     let post = |body: String, extra: Option<(&'static str, &'static str)>| {
         let mut request = proc
             .client()
-            .post(proc.url("/api/collect"))
+            .post("/api/collect")
             .header("content-type", "application/json")
             .header("user-agent", CHROME_DESKTOP)
             .body(body);
         if let Some((name, value)) = extra {
             request = request.header(name, value);
         }
-        try_send(request)
+        request.send()
     };
     let event = |url: &str| format!(r#"{{"website_id":"{SITE}","type":"pageview","url":"{url}"}}"#);
     // Three accepted requests holding 2 + 1 + 1 events.
@@ -953,16 +689,10 @@ async fn metrics_counters_move_as_expected() {
     let resp = post(event("/dnt"), Some(("dnt", "1"))).await.unwrap();
     assert_eq!(resp.status, 202, "collect with DNT: 1: {resp:?}");
     for _ in 0..2 {
-        let resp = try_send(
-            proc.client()
-                .get(proc.url(&format!("/api/websites/{SITE}/realtime")))
-                .bearer_auth(TOKEN),
-        )
-        .await
-        .unwrap();
+        let resp = proc.get(&format!("/api/websites/{SITE}/realtime")).await;
         assert_eq!(resp.status, 200, "realtime: {resp:?}");
     }
-    let after = scrape(&proc, Some(TOKEN)).await;
+    let after = proc.scrape().await;
 
     let delta = |name: &str, labels: &[(&str, &str)]| {
         after.counter(name, labels) - before.counter(name, labels)
@@ -998,7 +728,7 @@ async fn metrics_counters_move_as_expected() {
         (duration, vec![("route", "collect")], 6.0),
         (duration, vec![("route", "realtime")], 2.0),
     ];
-    let mut failures = support::Failures::default();
+    let mut failures = Failures::default();
     for (name, labels, want) in &expected {
         let got = delta(name, labels);
         if (got - want).abs() > f64::EPSILON {
@@ -1072,7 +802,8 @@ async fn metrics_counters_move_as_expected() {
     // The writer reports its flushes (within milliseconds in interval mode).
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let flushes = scrape(&proc, Some(TOKEN))
+        let flushes = proc
+            .scrape()
             .await
             .value("pulse_log_flush_duration_seconds_count", &[]);
         if flushes > 0.0 {
@@ -1096,18 +827,18 @@ async fn the_rate_limit_answers_429_with_retry_after() {
     const RATE: u64 = 5;
     const BURST: u64 = 30;
     let dir = tempfile::tempdir().unwrap();
-    let proc = Proc::start(
-        dir.path(),
-        &[
+    let proc = start_in(
+        Opts::default().args(&[
             "--rate-limit-per-ip",
             "5",
             "--trusted-proxies",
             "127.0.0.1/32",
-        ],
+        ]),
+        dir.path(),
     );
     proc.wait_ready(READY_DEADLINE).await;
-    create_site(&proc, None).await;
-    let before = scrape(&proc, None).await;
+    proc.site(SITE, "example.com").await;
+    let before = proc.scrape().await;
 
     let noisy = Ipv4Addr::new(198, 51, 100, 7);
     let mut conn = KeepAlive::new(proc.addr());
@@ -1122,13 +853,13 @@ async fn the_rate_limit_answers_429_with_retry_after() {
     }
     let elapsed = started.elapsed();
     let accepted = replies.iter().filter(|r| r.status == 202).count() as u64;
-    let limited: Vec<&Reply> = replies.iter().filter(|r| r.status == 429).collect();
-    let mut failures = support::Failures::default();
+    let limited: Vec<&Response> = replies.iter().filter(|r| r.status == 429).collect();
+    let mut failures = Failures::default();
     for (n, reply) in replies.iter().enumerate() {
         if reply.status == 429 {
             failures.check(
                 &format!("burst request {n}"),
-                reply.check_refusal(429, "rate_limited"),
+                check_refusal(reply, 429, "rate_limited"),
             );
         } else if reply.status != 202 {
             failures.push(format!(
@@ -1159,7 +890,7 @@ async fn the_rate_limit_answers_429_with_retry_after() {
     // Waiting as long as Retry-After asks is enough for the limited address to be heard again.
     if let Some(wait) = limited
         .last()
-        .and_then(|r| r.retry_after.as_deref())
+        .and_then(|r| r.header("retry-after"))
         .and_then(|s| s.parse::<u64>().ok())
     {
         tokio::time::sleep(Duration::from_secs(wait)).await;
@@ -1173,7 +904,7 @@ async fn the_rate_limit_answers_429_with_retry_after() {
             ));
         }
     }
-    let after = scrape(&proc, None).await;
+    let after = proc.scrape().await;
     let labels = [("reason", "rate_limited"), ("status", "429")];
     let counted = after.counter("pulse_collect_rejected_total", &labels)
         - before.counter("pulse_collect_rejected_total", &labels);
@@ -1220,9 +951,9 @@ async fn a_full_write_queue_answers_503_not_202() {
         "--rate-limit-per-ip",
         "0",
     ];
-    let mut proc = Proc::start(dir.path(), &args);
+    let mut proc = start_in(Opts::default().args(&args), dir.path());
     proc.wait_ready(READY_DEADLINE).await;
-    create_site(&proc, None).await;
+    proc.site(SITE, "example.com").await;
     let started = Instant::now();
     let mut ledger = Ledger::default();
     let mut next = 0;
@@ -1256,12 +987,7 @@ async fn a_full_write_queue_answers_503_not_202() {
          in sync mode within {QUEUE_DEADLINE:?}: statuses {:?}",
         ledger.statuses
     );
-    let status = proc.sigterm();
-    assert!(
-        status.success(),
-        "SIGTERM should exit 0, got {status}; stderr:\n{}",
-        proc.stderr()
-    );
+    assert_exit_zero(proc.stop(), "SIGTERM after the rounds", &proc.stderr());
     // Every 202 is in the log, and no refused event is.
     assert_log_holds_exactly(dir.path(), &ledger.acked);
 
@@ -1275,9 +1001,9 @@ async fn a_full_write_queue_answers_503_not_202() {
         "--trusted-proxies",
         "127.0.0.1/32",
     ];
-    let mut proc = Proc::start(dir.path(), &args);
+    let mut proc = start_in(Opts::default().args(&args), dir.path());
     proc.wait_ready(READY_DEADLINE).await;
-    create_site(&proc, None).await;
+    proc.site(SITE, "example.com").await;
     let long_path = "p".repeat(1800);
     let big: Vec<String> = (0..50_u64)
         .map(|n| {
@@ -1292,7 +1018,7 @@ async fn a_full_write_queue_answers_503_not_202() {
             .exchange(&collect_request(visitor_ip(attempt), &big))
             .await
             .unwrap_or_else(|why| panic!("big batch {attempt}: {why}"));
-        if let Err(why) = reply.check_refusal(503, "queue_full") {
+        if let Err(why) = check_refusal(&reply, 503, "queue_full") {
             panic!("a batch larger than the write queue's byte budget, attempt {attempt}: {why}");
         }
     }
@@ -1304,8 +1030,11 @@ async fn a_full_write_queue_answers_503_not_202() {
         small.status, 202,
         "a small event after the refused batches: {small:?}"
     );
-    let status = proc.sigterm();
-    assert!(status.success(), "SIGTERM should exit 0, got {status}");
+    assert_exit_zero(
+        proc.stop(),
+        "SIGTERM after the refused batches",
+        &proc.stderr(),
+    );
     let mut logged = Vec::new();
     pulse_snapshot::replay(
         &dir.path().join("segments"),

@@ -4,16 +4,14 @@
 //! no token needed, no cookies, and the tracker's gzipped size (≤ 2 KiB, measured with the
 //! system `gzip`). The browser behaviour is tested by `server/tests/browser/`.
 
-// Test code: a failed unwrap or panic is a failed check, which is what we want here.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod support;
-
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use reqwest::Method;
-use support::{Opts, Resp, Server};
+use pulse_testkit::fixtures::assert_error;
+use pulse_testkit::http::Response;
+use pulse_testkit::server::{send, Opts, Server};
+
+use crate::start;
 
 const JAVASCRIPT: &str = "application/javascript; charset=utf-8";
 const CSS: &str = "text/css; charset=utf-8";
@@ -37,7 +35,7 @@ fn fnv1a(bytes: &[u8]) -> String {
 /// Asserts a 200 with `content_type`, `cache_control`, a strong ETag equal to the hash of the
 /// body, `nosniff` and no cookie; returns the ETag.
 #[track_caller]
-fn assert_asset(resp: &Resp, path: &str, content_type: &str, cache_control: &str) -> String {
+fn assert_asset(resp: &Response, path: &str, content_type: &str, cache_control: &str) -> String {
     assert_eq!(resp.status, 200, "GET {path}: {resp:?}");
     assert!(!resp.body.is_empty(), "GET {path}: empty body");
     assert_eq!(
@@ -74,12 +72,12 @@ fn assert_asset(resp: &Resp, path: &str, content_type: &str, cache_control: &str
     etag
 }
 
-async fn get_with(server: &Server, path: &str, headers: &[(&str, &str)]) -> Resp {
-    let mut builder = server.client().get(server.url(path));
+async fn get_with(server: &Server, path: &str, headers: &[(&str, &str)]) -> Response {
+    let mut request = server.client().get(path);
     for (name, value) in headers {
-        builder = builder.header(*name, *value);
+        request = request.header(name, value);
     }
-    support::send(builder).await
+    send(request).await
 }
 
 /// The `/assets/...` paths the dashboard HTML links to.
@@ -109,7 +107,7 @@ fn gzipped_len(bytes: &[u8]) -> usize {
 
 #[tokio::test]
 async fn tracker_is_javascript_cached_for_a_day_and_its_hashed_twin_for_a_year() {
-    let server = Server::start(Opts::default());
+    let server = start(Opts::default());
     let tracker = server.get("/s.js").await;
     let etag = assert_asset(&tracker, "/s.js", JAVASCRIPT, CACHE_DAY);
     assert_eq!(
@@ -125,7 +123,7 @@ async fn tracker_is_javascript_cached_for_a_day_and_its_hashed_twin_for_a_year()
     assert_eq!(versioned.body, tracker.body, "{versioned_path} differs");
 
     let stale = server.get("/s.0123456789abcdef.js").await;
-    support::assert_error(
+    assert_error(
         &stale,
         404,
         "not_found",
@@ -135,7 +133,7 @@ async fn tracker_is_javascript_cached_for_a_day_and_its_hashed_twin_for_a_year()
 
 #[tokio::test]
 async fn tracker_fits_in_2_kib_gzipped_and_keeps_no_state_in_the_browser() {
-    let server = Server::start(Opts::default());
+    let server = start(Opts::default());
     let tracker = server.get("/s.js").await;
     assert_eq!(tracker.status, 200);
     let size = gzipped_len(&tracker.body);
@@ -167,7 +165,7 @@ async fn tracker_fits_in_2_kib_gzipped_and_keeps_no_state_in_the_browser() {
 
 #[tokio::test]
 async fn dashboard_revalidates_and_links_immutable_hashed_css_and_js() {
-    let server = Server::start(Opts::default());
+    let server = start(Opts::default());
     let page = server.get("/").await;
     assert_asset(&page, "/", HTML, CACHE_REVALIDATE);
     let csp = page
@@ -202,7 +200,7 @@ async fn dashboard_revalidates_and_links_immutable_hashed_css_and_js() {
 
 #[tokio::test]
 async fn a_matching_if_none_match_gets_304_without_a_body() {
-    let server = Server::start(Opts::default());
+    let server = start(Opts::default());
     let html = String::from_utf8(server.get("/").await.body).unwrap();
     let mut paths = vec!["/".to_owned(), "/s.js".to_owned()];
     paths.extend(linked_assets(&html));
@@ -234,9 +232,9 @@ async fn a_matching_if_none_match_gets_304_without_a_body() {
 
 #[tokio::test]
 async fn head_answers_the_headers_without_the_body() {
-    let server = Server::start(Opts::default());
+    let server = start(Opts::default());
     for (path, content_type) in [("/", HTML), ("/s.js", JAVASCRIPT)] {
-        let resp = support::send(server.client().request(Method::HEAD, server.url(path))).await;
+        let resp = send(server.client().request("HEAD", path)).await;
         assert_eq!(resp.status, 200, "HEAD {path}");
         assert!(resp.body.is_empty(), "HEAD {path} has no body");
         assert_eq!(resp.header("content-type").as_deref(), Some(content_type));
@@ -246,7 +244,7 @@ async fn head_answers_the_headers_without_the_body() {
 
 #[tokio::test]
 async fn assets_need_no_admin_token_while_the_api_does() {
-    let server = Server::start(Opts::default().admin_token("secret-token"));
+    let server = start(Opts::default().admin_token("secret-token"));
     let html = String::from_utf8(get_with(&server, "/", &[]).await.body).unwrap();
     let mut paths = vec!["/".to_owned(), "/s.js".to_owned()];
     paths.extend(linked_assets(&html));
@@ -256,5 +254,5 @@ async fn assets_need_no_admin_token_while_the_api_does() {
         assert_eq!(resp.status, 200, "GET {path} without a token: {resp:?}");
     }
     let api = get_with(&server, "/api/websites", &[]).await;
-    support::assert_error(&api, 401, "unauthorized", "the API still needs the token");
+    assert_error(&api, 401, "unauthorized", "the API still needs the token");
 }

@@ -4,23 +4,21 @@
 //! DNT/GPC, referrers, the recent-events limit, restart, salts and privacy on disk, auth, GeoIP,
 //! CORS, body and header limits, slow clients and SIGTERM.
 
-// Test code: a failed unwrap or panic is a failed check, which is what we want here.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod support;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use reqwest::Method;
-use serde_json::{json, Value};
-use support::{
-    assert_error, contains, counts_of, error_check, event_with_url, files_under, geoip_test_db,
-    keys, now_secs, pageview, parse_utc_second, raw_exchange, recent, run_expecting_exit, send,
-    Failures, Opts, Resp, Server, CHROME_DESKTOP, CURL, FIREFOX_DESKTOP, GOOGLEBOT, SAFARI_IPHONE,
+use pulse_testkit::fixtures::{
+    assert_error, contains, counts_of, error_check, event_with_url, eventually, files_under,
+    geoip_test_db, keys, now_secs, pageview, parse_utc_second, recent, Failures, CHROME_DESKTOP,
+    CURL, FIREFOX_DESKTOP, GOOGLEBOT, SAFARI_IPHONE,
 };
+use pulse_testkit::http::{raw_exchange, Response};
+use pulse_testkit::server::{run_expecting_exit, send, Opts};
+use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+
+use crate::{pulse_bin, start};
 
 /// The body limit of `POST /api/collect`, in bytes.
 const BODY_LIMIT: usize = 102_400;
@@ -29,7 +27,7 @@ const RAW_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Asserts a 202 `{"ok":true}`.
 #[track_caller]
-fn assert_accepted(resp: &Resp, context: &str) {
+fn assert_accepted(resp: &Response, context: &str) {
     assert_eq!(resp.status, 202, "{context}: expected 202, got {resp:?}");
     assert_eq!(resp.json(), json!({"ok": true}), "{context}: 202 body");
 }
@@ -56,9 +54,9 @@ fn padded(prefix: &Value, len: usize) -> Vec<u8> {
 
 #[tokio::test]
 async fn healthz_and_readyz_answer_200() {
-    let server = Server::start(Opts::default());
+    let server = start(Opts::default());
     assert_eq!(server.get("/healthz").await.status, 200);
-    let ready = support::eventually(Duration::from_secs(10), || async {
+    let ready = eventually(Duration::from_secs(10), || async {
         server.get("/readyz").await.status == 200
     })
     .await;
@@ -67,7 +65,7 @@ async fn healthz_and_readyz_answer_200() {
 
 #[tokio::test]
 async fn unknown_routes_are_404_not_found() {
-    let server = Server::start(Opts::default());
+    let server = start(Opts::default());
     for path in [
         "/nope",
         "/api/nope",
@@ -84,7 +82,7 @@ async fn unknown_routes_are_404_not_found() {
 
 #[tokio::test]
 async fn collected_pageview_appears_in_realtime_with_the_exact_shape() {
-    let server = Server::start(Opts::default());
+    let server = start(Opts::default());
     server.site("s", "example.com").await;
     let before = now_secs();
     let mut event = pageview("s", "https://example.com/pricing?email=a@b.c#top");
@@ -140,7 +138,7 @@ async fn collected_pageview_appears_in_realtime_with_the_exact_shape() {
 
 #[tokio::test]
 async fn custom_event_shows_its_name_as_url() {
-    let server = Server::start(Opts::default());
+    let server = start(Opts::default());
     server.site("s", "example.com").await;
     let event = json!({
         "website_id": "s", "type": "event", "url": "/checkout?card=4111",
@@ -155,7 +153,7 @@ async fn custom_event_shows_its_name_as_url() {
 
 #[tokio::test]
 async fn query_string_and_fragment_are_stripped_from_urls() {
-    let server = Server::start(Opts::default());
+    let server = start(Opts::default());
     server.site("s", "example.com").await;
     let sent = [
         ("/a?email=someone@example.org", "/a"),
@@ -175,7 +173,7 @@ async fn query_string_and_fragment_are_stripped_from_urls() {
 
 #[tokio::test]
 async fn browser_and_device_come_from_the_user_agent() {
-    let server = Server::start(Opts::default());
+    let server = start(Opts::default());
     server.site("s", "example.com").await;
     let cases = [
         ("/chrome", CHROME_DESKTOP, "Chrome", "desktop"),
@@ -201,7 +199,7 @@ async fn browser_and_device_come_from_the_user_agent() {
 
 #[tokio::test]
 async fn distinct_user_agents_are_distinct_visitors() {
-    let server = Server::start(Opts::default());
+    let server = start(Opts::default());
     server.site("s", "example.com").await;
     for (i, ua) in [CHROME_DESKTOP, FIREFOX_DESKTOP, SAFARI_IPHONE]
         .into_iter()
@@ -223,7 +221,7 @@ async fn distinct_user_agents_are_distinct_visitors() {
 
 #[tokio::test]
 async fn forwarded_headers_are_ignored_without_trusted_proxies() {
-    let server = Server::start(Opts::default());
+    let server = start(Opts::default());
     server.site("s", "example.com").await;
     let headers: [&[(&str, &str)]; 5] = [
         &[],
@@ -247,7 +245,7 @@ async fn forwarded_headers_are_ignored_without_trusted_proxies() {
 
 #[tokio::test]
 async fn forwarded_for_from_a_trusted_proxy_identifies_the_client() {
-    let server = Server::start(Opts::default().trusted_proxies("10.0.0.0/8,127.0.0.1/32"));
+    let server = start(Opts::default().trusted_proxies("10.0.0.0/8,127.0.0.1/32"));
     server.site("s", "example.com").await;
     // (headers, active visitors expected after this pageview)
     let steps: [(&[(&str, &str)], u64); 9] = [
@@ -291,7 +289,7 @@ async fn forwarded_for_from_a_trusted_proxy_identifies_the_client() {
 
 #[tokio::test]
 async fn bots_are_excluded_by_default_and_included_on_request() {
-    let server = Server::start(Opts::default());
+    let server = start(Opts::default());
     let site = server.site("s", "example.com").await;
     assert_eq!(site["bot_policy"], "exclude");
     for (url, ua) in [
@@ -327,7 +325,7 @@ async fn bots_are_excluded_by_default_and_included_on_request() {
 
 #[tokio::test]
 async fn bot_policy_include_counts_bots_by_default() {
-    let server = Server::start(Opts::default());
+    let server = start(Opts::default());
     server
         .create_website(&json!({
             "id": "s", "name": "S", "domain": "example.com", "bot_policy": "include"
@@ -347,7 +345,7 @@ async fn bot_policy_include_counts_bots_by_default() {
 
 #[tokio::test]
 async fn missing_or_empty_user_agent_is_a_bot() {
-    let server = Server::start(Opts::default());
+    let server = start(Opts::default());
     server.site("s", "example.com").await;
     let resp = server
         .collect_with(&pageview("s", "/none"), None, &[])
@@ -364,7 +362,7 @@ async fn missing_or_empty_user_agent_is_a_bot() {
 
 #[tokio::test]
 async fn dnt_and_gpc_are_respected_by_default() {
-    let server = Server::start(Opts::default());
+    let server = start(Opts::default());
     let site = server.site("s", "example.com").await;
     assert_eq!(site["respect_dnt"], true);
     for header in ["dnt", "sec-gpc"] {
@@ -398,7 +396,7 @@ async fn dnt_and_gpc_are_respected_by_default() {
 
 #[tokio::test]
 async fn dnt_and_gpc_are_counted_when_respect_dnt_is_false() {
-    let server = Server::start(Opts::default());
+    let server = start(Opts::default());
     let site = server
         .create_website(&json!({
             "id": "s", "name": "S", "domain": "example.com", "respect_dnt": false
@@ -416,7 +414,7 @@ async fn dnt_and_gpc_are_counted_when_respect_dnt_is_false() {
 
 #[tokio::test]
 async fn referrer_domain_is_normalised_and_self_referrals_are_null() {
-    let server = Server::start(Opts::default());
+    let server = start(Opts::default());
     server.site("s", "example.com").await;
     let cases: [(Option<&str>, Value); 11] = [
         (
@@ -466,7 +464,7 @@ async fn referrer_domain_is_normalised_and_self_referrals_are_null() {
 
 #[tokio::test]
 async fn recent_events_are_the_newest_100_newest_first() {
-    let server = Server::start(Opts::default());
+    let server = start(Opts::default());
     server.site("s", "example.com").await;
     let mut sent = 0;
     for size in [50, 50, 20] {
@@ -506,7 +504,7 @@ async fn recent_events_are_the_newest_100_newest_first() {
 
 #[tokio::test]
 async fn realtime_rejects_bad_include_bots_and_unknown_websites() {
-    let server = Server::start(Opts::default());
+    let server = start(Opts::default());
     server.site("s", "example.com").await;
     let mut failures = Failures::default();
     for query in ["yes", "1", "0", "", "truee"] {
@@ -534,7 +532,7 @@ async fn realtime_rejects_bad_include_bots_and_unknown_websites() {
 
 #[tokio::test]
 async fn collect_rejects_invalid_input_with_the_documented_errors() {
-    let server = Server::start(Opts::default());
+    let server = start(Opts::default());
     server.site("s", "example.com").await;
     let nested = |depth: usize| format!("{}{}", "[".repeat(depth), "]".repeat(depth));
     let long = |n: usize| "x".repeat(n);
@@ -725,7 +723,7 @@ async fn collect_rejects_invalid_input_with_the_documented_errors() {
 
 #[tokio::test]
 async fn collect_accepts_values_at_the_limits() {
-    let server = Server::start(Opts::default());
+    let server = start(Opts::default());
     server.site("s", "example.com").await;
     let data_4096 = json!({"k": "x".repeat(4088)});
     assert_eq!(serde_json::to_string(&data_4096).unwrap().len(), 4096);
@@ -777,7 +775,7 @@ async fn collect_accepts_values_at_the_limits() {
 
 #[tokio::test]
 async fn collect_batches_are_all_or_nothing() {
-    let server = Server::start(Opts::default());
+    let server = start(Opts::default());
     server.site("s", "example.com").await;
     let ok = |i: usize| pageview("s", &format!("/ok/{i}"));
     let cases: [(Value, u16, &str); 3] = [
@@ -812,7 +810,7 @@ async fn collect_batches_are_all_or_nothing() {
 
 #[tokio::test]
 async fn collect_accepts_json_and_text_plain_and_refuses_other_media_types() {
-    let server = Server::start(Opts::default());
+    let server = start(Opts::default());
     server.site("s", "example.com").await;
     let body = serde_json::to_vec(&pageview("s", "/ct")).unwrap();
     let mut failures = Failures::default();
@@ -846,21 +844,21 @@ async fn collect_accepts_json_and_text_plain_and_refuses_other_media_types() {
 
 #[tokio::test]
 async fn collect_other_methods_are_405() {
-    let server = Server::start(Opts::default());
-    for method in [Method::GET, Method::PUT, Method::DELETE] {
-        let resp = send(server.request(method.clone(), "/api/collect")).await;
-        assert_error(&resp, 405, "method_not_allowed", method.as_str());
+    let server = start(Opts::default());
+    for method in ["GET", "PUT", "DELETE"] {
+        let resp = send(server.request(method, "/api/collect")).await;
+        assert_error(&resp, 405, "method_not_allowed", method);
     }
 }
 
 #[tokio::test]
 async fn collect_answers_cors_preflight_and_allows_any_origin() {
-    let server = Server::start(Opts::default());
+    let server = start(Opts::default());
     server.site("s", "example.com").await;
     let preflight = send(
         server
             .client()
-            .request(Method::OPTIONS, server.url("/api/collect"))
+            .request("OPTIONS", "/api/collect")
             .header("origin", "https://example.com")
             .header("access-control-request-method", "POST")
             .header("access-control-request-headers", "content-type"),
@@ -910,7 +908,7 @@ async fn collect_answers_cors_preflight_and_allows_any_origin() {
 
 #[tokio::test]
 async fn collect_body_limit_is_exactly_102400_bytes() {
-    let server = Server::start(Opts::default());
+    let server = start(Opts::default());
     server.site("s", "example.com").await;
     let at_limit = padded(&pageview("s", "/limit"), BODY_LIMIT);
     let resp = server.collect_raw(Some("application/json"), at_limit).await;
@@ -923,7 +921,7 @@ async fn collect_body_limit_is_exactly_102400_bytes() {
 
 #[tokio::test]
 async fn oversized_content_length_is_refused_before_the_body_is_read() {
-    let server = Server::start(Opts::default());
+    let server = start(Opts::default());
     server.site("s", "example.com").await;
     for length in ["1000000000000", "102401"] {
         // Only the head is sent: a server that waited for the body would time out here.
@@ -931,7 +929,9 @@ async fn oversized_content_length_is_refused_before_the_body_is_read() {
             "POST /api/collect HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: {CHROME_DESKTOP}\r\n\
              Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n"
         );
-        let out = raw_exchange(server.addr(), request.into_bytes(), RAW_DEADLINE).await;
+        let out = raw_exchange(server.addr(), request.into_bytes(), RAW_DEADLINE)
+            .await
+            .unwrap();
         assert!(
             !out.timed_out,
             "Content-Length {length}: no answer within {RAW_DEADLINE:?}: {out:?}"
@@ -948,7 +948,7 @@ async fn oversized_content_length_is_refused_before_the_body_is_read() {
 
 #[tokio::test]
 async fn chunked_body_over_the_limit_is_413() {
-    let server = Server::start(Opts::default());
+    let server = start(Opts::default());
     server.site("s", "example.com").await;
     let chunked = |body: &[u8]| {
         let mut req = format!(
@@ -966,11 +966,15 @@ async fn chunked_body_over_the_limit_is_413() {
     };
     // Chunked within the limit works.
     let small = chunked(&serde_json::to_vec(&pageview("s", "/small")).unwrap());
-    let out = raw_exchange(server.addr(), small, RAW_DEADLINE).await;
+    let out = raw_exchange(server.addr(), small, RAW_DEADLINE)
+        .await
+        .unwrap();
     assert_eq!(out.status(), Some(202), "small chunked body: {out:?}");
     // Over the limit: a valid event padded with spaces to 110 000 bytes.
     let big = chunked(&padded(&pageview("s", "/big"), 110_000));
-    let out = raw_exchange(server.addr(), big, RAW_DEADLINE).await;
+    let out = raw_exchange(server.addr(), big, RAW_DEADLINE)
+        .await
+        .unwrap();
     assert_eq!(
         out.status(),
         Some(413),
@@ -986,7 +990,7 @@ async fn chunked_body_over_the_limit_is_413() {
 
 #[tokio::test]
 async fn websites_can_be_created_listed_read_patched_and_deleted() {
-    let server = Server::start(Opts::default());
+    let server = start(Opts::default());
     assert_eq!(
         server.get("/api/websites").await.json(),
         json!({"data": []})
@@ -1135,7 +1139,7 @@ async fn websites_can_be_created_listed_read_patched_and_deleted() {
 
 #[tokio::test]
 async fn website_validation_errors() {
-    let server = Server::start(Opts::default());
+    let server = start(Opts::default());
     let base = |extra: Value| {
         let mut w = json!({"name": "N", "domain": "example.com"});
         for (k, v) in extra.as_object().unwrap() {
@@ -1188,7 +1192,7 @@ async fn website_validation_errors() {
     }
     let resp = send(
         server
-            .request(Method::POST, "/api/websites")
+            .request("POST", "/api/websites")
             .header("content-type", "application/json")
             .body("{\"name\":"),
     )
@@ -1221,7 +1225,7 @@ async fn website_validation_errors() {
 
 #[tokio::test]
 async fn websites_survive_restart() {
-    let mut server = Server::start(Opts::default());
+    let mut server = start(Opts::default());
     server.site("keep", "keep.example.com").await;
     server.site("patched", "patched.example.com").await;
     server.site("deleted", "deleted.example.com").await;
@@ -1266,7 +1270,7 @@ async fn websites_survive_restart() {
 async fn salt_is_private_and_unchanged_by_restart() {
     use std::os::unix::fs::PermissionsExt;
 
-    let mut server = Server::start(Opts::default());
+    let mut server = start(Opts::default());
     server.site("s", "example.com").await;
     assert_accepted(&server.collect(&pageview("s", "/1")).await, "first");
     let salts_dir = server.data_dir().join("salts");
@@ -1312,7 +1316,7 @@ async fn no_ip_or_user_agent_reaches_disk_or_logs() {
          Gecko) Chrome/124.0.0.0 Safari/537.36 PulseTestAgent/9.9 unique-xyz";
     const IPS: [&str; 2] = ["203.0.113.77", "198.51.100.23"];
 
-    let mut server = Server::start(Opts::default().trusted_proxies("127.0.0.1/32"));
+    let mut server = start(Opts::default().trusted_proxies("127.0.0.1/32"));
     server.site("s", "example.com").await;
     let requests: [(&str, (&str, &str)); 4] = [
         (UA, ("x-forwarded-for", IPS[0])),
@@ -1358,20 +1362,20 @@ async fn no_ip_or_user_agent_reaches_disk_or_logs() {
 #[tokio::test]
 async fn admin_token_guards_everything_but_collect_health_and_static_files() {
     const TOKEN: &str = "s3cret-token-123";
-    let server = Server::start(Opts::default().admin_token(TOKEN));
+    let server = start(Opts::default().admin_token(TOKEN));
     server.site("s", "example.com").await; // with the token
-    let bare = |method: Method, path: &str| server.client().request(method, server.url(path));
-    let guarded: [(Method, &str, Option<Value>); 6] = [
-        (Method::GET, "/api/websites", None),
+    let bare = |method: &str, path: &str| server.client().request(method, path);
+    let guarded: [(&str, &str, Option<Value>); 6] = [
+        ("GET", "/api/websites", None),
         (
-            Method::POST,
+            "POST",
             "/api/websites",
             Some(json!({"id": "t2", "name": "T", "domain": "t.com"})),
         ),
-        (Method::GET, "/api/websites/s", None),
-        (Method::PATCH, "/api/websites/s", Some(json!({"name": "P"}))),
-        (Method::GET, "/api/websites/s/realtime", None),
-        (Method::DELETE, "/api/websites/s", None),
+        ("GET", "/api/websites/s", None),
+        ("PATCH", "/api/websites/s", Some(json!({"name": "P"}))),
+        ("GET", "/api/websites/s/realtime", None),
+        ("DELETE", "/api/websites/s", None),
     ];
     let wrong: [Option<String>; 5] = [
         None,
@@ -1383,7 +1387,7 @@ async fn admin_token_guards_everything_but_collect_health_and_static_files() {
     let mut failures = Failures::default();
     for (method, path, body) in &guarded {
         for auth in &wrong {
-            let mut req = bare(method.clone(), path);
+            let mut req = bare(method, path);
             if let Some(auth) = auth {
                 req = req.header("authorization", auth);
             }
@@ -1398,7 +1402,7 @@ async fn admin_token_guards_everything_but_collect_health_and_static_files() {
     }
     // The right token opens every one of them (DELETE last, as it removes the website).
     for ((method, path, body), want) in guarded.iter().zip([200, 201, 200, 200, 200, 204]) {
-        let mut req = bare(method.clone(), path).bearer_auth(TOKEN);
+        let mut req = bare(method, path).bearer_auth(TOKEN);
         if let Some(body) = body {
             req = req.json(body);
         }
@@ -1416,7 +1420,7 @@ async fn admin_token_guards_everything_but_collect_health_and_static_files() {
         failures.push(format!("collect without a token: {resp:?}"));
     }
     let preflight = send(
-        bare(Method::OPTIONS, "/api/collect")
+        bare("OPTIONS", "/api/collect")
             .header("origin", "https://example.com")
             .header("access-control-request-method", "POST"),
     )
@@ -1425,13 +1429,13 @@ async fn admin_token_guards_everything_but_collect_health_and_static_files() {
         failures.push(format!("CORS preflight without a token: {preflight:?}"));
     }
     for path in ["/healthz", "/readyz"] {
-        let resp = send(bare(Method::GET, path)).await;
+        let resp = send(bare("GET", path)).await;
         if resp.status != 200 {
             failures.push(format!("{path} without a token: {resp:?}"));
         }
     }
     for path in ["/", "/s.js"] {
-        let resp = send(bare(Method::GET, path)).await;
+        let resp = send(bare("GET", path)).await;
         if resp.status == 401 {
             failures.push(format!("static {path} must not need the token: {resp:?}"));
         }
@@ -1441,10 +1445,10 @@ async fn admin_token_guards_everything_but_collect_health_and_static_files() {
 
 #[tokio::test]
 async fn without_a_token_the_api_is_open_on_loopback() {
-    let server = Server::start(Opts::default());
-    let bare = |method: Method, path: &str| server.client().request(method, server.url(path));
+    let server = start(Opts::default());
+    let bare = |method: &str, path: &str| server.client().request(method, path);
     let created = send(
-        bare(Method::POST, "/api/websites")
+        bare("POST", "/api/websites")
             .json(&json!({"id": "s", "name": "S", "domain": "example.com"})),
     )
     .await;
@@ -1454,10 +1458,10 @@ async fn without_a_token_the_api_is_open_on_loopback() {
         "/api/websites/s",
         "/api/websites/s/realtime",
     ] {
-        let resp = send(bare(Method::GET, path)).await;
+        let resp = send(bare("GET", path)).await;
         assert_eq!(resp.status, 200, "{path}: {resp:?}");
         // An Authorization header is simply not needed, whatever it says.
-        let resp = send(bare(Method::GET, path).bearer_auth("anything")).await;
+        let resp = send(bare("GET", path).bearer_auth("anything")).await;
         assert_eq!(resp.status, 200, "{path} with a stray token: {resp:?}");
     }
 }
@@ -1465,7 +1469,11 @@ async fn without_a_token_the_api_is_open_on_loopback() {
 #[tokio::test]
 async fn non_loopback_listen_requires_an_admin_token() {
     let dir = tempfile::tempdir().unwrap();
-    let refused = run_expecting_exit(&Opts::default().listen("0.0.0.0:0"), dir.path());
+    let refused = run_expecting_exit(
+        pulse_bin(),
+        &Opts::default().listen("0.0.0.0:0"),
+        dir.path(),
+    );
     assert!(
         !refused.status.success(),
         "listening on 0.0.0.0 without a token must fail: {refused:?}"
@@ -1475,23 +1483,23 @@ async fn non_loopback_listen_requires_an_admin_token() {
         "the refusal must mention the admin token on stderr: {refused:?}"
     );
 
-    let server = Server::start(Opts::default().listen("0.0.0.0:0").admin_token("tok"));
+    let server = start(Opts::default().listen("0.0.0.0:0").admin_token("tok"));
     assert_eq!(server.get("/healthz").await.status, 200);
-    let resp = send(server.client().get(server.url("/api/websites"))).await;
+    let resp = send(server.client().get("/api/websites")).await;
     assert_error(&resp, 401, "unauthorized", "no token on 0.0.0.0");
     assert_eq!(server.get("/api/websites").await.status, 200);
 }
 
 #[tokio::test]
 async fn configuration_can_come_from_pulse_environment_variables() {
-    let server = Server::start(
+    let server = start(
         Opts::default()
             .admin_token("env-token")
             .trusted_proxies("127.0.0.1/32")
             .via_env(),
     );
     // PULSE_ADMIN_TOKEN
-    let resp = send(server.client().get(server.url("/api/websites"))).await;
+    let resp = send(server.client().get("/api/websites")).await;
     assert_error(&resp, 401, "unauthorized", "PULSE_ADMIN_TOKEN");
     server.site("s", "example.com").await;
     // PULSE_TRUSTED_PROXIES
@@ -1516,7 +1524,7 @@ async fn configuration_can_come_from_pulse_environment_variables() {
 
 #[tokio::test]
 async fn geoip_database_fills_the_country() {
-    let server = Server::start(
+    let server = start(
         Opts::default()
             .trusted_proxies("127.0.0.1/32")
             .geoip_db(geoip_test_db()),
@@ -1554,14 +1562,16 @@ async fn geoip_database_fills_the_country() {
 
 #[tokio::test]
 async fn oversized_request_heads_are_refused_and_the_server_survives() {
-    let server = Server::start(Opts::default());
+    let server = start(Opts::default());
     let many: String = (0..200)
         .map(|i| format!("X-Filler-{i}: value-{i}\r\n"))
         .collect();
     let big = format!("X-Big: {}\r\n", "a".repeat(64 * 1024));
     for (name, headers) in [("200 headers", many), ("a 64 KB header", big)] {
         let request = format!("GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}\r\n");
-        let out = raw_exchange(server.addr(), request.into_bytes(), RAW_DEADLINE).await;
+        let out = raw_exchange(server.addr(), request.into_bytes(), RAW_DEADLINE)
+            .await
+            .unwrap();
         assert!(!out.timed_out, "{name}: no answer within {RAW_DEADLINE:?}");
         match out.status() {
             Some(status) => assert!(
@@ -1583,7 +1593,7 @@ async fn oversized_request_heads_are_refused_and_the_server_survives() {
 
 #[tokio::test]
 async fn slow_or_incomplete_requests_do_not_wedge_the_server() {
-    let server = Server::start(Opts::default());
+    let server = start(Opts::default());
     server.site("s", "example.com").await;
     let mut stalled = Vec::new();
     // Bodies that promise 1000 bytes and deliver 10, and heads that never end.
@@ -1614,7 +1624,7 @@ async fn slow_or_incomplete_requests_do_not_wedge_the_server() {
 
 #[tokio::test]
 async fn sigterm_exits_zero_after_printing_one_stdout_line() {
-    let mut server = Server::start(Opts::default());
+    let mut server = start(Opts::default());
     server.site("s", "example.com").await;
     assert_accepted(&server.collect(&pageview("s", "/")).await, "collect");
     // A keep-alive connection stays open in the client's pool while the server shuts down.

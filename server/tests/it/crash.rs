@@ -6,27 +6,25 @@
 //! there, how often, and under which sequence numbers. Random choices come from a seeded PRNG;
 //! the seed is printed and `PULSE_CRASH_SEED` replays it; `PULSE_CRASH_ROUNDS` adds kill rounds.
 
-// Test code: a failed unwrap or panic is a failed check, which is what we want here.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 // SIGKILL, SIGTERM and exit signals are Unix notions.
 #![cfg(unix)]
 
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
-use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
-use std::process::ExitStatus;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
-use support::{
-    recent, segment_files, try_send, Failures, Proc, CHROME_DESKTOP, CURL, FIREFOX_DESKTOP,
-    GOOGLEBOT, SAFARI_IPHONE,
+use pulse_testkit::fixtures::{
+    recent, sample, segment_files, Failures, CHROME_DESKTOP, CURL, FIREFOX_DESKTOP, GOOGLEBOT,
+    SAFARI_IPHONE,
 };
+use pulse_testkit::http::Client;
+use pulse_testkit::server::{assert_exit_zero, assert_killed, send, Opts, Server};
+use serde_json::{json, Value};
 use tokio::task::JoinSet;
+
+use crate::start_in;
 
 /// Kill rounds of the SIGKILL test unless `PULSE_CRASH_ROUNDS` asks for more.
 const DEFAULT_ROUNDS: u64 = 20;
@@ -137,8 +135,7 @@ impl Ledger {
 /// One client: sends single events and batches of up to `MAX_BATCH` numbered events, one
 /// request at a time, until a request fails at the transport level (the server is gone).
 async fn client_loop(
-    client: reqwest::Client,
-    url: String,
+    client: Client,
     user_agent: &'static str,
     numbers: Arc<AtomicU64>,
     mut rng: Rng,
@@ -155,11 +152,10 @@ async fn client_loop(
         };
         ledger.sent.extend(&batch);
         let request = client
-            .post(&url)
-            .header("content-type", "application/json")
-            .header("user-agent", user_agent)
-            .body(serde_json::to_vec(&body).unwrap());
-        match try_send(request).await {
+            .post("/api/collect")
+            .json(&body)
+            .header("user-agent", user_agent);
+        match request.send().await {
             Ok(resp) if resp.status == 202 => ledger.acked.extend(&batch),
             Ok(resp) => {
                 *ledger.other_statuses.entry(resp.status).or_default() += 1;
@@ -177,13 +173,12 @@ async fn client_loop(
 }
 
 /// Starts `CLIENTS` client tasks against `proc`.
-fn start_clients(proc: &Proc, numbers: &Arc<AtomicU64>, rng: &mut Rng) -> JoinSet<Ledger> {
+fn start_clients(proc: &Server, numbers: &Arc<AtomicU64>, rng: &mut Rng) -> JoinSet<Ledger> {
     let mut tasks = JoinSet::new();
     for i in 0..CLIENTS {
         let ua = HUMAN_UAS[usize::try_from(i).unwrap() % HUMAN_UAS.len()];
         tasks.spawn(client_loop(
             proc.client().clone(),
-            proc.url("/api/collect"),
             ua,
             Arc::clone(numbers),
             rng.fork(),
@@ -204,54 +199,11 @@ async fn join_clients(mut tasks: JoinSet<Ledger>, ledger: &mut Ledger) {
 // Checks
 // ---------------------------------------------------------------------------------------------
 
-/// Creates the test website, asserting 201.
-async fn create_site(proc: &Proc) {
-    let resp = proc
-        .post_json(
-            "/api/websites",
-            &json!({"id": SITE, "name": "W", "domain": "example.com"}),
-        )
-        .await;
-    assert_eq!(resp.status, 201, "creating the website: {resp:?}");
-}
-
 /// A count from the `/readyz` replay object.
 fn replay_count(replay: &Value, field: &str) -> u64 {
     replay[field]
         .as_u64()
         .unwrap_or_else(|| panic!("/readyz replay.{field} is not a count: {replay}"))
-}
-
-/// Asserts that `status` is death by SIGKILL: the kill hit a running server, which had not
-/// exited (crashed) by itself before.
-#[track_caller]
-fn assert_killed(status: ExitStatus, context: &str, stderr: &str) {
-    assert_eq!(
-        status.signal(),
-        Some(9),
-        "{context}: the server should have died of SIGKILL, but exited with {status}; \
-         stderr:\n{stderr}"
-    );
-}
-
-/// Asserts a clean exit after SIGTERM.
-#[track_caller]
-fn assert_exit_zero(status: ExitStatus, context: &str, stderr: &str) {
-    assert!(
-        status.success(),
-        "{context}: SIGTERM should end the server with exit status 0, got {status}; \
-         stderr:\n{stderr}"
-    );
-}
-
-/// Up to 20 items of a list, for failure messages.
-fn sample<T: std::fmt::Debug>(items: &[T]) -> String {
-    let shown: Vec<&T> = items.iter().take(20).collect();
-    if items.len() > shown.len() {
-        format!("{shown:?} … ({} in all)", items.len())
-    } else {
-        format!("{shown:?}")
-    }
 }
 
 /// Reads the whole log of `data_dir` (no server may be running) and checks it against `ledger`:
@@ -380,7 +332,7 @@ async fn acknowledged_events_survive_sigkill_exactly_once() {
     // which names the events concerned.
     let mut anomalies: Vec<String> = Vec::new();
     for round in 0..rounds {
-        let mut proc = Proc::start(tmp.path(), &SYNC);
+        let mut proc = start_in(Opts::default().args(&SYNC), tmp.path());
         let replay = proc.wait_ready(READY_DEADLINE).await;
         // Whatever was acknowledged before earlier kills is replayed; nothing unsent appears.
         let replayed = replay_count(&replay, "events");
@@ -396,7 +348,7 @@ async fn acknowledged_events_survive_sigkill_exactly_once() {
             ));
         }
         if round == 0 {
-            create_site(&proc).await;
+            proc.site(SITE, "example.com").await;
         }
 
         let tasks = start_clients(&proc, &numbers, &mut rng);
@@ -412,9 +364,9 @@ async fn acknowledged_events_survive_sigkill_exactly_once() {
     }
 
     // One clean run: replay everything, then stop with SIGTERM so the log is closed cleanly.
-    let mut proc = Proc::start(tmp.path(), &SYNC);
+    let mut proc = start_in(Opts::default().args(&SYNC), tmp.path());
     let replay = proc.wait_ready(READY_DEADLINE).await;
-    let status = proc.sigterm();
+    let status = proc.stop();
     assert_exit_zero(status, &context, &proc.stderr());
     println!(
         "{rounds} kill rounds in {:?}: {} events acknowledged, {} sent",
@@ -446,7 +398,7 @@ const REALTIME_ROUNDS: usize = 3;
 /// Sends, concurrently, each of five visitors' (three browsers, two bots) pageviews with and
 /// without referrers, a custom event and a batch, asserting every answer is 202. Returns the
 /// number of events sent.
-async fn send_realtime_wave(proc: &Proc, tag: &str) -> u64 {
+async fn send_realtime_wave(proc: &Server, tag: &str) -> u64 {
     let agents = [
         CHROME_DESKTOP,
         FIREFOX_DESKTOP,
@@ -469,18 +421,13 @@ async fn send_realtime_wave(proc: &Proc, tag: &str) -> u64 {
         ];
         for body in bodies {
             sent += body.as_array().map_or(1, |a| a.len() as u64);
-            let client = proc.client().clone();
-            let url = proc.url("/api/collect");
+            let request = proc
+                .client()
+                .post("/api/collect")
+                .json(&body)
+                .header("user-agent", ua);
             requests.spawn(async move {
-                let resp = try_send(
-                    client
-                        .post(url)
-                        .header("content-type", "application/json")
-                        .header("user-agent", ua)
-                        .body(serde_json::to_vec(&body).unwrap()),
-                )
-                .await
-                .unwrap();
+                let resp = send(request).await;
                 assert_eq!(resp.status, 202, "collect {body}: {resp:?}");
             });
         }
@@ -545,9 +492,9 @@ fn realtime_difference(before: &Value, after: &Value) -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn realtime_after_sigkill_equals_realtime_before() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut proc = Proc::start(tmp.path(), &SYNC);
+    let mut proc = start_in(Opts::default().args(&SYNC), tmp.path());
     proc.wait_ready(READY_DEADLINE).await;
-    create_site(&proc).await;
+    proc.site(SITE, "example.com").await;
 
     let mut sent = 0_u64;
     for round in 0..REALTIME_ROUNDS {
@@ -590,7 +537,7 @@ async fn realtime_after_sigkill_equals_realtime_before() {
             }
         }
     }
-    assert_exit_zero(proc.sigterm(), "realtime test", &proc.stderr());
+    assert_exit_zero(proc.stop(), "realtime test", &proc.stderr());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -604,16 +551,16 @@ async fn sigterm_under_load_exits_zero_and_keeps_every_acknowledged_event() {
     let mut rng = Rng(seed);
     let tmp = tempfile::tempdir().unwrap();
     // Default durability: `interval`.
-    let mut proc = Proc::start(tmp.path(), &[]);
+    let mut proc = start_in(Opts::default().args(&[]), tmp.path());
     proc.wait_ready(READY_DEADLINE).await;
-    create_site(&proc).await;
+    proc.site(SITE, "example.com").await;
 
     let numbers = Arc::new(AtomicU64::new(0));
     let mut ledger = Ledger::default();
     let tasks = start_clients(&proc, &numbers, &mut rng);
     let delay = Duration::from_millis(rng.range(150, 400));
     tokio::time::sleep(delay).await;
-    let status = tokio::task::block_in_place(|| proc.sigterm());
+    let status = tokio::task::block_in_place(|| proc.stop());
     assert_exit_zero(
         status,
         &format!("{context}, SIGTERM after {delay:?} of load"),
@@ -646,7 +593,7 @@ async fn sigterm_under_load_exits_zero_and_keeps_every_acknowledged_event() {
         data["pagination"]["total_in_window"], logged,
         "{context}: realtime after restart counts another number of events than the log holds"
     );
-    assert_exit_zero(proc.sigterm(), &context, &proc.stderr());
+    assert_exit_zero(proc.stop(), &context, &proc.stderr());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -654,7 +601,7 @@ async fn sigterm_under_load_exits_zero_and_keeps_every_acknowledged_event() {
 // ---------------------------------------------------------------------------------------------
 
 /// Sends one pageview to `path` as desktop Chrome, asserting 202.
-async fn collect_one(proc: &Proc, path: &str) {
+async fn collect_one(proc: &Server, path: &str) {
     let resp = proc
         .collect_as(
             CHROME_DESKTOP,
@@ -684,15 +631,15 @@ const RECORD_FRAME_BYTES: u64 = 8;
 async fn a_corrupt_sealed_segment_is_reported_on_readyz_and_moved_aside() {
     let tmp = tempfile::tempdir().unwrap();
     // Every append after the first rolls to a new segment.
-    let mut proc = Proc::start(
+    let mut proc = start_in(
+        Opts::default().args(&["--durability", "sync", "--segment-max-bytes", "1"]),
         tmp.path(),
-        &["--durability", "sync", "--segment-max-bytes", "1"],
     );
     proc.wait_ready(READY_DEADLINE).await;
-    create_site(&proc).await;
+    proc.site(SITE, "example.com").await;
     collect_one(&proc, "/first").await;
     collect_one(&proc, "/second").await;
-    assert_exit_zero(proc.sigterm(), "first run", &proc.stderr());
+    assert_exit_zero(proc.stop(), "first run", &proc.stderr());
 
     let with_records: Vec<_> = segment_files(tmp.path())
         .into_iter()
@@ -740,7 +687,7 @@ async fn a_corrupt_sealed_segment_is_reported_on_readyz_and_moved_aside() {
         "the later segment's event is still counted: {data}"
     );
     assert_eq!(recent_urls(&data), ["/second"], "{data}");
-    assert_exit_zero(proc.sigterm(), "second run", &proc.stderr());
+    assert_exit_zero(proc.stop(), "second run", &proc.stderr());
 
     // Every later start gives the same answer and still shows the damage.
     proc.respawn();
@@ -752,20 +699,20 @@ async fn a_corrupt_sealed_segment_is_reported_on_readyz_and_moved_aside() {
     );
     let again = proc.realtime_q(SITE, "?include_bots=true").await;
     assert_eq!(again["pagination"], data["pagination"], "{again}");
-    assert_exit_zero(proc.sigterm(), "third run", &proc.stderr());
+    assert_exit_zero(proc.stop(), "third run", &proc.stderr());
 }
 
 #[tokio::test]
 async fn a_torn_tail_is_truncated_on_restart() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut proc = Proc::start(tmp.path(), &[]);
+    let mut proc = start_in(Opts::default().args(&[]), tmp.path());
     proc.wait_ready(READY_DEADLINE).await;
-    create_site(&proc).await;
+    proc.site(SITE, "example.com").await;
     let paths: Vec<String> = (0..10).map(|i| format!("/t/{i}")).collect();
     for path in &paths {
         collect_one(&proc, path).await;
     }
-    assert_exit_zero(proc.sigterm(), "first run", &proc.stderr());
+    assert_exit_zero(proc.stop(), "first run", &proc.stderr());
 
     let newest = segment_files(tmp.path()).pop().expect("no segment file");
     let clean_len = std::fs::metadata(&newest).unwrap().len();
@@ -796,7 +743,7 @@ async fn a_torn_tail_is_truncated_on_restart() {
     let mut expected = paths.clone();
     expected.sort();
     assert_eq!(recent_urls(&data), expected, "{data}");
-    assert_exit_zero(proc.sigterm(), "second run", &proc.stderr());
+    assert_exit_zero(proc.stop(), "second run", &proc.stderr());
 }
 
 /// Start-up rounds of the early-SIGTERM test: each one is a chance to hit the window between the
@@ -806,16 +753,16 @@ const EARLY_SIGTERM_ROUNDS: usize = 10;
 #[tokio::test]
 async fn sigterm_right_after_the_address_is_announced_exits_zero() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut proc = Proc::start(tmp.path(), &[]);
+    let mut proc = start_in(Opts::default().args(&[]), tmp.path());
     for round in 0..EARLY_SIGTERM_ROUNDS {
-        // `Proc::start` and `respawn` return as soon as the `listening on` line is read, so the
+        // `start_in` and `respawn` return as soon as the `listening on` line is read, so the
         // signal lands while the server is still entering its accept loop.
-        let status = proc.sigterm();
+        let status = proc.stop();
         assert_exit_zero(status, &format!("round {round}"), &proc.stderr());
         proc.respawn();
     }
     proc.wait_ready(READY_DEADLINE).await;
-    assert_exit_zero(proc.sigterm(), "last round", &proc.stderr());
+    assert_exit_zero(proc.stop(), "last round", &proc.stderr());
 }
 
 /// The targets of every event in the segment files of `data_dir`, read without modifying them
@@ -840,9 +787,9 @@ fn logged_targets(data_dir: &Path) -> Vec<String> {
 async fn interval_mode_writes_accepted_events_without_waiting_for_a_shutdown() {
     let tmp = tempfile::tempdir().unwrap();
     // Default durability: `interval`, where the writer lingers between writes.
-    let mut proc = Proc::start(tmp.path(), &[]);
+    let mut proc = start_in(Opts::default().args(&[]), tmp.path());
     proc.wait_ready(READY_DEADLINE).await;
-    create_site(&proc).await;
+    proc.site(SITE, "example.com").await;
     // Back to back, so most of them arrive while the writer lingers after the first write.
     let paths: Vec<String> = (0..20).map(|i| format!("/i/{i}")).collect();
     for path in &paths {
@@ -869,5 +816,5 @@ async fn interval_mode_writes_accepted_events_without_waiting_for_a_shutdown() {
     proc.wait_ready(READY_DEADLINE).await;
     let data = proc.realtime_q(SITE, "?include_bots=true").await;
     assert_eq!(data["pagination"]["total_in_window"], 20, "{data}");
-    assert_exit_zero(proc.sigterm(), "after the restart", &proc.stderr());
+    assert_exit_zero(proc.stop(), "after the restart", &proc.stderr());
 }

@@ -2,8 +2,6 @@
 //! review would otherwise have to remember. They read only files inside the repository; they do
 //! not build or run anything.
 
-#![allow(clippy::expect_used, clippy::panic)]
-
 use std::path::{Path, PathBuf};
 
 /// The workspace root (this crate sits one level below it).

@@ -1,6 +1,7 @@
 //! The reference model of the engine and the runner that compares the two, shared by the
-//! property test (`tests/model.rs`) and the `engine_model` fuzz target (which includes this file
-//! by path). The model keeps every event in a `Vec` and answers each query by scanning it.
+//! engine's property test (`engine/tests/model.rs`) and the `engine_model` fuzz target. The
+//! model keeps every event in a `Vec` and answers each query by scanning it. It does not choose
+//! the operations: the property test draws them with proptest, the fuzz target from its input.
 
 // Test code: a failed unwrap is a failed check, which is what we want here.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]

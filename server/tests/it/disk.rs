@@ -6,16 +6,15 @@
 //! acknowledging (503 `log_stalled`, `/readyz` not ready), keeps what it already acknowledged in
 //! memory, and writes it once the disk takes writes again.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use pulse_testkit::fixtures::{assert_error, eventually, segment_files, CHROME_DESKTOP};
+use pulse_testkit::server::{Opts, Server};
 use serde_json::{json, Value};
-use support::*;
+
+use crate::start_in;
 
 const SITE: &str = "disk";
 const READY_DEADLINE: Duration = Duration::from_secs(30);
@@ -83,7 +82,7 @@ fn batch(first: usize) -> Value {
 
 /// Sends batches until one is refused with 503 `log_stalled` and returns how many events were
 /// acknowledged before it. Panics on any other answer, or when the disk never stalls.
-async fn fill_until_stalled(proc: &Proc) -> usize {
+async fn fill_until_stalled(proc: &Server) -> usize {
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut acked = 0;
     loop {
@@ -110,7 +109,7 @@ async fn fill_until_stalled(proc: &Proc) -> usize {
 
 /// Waits until a batch is acknowledged again after the disk got room, and returns how many events
 /// were acknowledged in all.
-async fn resume(proc: &Proc, acked: usize) -> usize {
+async fn resume(proc: &Server, acked: usize) -> usize {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let resp = proc
@@ -132,8 +131,8 @@ async fn resume(proc: &Proc, acked: usize) -> usize {
 
 /// Stops the server cleanly, starts it again on the same data and checks that exactly the
 /// acknowledged events are back.
-async fn check_every_ack_survives_a_restart(proc: &mut Proc, acked: usize) {
-    let status = proc.sigterm();
+async fn check_every_ack_survives_a_restart(proc: &mut Server, acked: usize) {
+    let status = proc.stop();
     assert!(
         status.success(),
         "SIGTERM: {status}; stderr:\n{}",
@@ -148,7 +147,7 @@ async fn check_every_ack_survives_a_restart(proc: &mut Proc, acked: usize) {
         Some(acked as u64),
         "every acknowledged event must be counted after the restart: {data}"
     );
-    let status = proc.sigterm();
+    let status = proc.stop();
     assert!(
         status.success(),
         "SIGTERM: {status}; stderr:\n{}",
@@ -156,8 +155,8 @@ async fn check_every_ack_survives_a_restart(proc: &mut Proc, acked: usize) {
     );
 }
 
-async fn start_on(disk: &SmallDisk, args: &[&str]) -> Proc {
-    let proc = Proc::start(&disk.path().join("data"), args);
+async fn start_on(disk: &SmallDisk, args: &[&str]) -> Server {
+    let proc = start_in(Opts::default().args(args), &disk.path().join("data"));
     proc.wait_ready(READY_DEADLINE).await;
     let resp = proc
         .post_json(
@@ -224,7 +223,10 @@ async fn free_space_below_the_reserve_stops_acknowledging_before_the_disk_is_ful
 async fn segments_deleted_under_a_running_server_are_written_back() {
     let dir = tempfile::tempdir().unwrap();
     // Every append after the first rolls, so there are sealed segments as well as the open one.
-    let mut proc = Proc::start(dir.path(), &["--segment-max-bytes", "1"]);
+    let mut proc = start_in(
+        Opts::default().args(&["--segment-max-bytes", "1"]),
+        dir.path(),
+    );
     proc.wait_ready(READY_DEADLINE).await;
     let resp = proc
         .post_json(

@@ -1,3 +1,0 @@
-//! Shared support for the engine's integration tests.
-
-pub mod model;

@@ -1,0 +1,45 @@
+//! The integration tests of the `pulse` binary, as one test binary so the test kit is compiled
+//! and linked once: each test starts the real binary on `127.0.0.1:0` through
+//! `pulse_testkit::server` and checks it from outside. This file only knows where Cargo put the
+//! binary; the harness, the client and the fixtures are the test kit's.
+//!
+//! - `http`: the HTTP API, one behaviour per test (issue 3).
+//! - `assets`: the embedded tracker and dashboard files (issue 5).
+//! - `crash`: SIGKILL, SIGTERM and damaged logs against the event log (issue 4).
+//! - `overload`: memory limit, `/metrics`, rate limit and a full write queue (issue 6).
+//! - `disk`: a disk that fills up, free space below the reserve, segments deleted underneath.
+//! - `tidy`: house rules over the source tree (no server started).
+//!
+//! The browser test (`server/tests/browser/`, Node) is separate.
+
+// Test code: a failed unwrap or panic is a failed check, which is what we want here.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::Path;
+
+use pulse_testkit::server::{Opts, Server};
+
+mod assets;
+#[cfg(unix)]
+mod crash;
+#[cfg(target_os = "linux")]
+mod disk;
+mod http;
+#[cfg(target_os = "linux")]
+mod overload;
+mod tidy;
+
+/// The `pulse` binary Cargo built for these tests.
+fn pulse_bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_pulse"))
+}
+
+/// Starts `pulse` with `opts` on a fresh temporary data directory.
+fn start(opts: Opts) -> Server {
+    Server::start(pulse_bin(), opts)
+}
+
+/// Starts `pulse` with `opts` on `data_dir`, which the caller owns (so it outlives a SIGKILL).
+fn start_in(opts: Opts, data_dir: &Path) -> Server {
+    Server::start_in(pulse_bin(), opts, data_dir)
+}
