@@ -1,8 +1,9 @@
-//! Referrer normalisation: from whatever a browser sent as `referrer` to the host shown in the
-//! realtime list — lower-cased, port, credentials and a leading `www.` removed — or nothing, for
-//! a self-referral, an empty value or anything that is not a URL with a host.
+//! URL normalisation for untrusted input: page URLs become paths (`page_path`), referrers
+//! become the host shown in the realtime list (`normalized_host`, `referrer_domain`) and a
+//! website's configured domain is normalised the same way (`normalized_domain`).
 //!
-//! Only the host survives: paths and query strings of referrers can carry personal data.
+//! Only the path of a page URL and the host of a referrer survive: query strings, fragments and
+//! referrer paths can carry personal data.
 
 /// Longest host kept, in bytes (the DNS limit).
 const MAX_HOST_LEN: usize = 253;
@@ -56,6 +57,43 @@ pub fn referrer_domain(referrer: Option<&str>, site_domain: &str) -> Option<Stri
                 .strip_suffix(site_domain)
                 .is_some_and(|prefix| prefix.ends_with('.')));
     (!is_self).then_some(host)
+}
+
+/// The path of a page URL — an absolute `http(s)` URL or a path starting with `/` — without
+/// query string or fragment, which can carry personal data.
+pub fn page_path(url: &str) -> Result<&str, &'static str> {
+    const WHY: &str = "must be a path starting with / or an absolute http(s) URL";
+    let url = url.trim();
+    if url.chars().any(char::is_control) {
+        return Err("must not contain control characters");
+    }
+    let strip_query = |s: &str| -> usize { s.find(['?', '#']).unwrap_or(s.len()) };
+    if url.starts_with('/') {
+        if url.starts_with("//") {
+            return Err(WHY);
+        }
+        return Ok(&url[..strip_query(url)]);
+    }
+    let lower_scheme = url
+        .get(..8)
+        .map(str::to_ascii_lowercase)
+        .unwrap_or_default();
+    let rest = if lower_scheme.starts_with("http://") {
+        &url[7..]
+    } else if lower_scheme.starts_with("https://") {
+        &url[8..]
+    } else {
+        return Err(WHY);
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    if authority_end == 0 {
+        return Err("must name a host");
+    }
+    let after = &rest[authority_end..];
+    if !after.starts_with('/') {
+        return Ok("/");
+    }
+    Ok(&after[..strip_query(after)])
 }
 
 #[cfg(test)]
@@ -138,5 +176,21 @@ mod tests {
             None,
         );
         assert_eq!(referrer_domain(None, "example.com"), None);
+    }
+
+    #[test]
+    fn pageview_urls_become_paths_without_query_or_fragment() {
+        let check = |url: &str, expected: Result<&str, ()>| {
+            assert_eq!(page_path(url).map_err(|_| ()), expected, "{url:?}");
+        };
+        check("/pricing?email=a@b.c#top", Ok("/pricing"));
+        check("https://example.com/blog/post?x=1", Ok("/blog/post"));
+        check("HTTPS://example.com", Ok("/"));
+        check("http://example.com?utm=1", Ok("/"));
+        check("http://example.com:8080/a#b", Ok("/a"));
+        check("https:///nohost", Err(()));
+        check("example.com/path", Err(()));
+        check("javascript:alert(1)", Err(()));
+        check("/a\nb", Err(()));
     }
 }
