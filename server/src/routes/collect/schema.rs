@@ -229,13 +229,6 @@ fn validate<'a>(raw: &RawEvent<'a>) -> Result<CollectEvent<'a>, ApiError> {
     }
     let path = page_path(&url).map_err(|why| ApiError::invalid_field("url", why))?;
     let target = match kind {
-        // Percent-encoding can make a path up to three times longer than the URL it came from.
-        EventKind::Pageview if path.len() > MAX_URL_BYTES => {
-            return Err(ApiError::invalid_field(
-                "url",
-                format!("must have a path of at most {MAX_URL_BYTES} bytes once percent-encoded"),
-            ))
-        }
         EventKind::Pageview => Arc::from(path),
         EventKind::Custom => {
             let name = required(
@@ -382,13 +375,6 @@ mod tests {
         );
         check(
             r#"{"website_id":"s","type":"pageview","url":"//evil/"}"#,
-            "invalid_field",
-        );
-        check(
-            &format!(
-                r#"{{"website_id":"s","type":"pageview","url":"/{}x"}}"#,
-                " ".repeat(1000)
-            ),
             "invalid_field",
         );
         check(
