@@ -1,24 +1,28 @@
 //! Which address a request comes from: the socket peer, unless the peer is a trusted reverse
 //! proxy, in which case the right-most untrusted hop of `X-Forwarded-For` (or `X-Real-IP`).
 //!
-//! Owns `Cidr` parsing and the forwarding rules. It never stores or logs the address; the caller
-//! hashes it into a visitor id and drops it.
+//! Owns the `Cidr` rules (syntax and matching are the `ipnetwork` crate's) and the forwarding
+//! rules. It never stores or logs the address; the caller hashes it into a visitor id and drops
+//! it.
 
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 
 use axum::http::HeaderMap;
+use ipnetwork::{IpNetwork, Ipv4Network};
 
-/// An IPv4 or IPv6 network, `addr/prefix`; a bare address means a single host.
+/// An IPv4 or IPv6 network, `addr/prefix`; a bare address means a single host. Parsing and
+/// matching are `ipnetwork`'s (already compiled in through `maxminddb`); this type adds the
+/// dual-stack rules below and an error that names the flag's syntax.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    network: IpAddr,
-    prefix: u8,
-}
+pub struct Cidr(IpNetwork);
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("invalid CIDR {0:?}: expected an address or address/prefix, like 10.0.0.0/8 or ::1")]
 pub struct InvalidCidr(String);
+
+/// Length of the `::ffff:0:0/96` prefix that IPv4-mapped IPv6 addresses share.
+const MAPPED_PREFIX_BITS: u8 = 96;
 
 impl FromStr for Cidr {
     type Err = InvalidCidr;
@@ -26,43 +30,29 @@ impl FromStr for Cidr {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let s = s.trim();
         let invalid = || InvalidCidr(s.to_owned());
-        let (addr, prefix) = match s.split_once('/') {
-            Some((addr, prefix)) => (addr, Some(prefix)),
-            None => (s, None),
+        let network: IpNetwork = s.parse().map_err(|_| invalid())?;
+        // A network written as IPv4-mapped IPv6 (`::ffff:10.0.0.0/104`) is stored as the IPv4
+        // network it denotes, since `contains` compares mapped addresses as IPv4.
+        let network = match network {
+            IpNetwork::V6(v6) if v6.prefix() >= MAPPED_PREFIX_BITS => {
+                match v6.network().to_ipv4_mapped() {
+                    Some(v4) => IpNetwork::V4(
+                        Ipv4Network::new(v4, v6.prefix() - MAPPED_PREFIX_BITS)
+                            .map_err(|_| invalid())?,
+                    ),
+                    None => network,
+                }
+            }
+            _ => network,
         };
-        let network: IpAddr = addr.parse().map_err(|_| invalid())?;
-        let max = if network.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix {
-            Some(p) => p
-                .parse::<u8>()
-                .ok()
-                .filter(|p| *p <= max)
-                .ok_or_else(invalid)?,
-            None => max,
-        };
-        Ok(Self { network, prefix })
+        Ok(Self(network))
     }
 }
 
 impl Cidr {
     pub fn contains(&self, ip: IpAddr) -> bool {
         // Compare IPv4-mapped IPv6 addresses as IPv4, as a dual-stack socket reports them.
-        let ip = ip.to_canonical();
-        match (self.network, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u32::from(net) & mask == u32::from(ip) & mask
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u128::from(net) & mask == u128::from(ip) & mask
-            }
-            _ => false,
-        }
+        self.0.contains(ip.to_canonical())
     }
 }
 
@@ -247,5 +237,37 @@ mod tests {
         ] {
             assert!(bad.parse::<Cidr>().is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn cidr_with_host_bits_set_matches_its_whole_network() {
+        let net: Cidr = "10.1.2.3/8".parse().unwrap();
+        assert!(net.contains("10.200.0.1".parse().unwrap()));
+        assert!(!net.contains("11.0.0.1".parse().unwrap()));
+        let net: Cidr = "2001:db8::1/32".parse().unwrap();
+        assert!(net.contains("2001:db8:ffff::9".parse().unwrap()));
+        assert!(!net.contains("2001:db9::1".parse().unwrap()));
+    }
+
+    #[test]
+    fn cidr_accepts_an_ipv4_netmask_as_prefix() {
+        // ipnetwork's syntax, which the hand-written parser refused.
+        let net: Cidr = "10.0.0.0/255.255.0.0".parse().unwrap();
+        assert_eq!(net, "10.0.0.0/16".parse().unwrap());
+        assert!("10.0.0.0/255.0.255.0".parse::<Cidr>().is_err());
+    }
+
+    #[test]
+    fn ipv4_mapped_cidr_matches_ipv4_and_mapped_peers() {
+        let net: Cidr = "::ffff:10.0.0.0/104".parse().unwrap();
+        assert_eq!(net, "10.0.0.0/8".parse().unwrap());
+        assert!(net.contains("10.9.9.9".parse().unwrap()));
+        assert!(net.contains("::ffff:10.9.9.9".parse().unwrap()));
+        assert!(!net.contains("11.0.0.1".parse().unwrap()));
+        let host: Cidr = "::ffff:127.0.0.1".parse().unwrap();
+        assert!(host.contains("127.0.0.1".parse().unwrap()));
+        // A prefix shorter than the mapped range stays an IPv6 network.
+        let wide: Cidr = "::/8".parse().unwrap();
+        assert!(wide.contains("::1".parse().unwrap()));
     }
 }

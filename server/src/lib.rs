@@ -12,7 +12,8 @@
 //!   `realtime`, `websites`, `health`, `scrape` — `GET /metrics`, `assets` — the embedded
 //!   dashboard and `/s.js` tracker).
 //! - `auth`: the admin token check. `body`: bounded, timed body reading.
-//! - `client_ip`: trusted proxies and `X-Forwarded-For`. `referrer`: referrer hosts.
+//! - `client_ip`: trusted proxies and `X-Forwarded-For`. `url_normaliser`: page paths and referrer
+//!   hosts.
 //! - `user_agent`: bot, browser and device classification in one pass.
 //! - `event_log`: `EventLog`, the write queue, replay and the writer thread (`Durability`).
 //! - `salts`: daily salts on disk. `websites`: the website registry and its file.
@@ -51,10 +52,10 @@ pub mod geoip;
 pub mod memory;
 pub mod metrics;
 pub mod rate_limit;
-pub mod referrer;
 pub mod routes;
 pub mod salts;
 pub mod state;
+pub mod url_normaliser;
 pub mod user_agent;
 pub mod websites;
 
@@ -62,6 +63,10 @@ pub use config::Config;
 pub use error::{ApiError, ServerError};
 use event_log::LogFailure;
 pub use state::AppState;
+
+/// The old name of `url_normaliser`, kept until `websites` imports the new one (another change
+/// is rewriting that module).
+pub(crate) use url_normaliser as referrer;
 
 /// Largest request head (request line plus headers) accepted. Browsers send a few KiB; more
 /// is abuse. Hyper refuses heads that do not fit its read buffer (twice this) while parsing;

@@ -14,8 +14,8 @@ use serde_json::{json, Map, Value};
 use crate::body::read_body;
 use crate::clock;
 use crate::error::ApiError;
-use crate::referrer::normalized_domain;
 use crate::state::AppState;
+use crate::url_normaliser::normalized_domain;
 use crate::websites::{BotPolicy, Website};
 
 const MAX_NAME_CHARS: usize = 100;

@@ -1,33 +1,22 @@
-//! `POST /api/collect`: pageviews and custom events from browsers — untrusted input.
+//! The collect wire format: the JSON a browser sends to `/api/collect`, one event object or an
+//! array of them, and `parse_batch`, the whole parse-validate-normalise step as a pure function
+//! of the body bytes (the `collect_body` fuzz target calls it directly).
 //!
-//! `parse_batch` is the whole parse-validate-normalise step as a pure function of the body
-//! bytes (the fuzz target calls it directly); the handler adds what comes from the connection:
-//! content type, client address, User-Agent, privacy signals, the website's settings and the
-//! clock. A batch is all-or-nothing: every event is validated and its website resolved before any
-//! is recorded.
+//! Owns the field limits and the error each malformed field gets. It knows nothing of the
+//! connection (headers, client address, clock) or of websites: the handler in `mod.rs` adds
+//! those. Page URLs are reduced to paths by `crate::url_normaliser`.
 
 use std::borrow::Cow;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::body::Body;
-use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
-use pulse_engine::{EngineError, Event, EventKind, Timestamp, WebsiteId};
-use pulse_snapshot::LogEntry;
+use axum::http::StatusCode;
+use pulse_engine::{EventKind, WebsiteId};
 use serde::de::{self, IgnoredAny, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::body::read_body;
-use crate::clock;
 use crate::error::ApiError;
-use crate::event_log::SubmitError;
-use crate::metrics::NotRecorded;
-use crate::referrer::referrer_domain;
-use crate::state::AppState;
-use crate::websites::WebsiteEntry;
+use crate::url_normaliser::page_path;
 
 /// Most events in one request.
 pub const MAX_BATCH: usize = 50;
@@ -327,258 +316,6 @@ fn nesting_depth(json: &str) -> usize {
     deepest
 }
 
-/// The path of a page URL — an absolute `http(s)` URL or a path starting with `/` — without
-/// query string or fragment, which can carry personal data.
-pub fn page_path(url: &str) -> Result<&str, &'static str> {
-    const WHY: &str = "must be a path starting with / or an absolute http(s) URL";
-    let url = url.trim();
-    if url.chars().any(char::is_control) {
-        return Err("must not contain control characters");
-    }
-    let strip_query = |s: &str| -> usize { s.find(['?', '#']).unwrap_or(s.len()) };
-    if url.starts_with('/') {
-        if url.starts_with("//") {
-            return Err(WHY);
-        }
-        return Ok(&url[..strip_query(url)]);
-    }
-    let lower_scheme = url
-        .get(..8)
-        .map(str::to_ascii_lowercase)
-        .unwrap_or_default();
-    let rest = if lower_scheme.starts_with("http://") {
-        &url[7..]
-    } else if lower_scheme.starts_with("https://") {
-        &url[8..]
-    } else {
-        return Err(WHY);
-    };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    if authority_end == 0 {
-        return Err("must name a host");
-    }
-    let after = &rest[authority_end..];
-    if !after.starts_with('/') {
-        return Ok("/");
-    }
-    Ok(&after[..strip_query(after)])
-}
-
-/// Whether the request's `Content-Type` is one collect reads (JSON, or text/plain from sendBeacon).
-pub fn is_accepted_content_type(headers: &HeaderMap) -> bool {
-    let Some(value) = headers.get(header::CONTENT_TYPE) else {
-        // A missing type is read as JSON; only a type that says otherwise is refused.
-        return true;
-    };
-    let Ok(value) = value.to_str() else {
-        return false;
-    };
-    let essence = value.split(';').next().unwrap_or("").trim();
-    essence.eq_ignore_ascii_case("application/json") || essence.eq_ignore_ascii_case("text/plain")
-}
-
-fn header_is_one(headers: &HeaderMap, name: &str) -> bool {
-    headers
-        .get(name)
-        .is_some_and(|v| v.as_bytes().trim_ascii() == b"1")
-}
-
-/// CORS headers on every collect response: any site may send events.
-pub async fn allow_any_origin(mut response: Response) -> Response {
-    response.headers_mut().insert(
-        header::ACCESS_CONTROL_ALLOW_ORIGIN,
-        HeaderValue::from_static("*"),
-    );
-    response
-}
-
-/// `OPTIONS /api/collect`: the CORS preflight.
-pub async fn preflight() -> Response {
-    let mut response = StatusCode::NO_CONTENT.into_response();
-    let headers = response.headers_mut();
-    headers.insert(
-        header::ACCESS_CONTROL_ALLOW_METHODS,
-        HeaderValue::from_static("POST, OPTIONS"),
-    );
-    headers.insert(
-        header::ACCESS_CONTROL_ALLOW_HEADERS,
-        HeaderValue::from_static("content-type"),
-    );
-    headers.insert(
-        header::ACCESS_CONTROL_MAX_AGE,
-        HeaderValue::from_static("86400"),
-    );
-    response
-}
-
-pub async fn collect(
-    State(state): State<Arc<AppState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    request: Request,
-) -> Result<Response, ApiError> {
-    // The request itself rather than a `HeaderMap` extractor, which would clone every header.
-    let (parts, body) = request.into_parts();
-    let outcome = accept(&state, peer, &parts.headers, body).await;
-    if let Err(error) = &outcome {
-        state
-            .metrics
-            .record_rejection(error.code, error.status.as_u16());
-    }
-    outcome
-}
-
-async fn accept(
-    state: &AppState,
-    peer: SocketAddr,
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    if !is_accepted_content_type(headers) {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "send events as application/json or text/plain",
-        ));
-    }
-    let ip = state.proxies.client_ip(peer, headers);
-    state
-        .rate_limiter
-        .check(ip, clock::now_ms())
-        .map_err(|wait_secs| {
-            ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                "too many requests from this address; slow down",
-            )
-            .retry_after(wait_secs)
-        })?;
-    let bytes = read_body(body, headers, &state.http, &state.bodies).await?;
-    let events = parse_batch(&bytes)?;
-    let resolved: Vec<(Arc<WebsiteEntry>, CollectEvent<'_>)> = events
-        .into_iter()
-        .map(|event| {
-            let website = state
-                .websites
-                .get(event.website_id.as_str())
-                .ok_or_else(ApiError::unknown_website)?;
-            Ok((website, event))
-        })
-        .collect::<Result<_, ApiError>>()?;
-
-    let opted_out = header_is_one(headers, "dnt") || header_is_one(headers, "sec-gpc");
-    let recorded = |(website, _): &(Arc<WebsiteEntry>, CollectEvent<'_>)| {
-        !(opted_out && website.website.respect_dnt)
-    };
-    let recorded_count = resolved.iter().filter(|r| recorded(r)).count();
-    let skipped = resolved.len() - recorded_count;
-    if skipped > 0 {
-        state
-            .metrics
-            .record_not_recorded(NotRecorded::Dnt, skipped as u64);
-    }
-    if recorded_count == 0 {
-        return Ok(accepted());
-    }
-
-    let now =
-        Timestamp::from_unix_ms(clock::now_ms()).map_err(|e| ApiError::internal(e.to_string()))?;
-    let user_agent = headers
-        .get(header::USER_AGENT)
-        .map(|v| String::from_utf8_lossy(v.as_bytes()))
-        .unwrap_or_default();
-    let class = state.user_agents.classify(&user_agent);
-    let identity = state
-        .salts
-        .identify(now, ip, &user_agent)
-        .map_err(|e: EngineError| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "salt_unavailable",
-                format!("no visitor salt is available: {e}"),
-            )
-        })?;
-    let country = state.geoip.as_ref().and_then(|g| g.country(ip));
-
-    let entries: Vec<LogEntry> = resolved
-        .into_iter()
-        .filter(recorded)
-        .map(|(website, event)| {
-            let referrer_domain = referrer_domain(event.referrer.as_deref(), &website.site_domain);
-            LogEntry {
-                event: Arc::new(Event {
-                    website: website.id.clone(),
-                    ts: now,
-                    visitor: identity.visitor,
-                    kind: event.kind,
-                    target: event.target,
-                    referrer_domain: referrer_domain.map(Arc::from),
-                    is_bot: class.is_bot,
-                    browser: class.browser,
-                    device: class.device,
-                    country,
-                }),
-                carried_from: identity.carried_from,
-            }
-        })
-        .collect();
-    // Queue for the log first: a 202 must mean the event will be in the log, so an event the
-    // queue refuses is not counted either.
-    let engine = &state.engine;
-    let accepted_events = entries.len();
-    let durable = state
-        .log
-        .submit(entries, |queued| {
-            for entry in queued {
-                if let Err(error) = engine.ingest(entry.event, entry.carried_from) {
-                    // Only possible when the website was deleted between validation and now.
-                    tracing::debug!(%error, "event not counted for a website deleted meanwhile");
-                }
-            }
-        })
-        .map_err(|e| match e {
-            SubmitError::Full => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "queue_full",
-                "the server is busy writing events; retry shortly",
-            )
-            .retry_after(1),
-            SubmitError::Closed => log_unavailable(),
-            SubmitError::Stalled => log_stalled(state),
-        })?;
-    if let Some(durable) = durable {
-        durable.await.map_err(|_| log_unavailable())?;
-    }
-    state.metrics.record_accepted(accepted_events as u64);
-    Ok(accepted())
-}
-
-fn log_unavailable() -> ApiError {
-    ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "log_unavailable",
-        "the event log is not accepting writes",
-    )
-}
-
-/// The disk refuses writes or is nearly full: nothing new is acknowledged until it recovers.
-fn log_stalled(state: &AppState) -> ApiError {
-    let why = state
-        .log
-        .status()
-        .stall()
-        .map_or_else(|| "the event log is stalled".to_owned(), |s| s.to_string());
-    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "log_stalled", why).retry_after(5)
-}
-
-fn accepted() -> Response {
-    (
-        StatusCode::ACCEPTED,
-        [(header::CONTENT_TYPE, "application/json")],
-        r#"{"ok":true}"#,
-    )
-        .into_response()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -662,22 +399,6 @@ mod tests {
             &format!(r#"{{"website_id":"s","type":"pageview","url":"/","event_data":{big_data}}}"#),
             "invalid_field",
         );
-    }
-
-    #[test]
-    fn pageview_urls_become_paths_without_query_or_fragment() {
-        let check = |url: &str, expected: Result<&str, ()>| {
-            assert_eq!(page_path(url).map_err(|_| ()), expected, "{url:?}");
-        };
-        check("/pricing?email=a@b.c#top", Ok("/pricing"));
-        check("https://example.com/blog/post?x=1", Ok("/blog/post"));
-        check("HTTPS://example.com", Ok("/"));
-        check("http://example.com?utm=1", Ok("/"));
-        check("http://example.com:8080/a#b", Ok("/a"));
-        check("https:///nohost", Err(()));
-        check("example.com/path", Err(()));
-        check("javascript:alert(1)", Err(()));
-        check("/a\nb", Err(()));
     }
 
     #[test]

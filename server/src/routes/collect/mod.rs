@@ -1,0 +1,250 @@
+//! `POST /api/collect`: pageviews and custom events from browsers — untrusted input.
+//!
+//! The handler runs named steps in order: `admit` (content type, rate limit), read and
+//! `schema::parse_batch` the body, `resolve_websites`, `drop_opted_out` (privacy signals),
+//! `log_entries` (what the connection adds: visitor identity, User-Agent class, country, the
+//! clock) and `submit` (the log queue, then the engine). A batch is all-or-nothing: every event
+//! is validated and its website resolved before any is recorded.
+//!
+//! The wire format lives in `schema`, CORS in `cors`, header reading in `headers`; URL rules are
+//! `crate::url_normaliser`'s.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use pulse_engine::{EngineError, Event, Timestamp};
+use pulse_snapshot::LogEntry;
+
+use crate::body::read_body;
+use crate::clock;
+use crate::error::ApiError;
+use crate::event_log::SubmitError;
+use crate::metrics::NotRecorded;
+use crate::state::AppState;
+use crate::url_normaliser::referrer_domain;
+use crate::websites::WebsiteEntry;
+
+mod cors;
+mod headers;
+mod schema;
+
+pub use cors::{allow_any_origin, preflight};
+pub use headers::is_accepted_content_type;
+pub use schema::{
+    parse_batch, CollectEvent, MAX_BATCH, MAX_EVENT_DATA_BYTES, MAX_EVENT_DATA_DEPTH,
+    MAX_EVENT_NAME_CHARS, MAX_SHORT_FIELD_CHARS, MAX_URL_BYTES,
+};
+
+/// A validated event and the website it was sent for.
+struct WebsiteEvent<'a> {
+    website: Arc<WebsiteEntry>,
+    event: CollectEvent<'a>,
+}
+
+pub async fn collect(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    // The request itself rather than a `HeaderMap` extractor, which would clone every header.
+    let (parts, body) = request.into_parts();
+    let outcome = accept(&state, peer, &parts.headers, body).await;
+    if let Err(error) = &outcome {
+        state
+            .metrics
+            .record_rejection(error.code, error.status.as_u16());
+    }
+    outcome
+}
+
+async fn accept(
+    state: &AppState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    body: axum::body::Body,
+) -> Result<Response, ApiError> {
+    let ip = admit(state, peer, headers)?;
+    let bytes = read_body(body, headers, &state.http, &state.bodies).await?;
+    let events = resolve_websites(state, parse_batch(&bytes)?)?;
+    let events = drop_opted_out(state, headers, events);
+    if events.is_empty() {
+        return Ok(accepted());
+    }
+    let entries = log_entries(state, ip, headers, events)?;
+    submit(state, entries).await?;
+    Ok(accepted())
+}
+
+/// Refuses a request before its body is read: a content type collect does not parse, or a
+/// client address over its rate. Returns the client address.
+fn admit(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> Result<IpAddr, ApiError> {
+    if !is_accepted_content_type(headers) {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send events as application/json or text/plain",
+        ));
+    }
+    let ip = state.proxies.client_ip(peer, headers);
+    state
+        .rate_limiter
+        .check(ip, clock::now_ms())
+        .map_err(|wait_secs| {
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "too many requests from this address; slow down",
+            )
+            .retry_after(wait_secs)
+        })?;
+    Ok(ip)
+}
+
+/// Pairs every event with its website, or refuses the whole batch if any website is unknown.
+fn resolve_websites<'a>(
+    state: &AppState,
+    events: Vec<CollectEvent<'a>>,
+) -> Result<Vec<WebsiteEvent<'a>>, ApiError> {
+    events
+        .into_iter()
+        .map(|event| {
+            let website = state
+                .websites
+                .get(event.website_id.as_str())
+                .ok_or_else(ApiError::unknown_website)?;
+            Ok(WebsiteEvent { website, event })
+        })
+        .collect()
+}
+
+/// Drops the events of websites that respect DNT when the visitor opted out, and counts them.
+fn drop_opted_out<'a>(
+    state: &AppState,
+    headers: &HeaderMap,
+    mut events: Vec<WebsiteEvent<'a>>,
+) -> Vec<WebsiteEvent<'a>> {
+    if !headers::opted_out(headers) {
+        return events;
+    }
+    let before = events.len();
+    events.retain(|e| !e.website.website.respect_dnt);
+    let skipped = before - events.len();
+    if skipped > 0 {
+        state
+            .metrics
+            .record_not_recorded(NotRecorded::Dnt, skipped as u64);
+    }
+    events
+}
+
+/// The log entries for `events`: what the connection adds to each — the time, the visitor's
+/// daily identity, the User-Agent's class, the country — and the referrer reduced to a host.
+fn log_entries(
+    state: &AppState,
+    ip: IpAddr,
+    headers: &HeaderMap,
+    events: Vec<WebsiteEvent<'_>>,
+) -> Result<Vec<LogEntry>, ApiError> {
+    let now =
+        Timestamp::from_unix_ms(clock::now_ms()).map_err(|e| ApiError::internal(e.to_string()))?;
+    let user_agent = headers
+        .get(header::USER_AGENT)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()))
+        .unwrap_or_default();
+    let class = state.user_agents.classify(&user_agent);
+    let identity = state
+        .salts
+        .identify(now, ip, &user_agent)
+        .map_err(|e: EngineError| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "salt_unavailable",
+                format!("no visitor salt is available: {e}"),
+            )
+        })?;
+    let country = state.geoip.as_ref().and_then(|g| g.country(ip));
+    Ok(events
+        .into_iter()
+        .map(|WebsiteEvent { website, event }| {
+            let referrer_domain = referrer_domain(event.referrer.as_deref(), &website.site_domain);
+            LogEntry {
+                event: Arc::new(Event {
+                    website: website.id.clone(),
+                    ts: now,
+                    visitor: identity.visitor,
+                    kind: event.kind,
+                    target: event.target,
+                    referrer_domain: referrer_domain.map(Arc::from),
+                    is_bot: class.is_bot,
+                    browser: class.browser,
+                    device: class.device,
+                    country,
+                }),
+                carried_from: identity.carried_from,
+            }
+        })
+        .collect())
+}
+
+/// Queues `entries` for the log and counts them in the engine, then waits for the durability
+/// the server promises. A 202 must mean the event will be in the log, so an event the queue
+/// refuses is not counted either.
+async fn submit(state: &AppState, entries: Vec<LogEntry>) -> Result<(), ApiError> {
+    let engine = &state.engine;
+    let accepted_events = entries.len();
+    let durable = state
+        .log
+        .submit(entries, |queued| {
+            for entry in queued {
+                if let Err(error) = engine.ingest(entry.event, entry.carried_from) {
+                    // Only possible when the website was deleted between validation and now.
+                    tracing::debug!(%error, "event not counted for a website deleted meanwhile");
+                }
+            }
+        })
+        .map_err(|e| match e {
+            SubmitError::Full => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "queue_full",
+                "the server is busy writing events; retry shortly",
+            )
+            .retry_after(1),
+            SubmitError::Closed => log_unavailable(),
+            SubmitError::Stalled => log_stalled(state),
+        })?;
+    if let Some(durable) = durable {
+        durable.await.map_err(|_| log_unavailable())?;
+    }
+    state.metrics.record_accepted(accepted_events as u64);
+    Ok(())
+}
+
+fn log_unavailable() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "log_unavailable",
+        "the event log is not accepting writes",
+    )
+}
+
+/// The disk refuses writes or is nearly full: nothing new is acknowledged until it recovers.
+fn log_stalled(state: &AppState) -> ApiError {
+    let why = state
+        .log
+        .status()
+        .stall()
+        .map_or_else(|| "the event log is stalled".to_owned(), |s| s.to_string());
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "log_stalled", why).retry_after(5)
+}
+
+fn accepted() -> Response {
+    (
+        StatusCode::ACCEPTED,
+        [(header::CONTENT_TYPE, "application/json")],
+        r#"{"ok":true}"#,
+    )
+        .into_response()
+}
