@@ -43,6 +43,8 @@ pub struct Opts {
     pub via_env: bool,
     /// Further flags, always passed as arguments (`--durability sync`, …).
     pub extra_args: Vec<String>,
+    /// Further environment variables (`LD_PRELOAD` for libfaketime, …).
+    pub extra_env: Vec<(String, String)>,
 }
 
 impl Default for Opts {
@@ -54,6 +56,7 @@ impl Default for Opts {
             geoip_db: None,
             via_env: false,
             extra_args: Vec::new(),
+            extra_env: Vec::new(),
         }
     }
 }
@@ -81,6 +84,11 @@ impl Opts {
 
     pub fn via_env(mut self) -> Self {
         self.via_env = true;
+        self
+    }
+
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.extra_env.push((key.to_owned(), value.to_owned()));
         self
     }
 
@@ -123,6 +131,7 @@ impl Opts {
             }
         }
         cmd.args(&self.extra_args);
+        cmd.envs(self.extra_env.iter().map(|(k, v)| (k, v)));
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
