@@ -14,7 +14,8 @@
 //! - `client_ip`: trusted proxies and `X-Forwarded-For`. `referrer`: referrer hosts.
 //! - `user_agent`: bot, browser and device classification in one pass.
 //! - `event_log`: `EventLog`, the write queue, replay and the writer thread (`Durability`).
-//! - `salts`: daily salts on disk. `websites`: the website registry and its file.
+//! - `salts`: daily salts on disk. `catalog`: the websites — their file, the snapshot readers
+//!   load without locks, and the engine's set, changed together by one service.
 //! - `memory`: `MemoryPlan`, how `--memory-limit` is divided. `metrics`: counters and
 //!   histograms for `/metrics`. `rate_limit`: per-IP token buckets in fixed memory.
 //! - `geoip`: optional country lookup. `clock`: now and RFC 3339.
@@ -40,6 +41,7 @@ use tower::ServiceExt;
 pub mod atomic_file;
 pub mod auth;
 pub mod body;
+pub mod catalog;
 pub mod client_ip;
 pub mod clock;
 pub mod config;
@@ -54,7 +56,6 @@ pub mod routes;
 pub mod salts;
 pub mod state;
 pub mod user_agent;
-pub mod websites;
 
 pub use config::Config;
 pub use error::{ApiError, ServerError};

@@ -21,12 +21,12 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::body::read_body;
+use crate::catalog::WebsiteEntry;
 use crate::clock;
 use crate::error::ApiError;
 use crate::event_log::SubmitError;
 use crate::referrer::referrer_domain;
 use crate::state::AppState;
-use crate::websites::WebsiteEntry;
 
 /// Most events in one request.
 pub const MAX_BATCH: usize = 50;

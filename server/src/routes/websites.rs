@@ -1,5 +1,6 @@
-//! `/api/websites`: create, list, read, update and delete websites. Validates API input and keeps
-//! the engine's set of websites in step with the registry; storage is `WebsiteRegistry`'s job.
+//! `/api/websites`: create, list, read, update and delete websites. Validates API input and
+//! turns catalog errors into API errors; storing websites and registering them in the engine is
+//! `WebsiteCatalog`'s job alone.
 
 use std::sync::Arc;
 
@@ -12,11 +13,11 @@ use pulse_engine::{EngineError, WebsiteId};
 use serde_json::{json, Map, Value};
 
 use crate::body::read_body;
+use crate::catalog::{BotPolicy, CatalogError, Website, WebsitePatch};
 use crate::clock;
 use crate::error::ApiError;
 use crate::referrer::normalized_domain;
 use crate::state::AppState;
-use crate::websites::{BotPolicy, Website};
 
 const MAX_NAME_CHARS: usize = 100;
 const MAX_DOMAIN_BYTES: usize = 253;
@@ -105,17 +106,44 @@ fn generate_id() -> Result<String, ApiError> {
         .collect())
 }
 
-fn storage_error(error: std::io::Error) -> ApiError {
-    tracing::error!(%error, "websites file could not be written");
-    ApiError::internal("the websites file could not be written")
-}
-
-fn website_exists() -> ApiError {
-    ApiError::new(
-        StatusCode::CONFLICT,
-        "website_exists",
-        "a website with this id already exists",
-    )
+/// The API's answer to a refused or failed catalog change (the codes README.md lists).
+fn catalog_error(error: CatalogError) -> ApiError {
+    match error {
+        CatalogError::WebsiteExists { .. } => ApiError::new(
+            StatusCode::CONFLICT,
+            "website_exists",
+            "a website with this id already exists",
+        ),
+        CatalogError::UnknownWebsite { .. } => ApiError::unknown_website(),
+        CatalogError::TooManyWebsites { limit }
+        | CatalogError::EngineRefused {
+            source: EngineError::TooManyWebsites { limit },
+            ..
+        } => ApiError::new(
+            StatusCode::CONFLICT,
+            "too_many_websites",
+            format!("this server holds at most {limit} websites"),
+        ),
+        CatalogError::InvalidId { .. } => {
+            ApiError::invalid_field("id", "must be 1 to 64 characters of A-Z a-z 0-9 - _")
+        }
+        CatalogError::EngineRefused { .. } => {
+            tracing::error!(%error, "the engine refused a website");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "website_refused",
+                "the website could not be registered; nothing was changed",
+            )
+        }
+        CatalogError::Storage(_) | CatalogError::RollbackFailed { .. } => {
+            tracing::error!(%error, "websites file");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "storage_failed",
+                "the websites file could not be written",
+            )
+        }
+    }
 }
 
 pub async fn list(State(state): State<Arc<AppState>>) -> Json<Value> {
@@ -150,38 +178,15 @@ pub async fn create(
         None => generate_id()?,
     };
     let website = Website {
-        id: id.clone(),
+        id,
         name: name_field(&body)?.ok_or_else(|| ApiError::missing_field("name"))?,
         domain: domain_field(&body)?.ok_or_else(|| ApiError::missing_field("domain"))?,
         bot_policy: bot_policy_field(&body)?.unwrap_or(BotPolicy::Exclude),
         respect_dnt: respect_dnt_field(&body)?.unwrap_or(true),
         created_at: clock::format_rfc3339(clock::now_ms()),
     };
-    let max_websites = state.engine.limits().max_websites;
-    let created = website.clone();
-    state
-        .websites
-        .update(|sites| {
-            if sites.contains_key(&id) {
-                return Err(website_exists());
-            }
-            if sites.len() >= max_websites {
-                return Err(ApiError::new(
-                    StatusCode::CONFLICT,
-                    "too_many_websites",
-                    format!("this server holds at most {max_websites} websites"),
-                ));
-            }
-            sites.insert(id.clone(), created);
-            Ok(())
-        })
-        .map_err(storage_error)??;
-    let engine_id = WebsiteId::new(&id).map_err(|e| ApiError::internal(e.to_string()))?;
-    match state.engine.add_website(engine_id) {
-        Ok(()) | Err(EngineError::WebsiteExists) => {}
-        Err(e) => return Err(ApiError::internal(e.to_string())),
-    }
-    Ok((StatusCode::CREATED, Json(json!({ "data": website }))).into_response())
+    let created = state.websites.create(website).map_err(catalog_error)?;
+    Ok((StatusCode::CREATED, Json(json!({ "data": created }))).into_response())
 }
 
 pub async fn update(
@@ -195,29 +200,13 @@ pub async fn update(
     if opt_str(&body, "id")?.is_some_and(|new_id| new_id != id) {
         return Err(ApiError::invalid_field("id", "cannot be changed"));
     }
-    let name = name_field(&body)?;
-    let domain = domain_field(&body)?;
-    let bot_policy = bot_policy_field(&body)?;
-    let respect_dnt = respect_dnt_field(&body)?;
-    let updated = state
-        .websites
-        .update(|sites| {
-            let website = sites.get_mut(&id).ok_or_else(ApiError::unknown_website)?;
-            if let Some(name) = name {
-                website.name = name;
-            }
-            if let Some(domain) = domain {
-                website.domain = domain;
-            }
-            if let Some(policy) = bot_policy {
-                website.bot_policy = policy;
-            }
-            if let Some(respect) = respect_dnt {
-                website.respect_dnt = respect;
-            }
-            Ok(website.clone())
-        })
-        .map_err(storage_error)??;
+    let patch = WebsitePatch {
+        name: name_field(&body)?,
+        domain: domain_field(&body)?,
+        bot_policy: bot_policy_field(&body)?,
+        respect_dnt: respect_dnt_field(&body)?,
+    };
+    let updated = state.websites.patch(&id, patch).map_err(catalog_error)?;
     Ok(Json(json!({ "data": updated })))
 }
 
@@ -225,19 +214,7 @@ pub async fn delete(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    state
-        .websites
-        .update(|sites| {
-            sites
-                .remove(&id)
-                .map(|_| ())
-                .ok_or_else(ApiError::unknown_website)
-        })
-        .map_err(storage_error)??;
-    if let Ok(engine_id) = WebsiteId::new(&id) {
-        // The engine may not hold it if it was never valid there; either way it is gone now.
-        let _ = state.engine.remove_website(&engine_id);
-    }
+    state.websites.delete(&id).map_err(catalog_error)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
