@@ -221,6 +221,128 @@ pub async fn delete(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::http::Request;
+    use clap::Parser;
+    use tower::ServiceExt;
+
+    use crate::config::Config;
+
+    /// Sends one request through the full router and returns the status and the JSON body.
+    async fn call(state: &Arc<AppState>, method: &str, uri: &str, body: Value) -> (u16, Value) {
+        let request = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap();
+        let response = crate::routes::router(Arc::clone(state))
+            .oneshot(request)
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        let json = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap()
+        };
+        (status, json)
+    }
+
+    #[tokio::test]
+    async fn a_website_the_engine_refuses_is_a_409_and_is_stored_nowhere() {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().to_str().unwrap();
+        let config = Config::parse_from(["pulse", "--data-dir", data_dir, "--max-websites", "2"]);
+        let state = Arc::new(AppState::open(&config, clock::now_ms()).unwrap());
+        let site = |id: &str| json!({"id": id, "name": "Blog", "domain": "example.com"});
+        assert_eq!(
+            call(&state, "POST", "/api/websites", site("a")).await.0,
+            201
+        );
+        let file_before = std::fs::read(dir.path().join("websites.json")).unwrap();
+        // The engine fills up behind the catalog's back, so only the engine step refuses.
+        state
+            .engine
+            .add_website(WebsiteId::new("intruder").unwrap())
+            .unwrap();
+        let (status, body) = call(&state, "POST", "/api/websites", site("b")).await;
+        assert_eq!(status, 409, "{body}");
+        assert_eq!(body["error"]["code"], "too_many_websites", "{body}");
+        let (_, listed) = call(&state, "GET", "/api/websites", Value::Null).await;
+        assert_eq!(listed["data"].as_array().unwrap().len(), 1, "{listed}");
+        assert_eq!(
+            std::fs::read(dir.path().join("websites.json")).unwrap(),
+            file_before
+        );
+        let (status, _) = call(&state, "GET", "/api/websites/b/realtime", Value::Null).await;
+        assert_eq!(status, 404);
+    }
+
+    #[test]
+    fn catalog_errors_answer_their_documented_codes() {
+        let engine_refused = |source| CatalogError::EngineRefused {
+            id: "b".into(),
+            source,
+        };
+        let cases = [
+            (
+                CatalogError::WebsiteExists { id: "a".into() },
+                409,
+                "website_exists",
+            ),
+            (
+                CatalogError::UnknownWebsite { id: "a".into() },
+                404,
+                "unknown_website",
+            ),
+            (
+                CatalogError::TooManyWebsites { limit: 2 },
+                409,
+                "too_many_websites",
+            ),
+            (
+                engine_refused(EngineError::TooManyWebsites { limit: 2 }),
+                409,
+                "too_many_websites",
+            ),
+            (
+                engine_refused(EngineError::InvalidWebsiteId),
+                500,
+                "website_refused",
+            ),
+            (
+                CatalogError::InvalidId { id: "?".into() },
+                400,
+                "invalid_field",
+            ),
+            (
+                CatalogError::Storage(std::io::Error::other("disk full")),
+                500,
+                "storage_failed",
+            ),
+            (
+                CatalogError::RollbackFailed {
+                    id: "b".into(),
+                    refused: EngineError::InvalidWebsiteId,
+                    source: std::io::Error::other("disk full"),
+                },
+                500,
+                "storage_failed",
+            ),
+        ];
+        for (error, status, code) in cases {
+            let what = error.to_string();
+            let answer = catalog_error(error);
+            assert_eq!(
+                (answer.status.as_u16(), answer.code),
+                (status, code),
+                "{what}"
+            );
+        }
+    }
 
     #[test]
     fn generated_ids_are_url_safe_website_ids() {
