@@ -158,10 +158,6 @@ impl AtomicJsonFile {
             path: data_dir.join("websites.json"),
         }
     }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
 }
 
 impl CatalogFile for AtomicJsonFile {
@@ -290,11 +286,6 @@ impl WebsiteCatalog {
     /// Every website, ordered by id, without waiting for any writer.
     pub fn list(&self) -> Vec<Website> {
         self.snapshot.load().websites().cloned().collect()
-    }
-
-    /// The published state, without waiting for any writer.
-    pub fn snapshot(&self) -> Arc<CatalogSnapshot> {
-        self.snapshot.load_full()
     }
 
     /// Adds `website`, stores it and registers it in the engine.
@@ -522,6 +513,33 @@ mod tests {
         assert_eq!(reopened.get("a").unwrap().site_domain, "example.com");
         assert!(engine_has(&reopened_engine, "a"));
         assert_eq!(reopened_engine.website_count(), 1);
+    }
+
+    #[test]
+    fn a_websites_file_written_by_the_registry_before_it_opens_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        // Byte for byte what `WebsiteRegistry` wrote before the catalog replaced it.
+        let old = r#"{
+  "version": 1,
+  "websites": [
+    {
+      "id": "blog",
+      "name": "Blog",
+      "domain": "www.example.com",
+      "bot_policy": "include",
+      "respect_dnt": false,
+      "created_at": "2026-03-03T10:45:23Z"
+    }
+  ]
+}"#;
+        std::fs::write(dir.path().join("websites.json"), old).unwrap();
+        let engine = engine(10);
+        let catalog = WebsiteCatalog::open(dir.path(), Arc::clone(&engine)).unwrap();
+        let blog = catalog.get("blog").unwrap();
+        assert_eq!(blog.website.bot_policy, BotPolicy::Include);
+        assert!(!blog.website.respect_dnt);
+        assert!(engine_has(&engine, "blog"));
+        assert_eq!(catalog.snapshot.load().encode().unwrap(), old.as_bytes());
     }
 
     #[test]
