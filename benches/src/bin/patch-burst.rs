@@ -1,10 +1,11 @@
 //! `patch-burst`: collect latency while website PATCHes arrive, against idle, in one run.
 //!
 //! A probe thread sends `POST /api/collect` on its own keep-alive connection every
-//! `--probe-interval-ms` for two phases of `--phase-secs` each: first with nothing else going on
-//! (idle), then while a second thread PATCHes the same website `--patch-per-sec` times a second
-//! (burst). It prints one JSON line with each phase's collect percentiles, the burst/idle p99
-//! ratio and the PATCH count. It measures; it does not judge (the figure goes in BENCHMARKS.md).
+//! `--probe-interval-ms` for `2 × --phase-secs`, in alternating slices of `--slice-secs`: idle
+//! slices with nothing else going on, and burst slices while a second thread PATCHes the same
+//! website `--patch-per-sec` times a second. Alternating makes both phases share the machine's
+//! background noise. It prints one JSON line with each phase's collect percentiles, the
+//! burst/idle p99 ratio and the PATCH count. It measures; it does not judge (the figure goes in BENCHMARKS.md).
 //! The load harness proper (`pulse-load`) and the HTTP client (`load::http`) live elsewhere.
 //!
 //! Start the server with `--rate-limit-per-ip 0` (every probe comes from 127.0.0.1) and a data
@@ -45,6 +46,9 @@ struct Args {
     /// Website PATCHes per second during the burst phase.
     #[arg(long, default_value_t = 50.0)]
     patch_per_sec: f64,
+    /// Length of one idle or burst slice.
+    #[arg(long, default_value_t = 1.0)]
+    slice_secs: f64,
     /// Pause between two collect probes (0: back to back).
     #[arg(long, default_value_t = 1)]
     probe_interval_ms: u64,
@@ -78,8 +82,14 @@ impl Phase {
     }
 }
 
-/// Sends collect probes on one connection until `duration` has passed.
-fn probe(args: &Args, duration: Duration) -> anyhow::Result<Phase> {
+/// Sends collect probes on one connection for `2 × phase`, alternating idle and burst slices
+/// (`patching` is set during burst slices); returns (idle, burst).
+fn probe(
+    args: &Args,
+    phase: Duration,
+    slice: Duration,
+    patching: &AtomicBool,
+) -> anyhow::Result<(Phase, Phase)> {
     let body = json!({"website_id": args.website, "type": "pageview", "url": "/probe"}).to_string();
     let request = format!(
         "POST /api/collect HTTP/1.1\r\nhost: {}\r\nuser-agent: {USER_AGENT}\r\n\
@@ -90,12 +100,17 @@ fn probe(args: &Args, duration: Duration) -> anyhow::Result<Phase> {
     .into_bytes();
     let mut conn = BlockingConn::connect(args.addr, REQUEST_TIMEOUT)?;
     let interval = Duration::from_millis(args.probe_interval_ms);
-    let mut phase = Phase::default();
-    let end = Instant::now() + duration;
+    let (mut idle, mut burst) = (Phase::default(), Phase::default());
+    let start = Instant::now();
+    let end = start + phase * 2;
     while Instant::now() < end {
-        let start = Instant::now();
+        let slice_index = start.elapsed().as_secs_f64() / slice.as_secs_f64();
+        let in_burst = slice_index as u64 % 2 == 1;
+        patching.store(in_burst, Ordering::Relaxed);
+        let sent = Instant::now();
         let response = conn.send(&request, false)?;
-        let latency = start.elapsed();
+        let latency = sent.elapsed();
+        let phase = if in_burst { &mut burst } else { &mut idle };
         if response.status == 202 {
             phase.latency.record(latency);
         } else {
@@ -106,14 +121,16 @@ fn probe(args: &Args, duration: Duration) -> anyhow::Result<Phase> {
         }
         std::thread::sleep(interval);
     }
-    Ok(phase)
+    patching.store(false, Ordering::Relaxed);
+    Ok((idle, burst))
 }
 
-/// PATCHes the website at `per_sec` until `stop`; counts the 200s in `ok` and the rest in
-/// `failed`.
+/// PATCHes the website at `per_sec` while `patching` is set, until `stop`; counts the 200s in
+/// `ok` and the rest in `failed`.
 fn patch_loop(
     args: &Args,
     per_sec: f64,
+    patching: &AtomicBool,
     stop: &AtomicBool,
     ok: &AtomicU64,
     failed: &AtomicU64,
@@ -130,7 +147,10 @@ fn patch_loop(
             std::thread::sleep(due - now);
             continue;
         }
-        due += every;
+        due = now + every;
+        if !patching.load(Ordering::Relaxed) {
+            continue;
+        }
         i += 1;
         let body = json!({"name": format!("Burst {i}")}).to_string();
         let request = format_request("PATCH", &target, &host, args.token.as_deref(), Some(&body));
@@ -169,18 +189,22 @@ fn main() -> anyhow::Result<()> {
         bail!("--patch-per-sec must be a positive number");
     }
     let phase = Duration::try_from_secs_f64(args.phase_secs).context("--phase-secs")?;
+    let slice = Duration::try_from_secs_f64(args.slice_secs).context("--slice-secs")?;
+    if slice.is_zero() {
+        bail!("--slice-secs must be positive");
+    }
     create_website(&args)?;
-    let idle = probe(&args, phase)?;
 
-    let stop = AtomicBool::new(false);
+    let (patching, stop) = (AtomicBool::new(false), AtomicBool::new(false));
     let (ok, failed) = (AtomicU64::new(0), AtomicU64::new(0));
-    let (burst, patcher) = std::thread::scope(|scope| {
-        let patcher = scope.spawn(|| patch_loop(&args, args.patch_per_sec, &stop, &ok, &failed));
-        let burst = probe(&args, phase);
+    let (probed, patcher) = std::thread::scope(|scope| {
+        let patcher =
+            scope.spawn(|| patch_loop(&args, args.patch_per_sec, &patching, &stop, &ok, &failed));
+        let probed = probe(&args, phase, slice, &patching);
         stop.store(true, Ordering::Relaxed);
-        (burst, patcher.join())
+        (probed, patcher.join())
     });
-    let burst = burst?;
+    let (idle, burst) = probed?;
     match patcher {
         Ok(result) => result?,
         Err(_) => bail!("the PATCH thread panicked"),
@@ -200,6 +224,7 @@ fn main() -> anyhow::Result<()> {
         "patches_failed": failed.load(Ordering::Relaxed),
         "patch_per_sec": args.patch_per_sec,
         "phase_secs": args.phase_secs,
+        "slice_secs": args.slice_secs,
     });
     println!("{out}");
     if let Some(path) = &args.json {

@@ -13,7 +13,7 @@ use pulse_engine::{EngineError, WebsiteId};
 use serde_json::{json, Map, Value};
 
 use crate::body::read_body;
-use crate::catalog::{BotPolicy, CatalogError, Website, WebsitePatch};
+use crate::catalog::{BotPolicy, CatalogError, Website, WebsiteCatalog, WebsitePatch};
 use crate::clock;
 use crate::error::ApiError;
 use crate::referrer::normalized_domain;
@@ -106,6 +106,19 @@ fn generate_id() -> Result<String, ApiError> {
         .collect())
 }
 
+/// Runs a catalog change on tokio's blocking pool and maps its error. The change fsyncs the
+/// websites file; on a runtime worker that would stall every collect scheduled behind it.
+async fn change_catalog<T: Send + 'static>(
+    state: &Arc<AppState>,
+    change: impl FnOnce(&WebsiteCatalog) -> Result<T, CatalogError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let state = Arc::clone(state);
+    tokio::task::spawn_blocking(move || change(&state.websites))
+        .await
+        .map_err(|e| ApiError::internal(format!("the website change did not finish: {e}")))?
+        .map_err(catalog_error)
+}
+
 /// The API's answer to a refused or failed catalog change (the codes README.md lists).
 fn catalog_error(error: CatalogError) -> ApiError {
     match error {
@@ -185,7 +198,7 @@ pub async fn create(
         respect_dnt: respect_dnt_field(&body)?.unwrap_or(true),
         created_at: clock::format_rfc3339(clock::now_ms()),
     };
-    let created = state.websites.create(website).map_err(catalog_error)?;
+    let created = change_catalog(&state, move |catalog| catalog.create(website)).await?;
     Ok((StatusCode::CREATED, Json(json!({ "data": created }))).into_response())
 }
 
@@ -206,7 +219,7 @@ pub async fn update(
         bot_policy: bot_policy_field(&body)?,
         respect_dnt: respect_dnt_field(&body)?,
     };
-    let updated = state.websites.patch(&id, patch).map_err(catalog_error)?;
+    let updated = change_catalog(&state, move |catalog| catalog.patch(&id, patch)).await?;
     Ok(Json(json!({ "data": updated })))
 }
 
@@ -214,7 +227,7 @@ pub async fn delete(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    state.websites.delete(&id).map_err(catalog_error)?;
+    change_catalog(&state, move |catalog| catalog.delete(&id)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
