@@ -17,6 +17,8 @@
 #      restart_1m                       ~1M events in batches of 50, SIGTERM, restart: spawn
 #                                       to /readyz 200
 #      bytes_per_visitor                server RSS delta over 1M new distinct visitors
+#      collect_patch_burst              `patch-burst`: collect latency idle, then while the
+#                                       website is PATCHed 50 times a second (p99 ratio)
 # 3. With PULSE_BENCH_BASE=<commit>: benches/ab.sh, single-event ingest of `pulse` at that commit
 #    against this checkout's and the ceiling, interleaved over PULSE_BENCH_AB_ROUNDS rounds.
 # Each prints one summary line and writes JSON to target/bench-results/<UTC stamp>/<name>.json
@@ -139,7 +141,7 @@ fi
 # --- 2. HTTP ----------------------------------------------------------------------------------
 step "build (release)"
 cargo build --release -p pulse-server -p pulse-benches --bin pulse --bin pulse-load \
-  --bin http-ceiling
+  --bin http-ceiling --bin patch-burst
 
 ceiling() { # batch
   start_server "ceiling_$1" "" 127.0.0.1:0 http-ceiling || return 1
@@ -251,6 +253,18 @@ bytes_per_visitor() {
   stop_server bytes
 }
 
+collect_patch_burst() {
+  # A data dir on the repository's disk, not a possible tmpfs: a PATCH's cost is its fsyncs.
+  # Every probe comes from 127.0.0.1, so the per-address rate limit is off.
+  local dir=$PWD/target/bench-patch-burst
+  rm -rf "$dir"
+  PULSE_RATE_LIMIT_PER_IP=0 start_server patch_burst "$dir" || return 1
+  "$BIN/patch-burst" --addr "$SERVER_ADDR" --phase-secs "$SECS" --patch-per-sec 50 \
+    --json "$TMP/collect_patch_burst.json" || return 1
+  record collect_patch_burst "$TMP/collect_patch_burst.json"
+  stop_server patch_burst
+}
+
 scenario ceiling_single ceiling_single
 scenario ceiling_batch50 ceiling_batch50
 scenario ingest_single ingest_single
@@ -260,6 +274,7 @@ scenario realtime_under_load realtime_under_load
 scenario realtime_under_half_load realtime_under_half_load
 scenario restart_1m restart_1m
 scenario bytes_per_visitor bytes_per_visitor
+scenario collect_patch_burst collect_patch_burst
 
 # --- 3. A/B against an older commit (only with PULSE_BENCH_BASE) ------------------------------
 # Builds `pulse` at that commit in a temporary worktree (its own target dir under target/, so a

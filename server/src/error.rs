@@ -150,8 +150,11 @@ pub enum ServerError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("websites file {path}: {message}")]
-    WebsitesFile { path: PathBuf, message: String },
+    #[error("websites file {path} {source}")]
+    WebsitesFile {
+        path: PathBuf,
+        source: crate::catalog::CatalogOpenError,
+    },
     #[error("salt store {path}: {source}")]
     Salts {
         path: PathBuf,

@@ -16,7 +16,8 @@
 //!   hosts.
 //! - `user_agent`: bot, browser and device classification in one pass.
 //! - `event_log`: `EventLog`, the write queue, replay and the writer thread (`Durability`).
-//! - `salts`: daily salts on disk. `websites`: the website registry and its file.
+//! - `salts`: daily salts on disk. `catalog`: the websites — their file, the snapshot readers
+//!   load without locks, and the engine's set, changed together by one service.
 //! - `memory`: `MemoryPlan`, how `--memory-limit` is divided. `metrics`: the Prometheus
 //!   registry (`prometheus-client`), metric names, labels and the scrape encoding.
 //!   `rate_limit`: per-IP token buckets in fixed memory.
@@ -43,6 +44,7 @@ use tower::ServiceExt;
 pub mod atomic_file;
 pub mod auth;
 pub mod body;
+pub mod catalog;
 pub mod client_ip;
 pub mod clock;
 pub mod config;
@@ -57,16 +59,11 @@ pub mod salts;
 pub mod state;
 pub mod url_normaliser;
 pub mod user_agent;
-pub mod websites;
 
 pub use config::Config;
 pub use error::{ApiError, ServerError};
 use event_log::LogFailure;
 pub use state::AppState;
-
-/// The old name of `url_normaliser`, kept until `websites` imports the new one (another change
-/// is rewriting that module).
-pub(crate) use url_normaliser as referrer;
 
 /// Largest request head (request line plus headers) accepted. Browsers send a few KiB; more
 /// is abuse. Hyper refuses heads that do not fit its read buffer (twice this) while parsing;

@@ -4,14 +4,22 @@
 //! directory 0700), created when first needed, so a restart keeps visitor ids stable. Yesterday's
 //! salt is deleted as soon as the carry-over after midnight has passed. Which salt applies to an
 //! event is the engine's `SaltSchedule`; this module only adds randomness and files.
+//!
+//! Collect reads the schedule on every request, so it is an `ArcSwap` snapshot: reading takes
+//! no lock. Rotation and expiry take `maintenance` (a mutex only maintainers take), work on a
+//! copy, write the new salt before publishing the copy (ids must be reproducible after a
+//! restart) and delete dropped salts after. A request waits for a maintainer only when the
+//! published schedule cannot identify it at all — the first requests of a new UTC day, which
+//! need that day's salt; expiring yesterday's salt never makes a request wait.
 
 use std::fs;
 use std::io;
 use std::net::IpAddr;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::sync::{PoisonError, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 
+use arc_swap::ArcSwap;
 use pulse_engine::{DailySalt, EngineError, Identity, Salt, SaltSchedule, Timestamp};
 
 use crate::atomic_file::{remove_durably, write_atomically};
@@ -19,7 +27,10 @@ use crate::atomic_file::{remove_durably, write_atomically};
 #[derive(Debug)]
 pub struct SaltStore {
     dir: PathBuf,
-    schedule: RwLock<SaltSchedule>,
+    schedule: ArcSwap<SaltSchedule>,
+    /// Held by whoever rotates or expires salts, for the whole of the file work; readers never
+    /// take it.
+    maintenance: Mutex<()>,
 }
 
 fn salt_path(dir: &Path, day: i64) -> PathBuf {
@@ -89,7 +100,8 @@ impl SaltStore {
         }
         Ok(Self {
             dir,
-            schedule: RwLock::new(schedule),
+            schedule: ArcSwap::from_pointee(schedule),
+            maintenance: Mutex::new(()),
         })
     }
 
@@ -107,17 +119,22 @@ impl SaltStore {
     /// Called on every identification (cheaply) and by the server's maintenance timer, so an
     /// expired salt is destroyed even without traffic.
     pub fn maintain(&self, now: Timestamp) -> io::Result<()> {
-        {
-            let schedule = self.schedule.read().unwrap_or_else(PoisonError::into_inner);
+        let needs_salt = {
+            let schedule = self.schedule.load();
             if !Self::needs_maintenance(&schedule, now) {
                 return Ok(());
             }
-        }
-        let mut schedule = self
-            .schedule
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(day) = schedule.day_to_rotate(now) {
+            schedule.day_to_rotate(now).is_some()
+        };
+        let Some(_maintainer) = self.maintainer(needs_salt) else {
+            return Ok(());
+        };
+        // Another maintainer may have finished while this one waited: start from what it
+        // published.
+        let mut next = SaltSchedule::clone(&self.schedule.load());
+        let mut dropped_days = Vec::new();
+        let mut changed = false;
+        if let Some(day) = next.day_to_rotate(now) {
             let salt = fresh_salt(day)?;
             // Persist before use so ids are reproducible after a restart. If the disk refuses,
             // keep serving with the salt in memory: ids would change on restart, which is logged,
@@ -127,14 +144,38 @@ impl SaltStore {
             {
                 tracing::error!(%error, day, "new salt could not be persisted");
             }
-            if let Some(dropped) = schedule.rotate(salt) {
-                remove_durably(&salt_path(&self.dir, dropped.day))?;
-            }
+            dropped_days.extend(next.rotate(salt).map(|dropped| dropped.day));
+            changed = true;
         }
-        if let Some(expired) = schedule.expire_previous(now) {
-            remove_durably(&salt_path(&self.dir, expired.day))?;
+        if let Some(expired) = next.expire_previous(now) {
+            dropped_days.push(expired.day);
+            changed = true;
+        }
+        if changed {
+            self.schedule.store(Arc::new(next));
+        }
+        for day in dropped_days {
+            remove_durably(&salt_path(&self.dir, day))?;
         }
         Ok(())
+    }
+
+    /// The maintenance lock. A caller that needs a new day's salt waits for it (nothing can be
+    /// identified without it); any other caller skips maintenance when someone else is doing it,
+    /// since the published schedule still answers.
+    fn maintainer(&self, needs_salt: bool) -> Option<MutexGuard<'_, ()>> {
+        if needs_salt {
+            return Some(
+                self.maintenance
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner),
+            );
+        }
+        match self.maintenance.try_lock() {
+            Ok(guard) => Some(guard),
+            Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        }
     }
 
     /// The identity of a request received at `now` from `(ip, user_agent)`.
@@ -149,10 +190,7 @@ impl SaltStore {
             // the new day and the caller answers 503) or an old salt file could not be deleted.
             tracing::error!(%error, "salt maintenance failed");
         }
-        self.schedule
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .identify(now, ip, user_agent)
+        self.schedule.load().identify(now, ip, user_agent)
     }
 }
 
@@ -201,6 +239,34 @@ mod tests {
         );
         second.maintain(at(midnight + CARRY_MS)).unwrap();
         assert_eq!(files(second.dir()), [format!("{}.salt", DAY + 1)]);
+    }
+
+    #[test]
+    fn identify_does_not_wait_for_a_maintainer_while_the_schedule_answers() {
+        let data = tempfile::tempdir().unwrap();
+        let midnight = (DAY + 1) * Timestamp::DAY_MS;
+        let store = Arc::new(SaltStore::open(data.path(), at(midnight - 1000), CARRY_MS).unwrap());
+        let ip: IpAddr = "198.51.100.9".parse().unwrap();
+        store.identify(at(midnight + 5), ip, "UA").unwrap();
+        // Past the carry-over, yesterday's salt is due for deletion; a maintainer parked in its
+        // file work holds the maintenance lock meanwhile.
+        let after_carry = at(midnight + CARRY_MS + 1);
+        let parked_maintainer = store.maintenance.lock().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reader = {
+            let store = Arc::clone(&store);
+            std::thread::spawn(move || {
+                tx.send(store.identify(after_carry, ip, "UA")).unwrap();
+            })
+        };
+        let answered = rx.recv_timeout(std::time::Duration::from_secs(10));
+        drop(parked_maintainer);
+        reader.join().unwrap();
+        let identity = answered.expect("identify waited for a maintainer").unwrap();
+        assert_eq!(identity.carried_from, None);
+        // Once the maintainer is gone, the next maintenance does the deletion.
+        store.maintain(after_carry).unwrap();
+        assert_eq!(files(store.dir()), [format!("{}.salt", DAY + 1)]);
     }
 
     #[test]

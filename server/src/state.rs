@@ -10,6 +10,7 @@ use std::sync::Arc;
 use pulse_engine::{Engine, Timestamp};
 
 use crate::body::BodyBudget;
+use crate::catalog::WebsiteCatalog;
 use crate::client_ip::TrustedProxies;
 use crate::config::{Config, HttpLimits};
 use crate::error::ServerError;
@@ -20,14 +21,14 @@ use crate::metrics::Metrics;
 use crate::rate_limit::RateLimiter;
 use crate::salts::SaltStore;
 use crate::user_agent::ClassCache;
-use crate::websites::WebsiteRegistry;
 
 #[derive(Debug)]
 pub struct AppState {
     pub engine: Arc<Engine>,
     /// The write queue and the writer thread (which replays the log at start-up).
     pub log: EventLog,
-    pub websites: WebsiteRegistry,
+    /// The websites: the only way to read or change them, here and in the engine.
+    pub websites: WebsiteCatalog,
     pub salts: SaltStore,
     pub proxies: TrustedProxies,
     pub admin_token: Option<String>,
@@ -57,12 +58,12 @@ impl AppState {
         let memory = config.memory_plan();
         let limits = config.engine_limits(&memory);
         let engine = Arc::new(Engine::new(limits)?);
-        let websites = WebsiteRegistry::open(data_dir)?;
-        for website in websites.list() {
-            if let Some(entry) = websites.get(&website.id) {
-                engine.add_website(entry.id.clone())?;
+        let websites = WebsiteCatalog::open(data_dir, Arc::clone(&engine)).map_err(|source| {
+            ServerError::WebsitesFile {
+                path: data_dir.join("websites.json"),
+                source,
             }
-        }
+        })?;
         let now = Timestamp::from_unix_ms(now_ms)?;
         let salts = open_salts(data_dir, now, limits.window_ms())?;
         let geoip = config.geoip_db.as_deref().map(GeoIp::open).transpose()?;

@@ -7,10 +7,10 @@ use axum::extract::{Path, RawQuery, State};
 use axum::Json;
 use serde::Serialize;
 
+use crate::catalog::BotPolicy;
 use crate::clock;
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::websites::BotPolicy;
 
 #[derive(Debug, Serialize)]
 pub struct RealtimeBody {

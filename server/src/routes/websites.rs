@@ -1,5 +1,6 @@
-//! `/api/websites`: create, list, read, update and delete websites. Validates API input and keeps
-//! the engine's set of websites in step with the registry; storage is `WebsiteRegistry`'s job.
+//! `/api/websites`: create, list, read, update and delete websites. Validates API input and
+//! turns catalog errors into API errors; storing websites and registering them in the engine is
+//! `WebsiteCatalog`'s job alone.
 
 use std::sync::Arc;
 
@@ -12,11 +13,11 @@ use pulse_engine::{EngineError, WebsiteId};
 use serde_json::{json, Map, Value};
 
 use crate::body::read_body;
+use crate::catalog::{BotPolicy, CatalogError, Website, WebsiteCatalog, WebsitePatch};
 use crate::clock;
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::url_normaliser::normalized_domain;
-use crate::websites::{BotPolicy, Website};
 
 const MAX_NAME_CHARS: usize = 100;
 const MAX_DOMAIN_BYTES: usize = 253;
@@ -105,17 +106,57 @@ fn generate_id() -> Result<String, ApiError> {
         .collect())
 }
 
-fn storage_error(error: std::io::Error) -> ApiError {
-    tracing::error!(%error, "websites file could not be written");
-    ApiError::internal("the websites file could not be written")
+/// Runs a catalog change on tokio's blocking pool and maps its error. The change fsyncs the
+/// websites file; on a runtime worker that would stall every collect scheduled behind it.
+async fn change_catalog<T: Send + 'static>(
+    state: &Arc<AppState>,
+    change: impl FnOnce(&WebsiteCatalog) -> Result<T, CatalogError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let state = Arc::clone(state);
+    tokio::task::spawn_blocking(move || change(&state.websites))
+        .await
+        .map_err(|e| ApiError::internal(format!("the website change did not finish: {e}")))?
+        .map_err(catalog_error)
 }
 
-fn website_exists() -> ApiError {
-    ApiError::new(
-        StatusCode::CONFLICT,
-        "website_exists",
-        "a website with this id already exists",
-    )
+/// The API's answer to a refused or failed catalog change (the codes README.md lists).
+fn catalog_error(error: CatalogError) -> ApiError {
+    match error {
+        CatalogError::WebsiteExists { .. } => ApiError::new(
+            StatusCode::CONFLICT,
+            "website_exists",
+            "a website with this id already exists",
+        ),
+        CatalogError::UnknownWebsite { .. } => ApiError::unknown_website(),
+        CatalogError::TooManyWebsites { limit }
+        | CatalogError::EngineRefused {
+            source: EngineError::TooManyWebsites { limit },
+            ..
+        } => ApiError::new(
+            StatusCode::CONFLICT,
+            "too_many_websites",
+            format!("this server holds at most {limit} websites"),
+        ),
+        CatalogError::InvalidId { .. } => {
+            ApiError::invalid_field("id", "must be 1 to 64 characters of A-Z a-z 0-9 - _")
+        }
+        CatalogError::EngineRefused { .. } => {
+            tracing::error!(%error, "the engine refused a website");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "website_refused",
+                "the website could not be registered; nothing was changed",
+            )
+        }
+        CatalogError::Storage(_) | CatalogError::RollbackFailed { .. } => {
+            tracing::error!(%error, "websites file");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "storage_failed",
+                "the websites file could not be written",
+            )
+        }
+    }
 }
 
 pub async fn list(State(state): State<Arc<AppState>>) -> Json<Value> {
@@ -150,38 +191,15 @@ pub async fn create(
         None => generate_id()?,
     };
     let website = Website {
-        id: id.clone(),
+        id,
         name: name_field(&body)?.ok_or_else(|| ApiError::missing_field("name"))?,
         domain: domain_field(&body)?.ok_or_else(|| ApiError::missing_field("domain"))?,
         bot_policy: bot_policy_field(&body)?.unwrap_or(BotPolicy::Exclude),
         respect_dnt: respect_dnt_field(&body)?.unwrap_or(true),
         created_at: clock::format_rfc3339(clock::now_ms()),
     };
-    let max_websites = state.engine.limits().max_websites;
-    let created = website.clone();
-    state
-        .websites
-        .update(|sites| {
-            if sites.contains_key(&id) {
-                return Err(website_exists());
-            }
-            if sites.len() >= max_websites {
-                return Err(ApiError::new(
-                    StatusCode::CONFLICT,
-                    "too_many_websites",
-                    format!("this server holds at most {max_websites} websites"),
-                ));
-            }
-            sites.insert(id.clone(), created);
-            Ok(())
-        })
-        .map_err(storage_error)??;
-    let engine_id = WebsiteId::new(&id).map_err(|e| ApiError::internal(e.to_string()))?;
-    match state.engine.add_website(engine_id) {
-        Ok(()) | Err(EngineError::WebsiteExists) => {}
-        Err(e) => return Err(ApiError::internal(e.to_string())),
-    }
-    Ok((StatusCode::CREATED, Json(json!({ "data": website }))).into_response())
+    let created = change_catalog(&state, move |catalog| catalog.create(website)).await?;
+    Ok((StatusCode::CREATED, Json(json!({ "data": created }))).into_response())
 }
 
 pub async fn update(
@@ -195,29 +213,13 @@ pub async fn update(
     if opt_str(&body, "id")?.is_some_and(|new_id| new_id != id) {
         return Err(ApiError::invalid_field("id", "cannot be changed"));
     }
-    let name = name_field(&body)?;
-    let domain = domain_field(&body)?;
-    let bot_policy = bot_policy_field(&body)?;
-    let respect_dnt = respect_dnt_field(&body)?;
-    let updated = state
-        .websites
-        .update(|sites| {
-            let website = sites.get_mut(&id).ok_or_else(ApiError::unknown_website)?;
-            if let Some(name) = name {
-                website.name = name;
-            }
-            if let Some(domain) = domain {
-                website.domain = domain;
-            }
-            if let Some(policy) = bot_policy {
-                website.bot_policy = policy;
-            }
-            if let Some(respect) = respect_dnt {
-                website.respect_dnt = respect;
-            }
-            Ok(website.clone())
-        })
-        .map_err(storage_error)??;
+    let patch = WebsitePatch {
+        name: name_field(&body)?,
+        domain: domain_field(&body)?,
+        bot_policy: bot_policy_field(&body)?,
+        respect_dnt: respect_dnt_field(&body)?,
+    };
+    let updated = change_catalog(&state, move |catalog| catalog.patch(&id, patch)).await?;
     Ok(Json(json!({ "data": updated })))
 }
 
@@ -225,25 +227,135 @@ pub async fn delete(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    state
-        .websites
-        .update(|sites| {
-            sites
-                .remove(&id)
-                .map(|_| ())
-                .ok_or_else(ApiError::unknown_website)
-        })
-        .map_err(storage_error)??;
-    if let Ok(engine_id) = WebsiteId::new(&id) {
-        // The engine may not hold it if it was never valid there; either way it is gone now.
-        let _ = state.engine.remove_website(&engine_id);
-    }
+    change_catalog(&state, move |catalog| catalog.delete(&id)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::http::Request;
+    use clap::Parser;
+    use tower::ServiceExt;
+
+    use crate::config::Config;
+
+    /// Sends one request through the full router and returns the status and the JSON body.
+    async fn call(state: &Arc<AppState>, method: &str, uri: &str, body: Value) -> (u16, Value) {
+        let request = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap();
+        let response = crate::routes::router(Arc::clone(state))
+            .oneshot(request)
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        let json = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap()
+        };
+        (status, json)
+    }
+
+    #[tokio::test]
+    async fn a_website_the_engine_refuses_is_a_409_and_is_stored_nowhere() {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().to_str().unwrap();
+        let config = Config::parse_from(["pulse", "--data-dir", data_dir, "--max-websites", "2"]);
+        let state = Arc::new(AppState::open(&config, clock::now_ms()).unwrap());
+        let site = |id: &str| json!({"id": id, "name": "Blog", "domain": "example.com"});
+        assert_eq!(
+            call(&state, "POST", "/api/websites", site("a")).await.0,
+            201
+        );
+        let file_before = std::fs::read(dir.path().join("websites.json")).unwrap();
+        // The engine fills up behind the catalog's back, so only the engine step refuses.
+        state
+            .engine
+            .add_website(WebsiteId::new("intruder").unwrap())
+            .unwrap();
+        let (status, body) = call(&state, "POST", "/api/websites", site("b")).await;
+        assert_eq!(status, 409, "{body}");
+        assert_eq!(body["error"]["code"], "too_many_websites", "{body}");
+        let (_, listed) = call(&state, "GET", "/api/websites", Value::Null).await;
+        assert_eq!(listed["data"].as_array().unwrap().len(), 1, "{listed}");
+        assert_eq!(
+            std::fs::read(dir.path().join("websites.json")).unwrap(),
+            file_before
+        );
+        let (status, _) = call(&state, "GET", "/api/websites/b/realtime", Value::Null).await;
+        assert_eq!(status, 404);
+    }
+
+    #[test]
+    fn catalog_errors_answer_their_documented_codes() {
+        let engine_refused = |source| CatalogError::EngineRefused {
+            id: "b".into(),
+            source,
+        };
+        let cases = [
+            (
+                CatalogError::WebsiteExists { id: "a".into() },
+                409,
+                "website_exists",
+            ),
+            (
+                CatalogError::UnknownWebsite { id: "a".into() },
+                404,
+                "unknown_website",
+            ),
+            (
+                CatalogError::TooManyWebsites { limit: 2 },
+                409,
+                "too_many_websites",
+            ),
+            (
+                engine_refused(EngineError::TooManyWebsites { limit: 2 }),
+                409,
+                "too_many_websites",
+            ),
+            (
+                engine_refused(EngineError::InvalidWebsiteId),
+                500,
+                "website_refused",
+            ),
+            (
+                CatalogError::InvalidId { id: "?".into() },
+                400,
+                "invalid_field",
+            ),
+            (
+                CatalogError::Storage(std::io::Error::other("disk full")),
+                500,
+                "storage_failed",
+            ),
+            (
+                CatalogError::RollbackFailed {
+                    id: "b".into(),
+                    refused: EngineError::InvalidWebsiteId,
+                    source: std::io::Error::other("disk full"),
+                },
+                500,
+                "storage_failed",
+            ),
+        ];
+        for (error, status, code) in cases {
+            let what = error.to_string();
+            let answer = catalog_error(error);
+            assert_eq!(
+                (answer.status.as_u16(), answer.code),
+                (status, code),
+                "{what}"
+            );
+        }
+    }
 
     #[test]
     fn generated_ids_are_url_safe_website_ids() {

@@ -7,6 +7,7 @@
 //! - `assets`: the embedded tracker and dashboard files (issue 5).
 //! - `crash`: SIGKILL, SIGTERM and damaged logs against the event log (issue 4).
 //! - `overload`: memory limit, `/metrics`, rate limit and a full write queue (issue 6).
+//! - `catalog`: website writes during ingest; file, list and engine agree across a restart.
 //! - `clock`: the system clock stepped back under a running server (libfaketime).
 //! - `disk`: a disk that fills up, free space below the reserve, segments deleted underneath.
 //! - `tidy`: house rules over the source tree (no server started).
@@ -21,6 +22,7 @@ use std::path::Path;
 use pulse_testkit::server::{Opts, Server};
 
 mod assets;
+mod catalog;
 #[cfg(target_os = "linux")]
 mod clock;
 #[cfg(unix)]

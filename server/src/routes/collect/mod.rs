@@ -19,13 +19,13 @@ use pulse_engine::{EngineError, Event, Timestamp};
 use pulse_snapshot::LogEntry;
 
 use crate::body::read_body;
+use crate::catalog::WebsiteEntry;
 use crate::clock;
 use crate::error::ApiError;
 use crate::event_log::SubmitError;
 use crate::metrics::NotRecorded;
 use crate::state::AppState;
 use crate::url_normaliser::referrer_domain;
-use crate::websites::WebsiteEntry;
 
 mod cors;
 mod headers;

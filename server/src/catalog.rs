@@ -1,0 +1,717 @@
+//! `WebsiteCatalog`: the one owner of the websites. It keeps their file
+//! (`<data-dir>/websites.json`), the snapshot that collect and realtime read, and the engine's
+//! set of websites in step, and it is the only code that changes any of them. Validation of API
+//! input lives in `routes::websites`; the engine's per-website state lives in the engine.
+//!
+//! **Reads** (`get`, `list`) load an `ArcSwap<CatalogSnapshot>`: no lock is taken, so a reader
+//! never waits on a writer, least of all on a writer's fsync.
+//!
+//! **Writes** (`create`, `patch`, `delete`) take `writer`, a mutex that only writers take and
+//! that owns the file, so changes are applied one at a time and in one order. Each write:
+//!
+//! 1. derives the next set of websites from the published snapshot and checks the change;
+//! 2. replaces the file with the whole next set (temp file, fsync, rename, fsync directory);
+//! 3. for a create, adds the website to the engine;
+//! 4. publishes the next snapshot;
+//! 5. for a delete, removes the website from the engine.
+//!
+//! If step 2 fails nothing has changed. If step 3 fails, the previous set is written back to the
+//! file and `CatalogError::EngineRefused` is returned: the file never keeps a website the engine
+//! refused, and the snapshot never showed it.
+//!
+//! **The rules these steps keep.** In memory, the engine holds every website the published
+//! snapshot shows (a website reaches the engine before readers can see it, and leaves readers
+//! before it leaves the engine). On disk, the file is the only state that survives a restart,
+//! and `open` builds both the snapshot and the engine's set from it alone. Because a change is
+//! in the file before anyone can see it and the file is replaced atomically, a crash at any step
+//! leaves either the old or the new set on disk, and the restarted server holds exactly that set.
+//! The one gap is a failed rollback (step 3 failed, then writing the old set back failed too):
+//! the file then holds a website memory does not, `CatalogError::RollbackFailed` says so, and the
+//! next successful write (which starts from the snapshot) or a restart brings them together.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use arc_swap::ArcSwap;
+use pulse_engine::{Engine, EngineError, WebsiteId};
+use serde::{Deserialize, Serialize};
+
+use crate::atomic_file::write_atomically;
+use crate::url_normaliser::normalized_domain;
+
+/// The websites file's version; `open` refuses any other.
+const FILE_VERSION: u32 = 1;
+
+/// Whether bots count in a website's realtime answer by default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BotPolicy {
+    #[serde(rename = "exclude")]
+    Exclude,
+    #[serde(rename = "include")]
+    Include,
+}
+
+/// A website as the API shows it and the file stores it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Website {
+    pub id: String,
+    pub name: String,
+    pub domain: String,
+    pub bot_policy: BotPolicy,
+    pub respect_dnt: bool,
+    pub created_at: String,
+}
+
+/// A website plus what the hot path derives from it once.
+#[derive(Debug)]
+pub struct WebsiteEntry {
+    pub website: Website,
+    pub id: WebsiteId,
+    /// `domain` normalised like a referrer host, for self-referral checks.
+    pub site_domain: String,
+}
+
+impl WebsiteEntry {
+    /// The entry for `website`, or `EngineError::InvalidWebsiteId` when its id is not one.
+    pub fn new(website: Website) -> Result<Self, EngineError> {
+        let id = WebsiteId::new(&website.id)?;
+        let site_domain = normalized_domain(&website.domain);
+        Ok(Self {
+            website,
+            id,
+            site_domain,
+        })
+    }
+}
+
+/// The changes a `PATCH` may make; `None` keeps the current value.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WebsitePatch {
+    pub name: Option<String>,
+    pub domain: Option<String>,
+    pub bot_policy: Option<BotPolicy>,
+    pub respect_dnt: Option<bool>,
+}
+
+/// One published, immutable state of the catalog.
+#[derive(Debug, Default)]
+pub struct CatalogSnapshot {
+    websites: BTreeMap<String, Arc<WebsiteEntry>>,
+}
+
+impl CatalogSnapshot {
+    pub fn get(&self, id: &str) -> Option<&Arc<WebsiteEntry>> {
+        self.websites.get(id)
+    }
+
+    pub fn len(&self) -> usize {
+        self.websites.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.websites.is_empty()
+    }
+
+    /// The websites, ordered by id.
+    pub fn websites(&self) -> impl Iterator<Item = &Website> {
+        self.websites.values().map(|entry| &entry.website)
+    }
+
+    /// The file's bytes for this set of websites.
+    fn encode(&self) -> io::Result<Vec<u8>> {
+        let document = WebsitesDocument {
+            version: FILE_VERSION,
+            websites: self.websites().cloned().collect(),
+        };
+        serde_json::to_vec_pretty(&document).map_err(io::Error::from)
+    }
+}
+
+/// The websites file's format: `{"version": 1, "websites": [Website, …]}`.
+#[derive(Debug, Serialize, Deserialize)]
+struct WebsitesDocument {
+    version: u32,
+    websites: Vec<Website>,
+}
+
+/// Where the catalog keeps its set of websites between runs. `AtomicJsonFile` in the server;
+/// tests substitute one that fails or pauses.
+pub trait CatalogFile: Send + Sync + fmt::Debug {
+    /// The stored bytes, or `None` when nothing was ever stored.
+    fn read(&self) -> io::Result<Option<Vec<u8>>>;
+    /// Replaces the stored bytes so that a crash leaves the old or the new ones.
+    fn replace(&self, bytes: &[u8]) -> io::Result<()>;
+}
+
+/// `<data-dir>/websites.json`, replaced with `write_atomically` (mode 0600).
+#[derive(Debug)]
+pub struct AtomicJsonFile {
+    path: PathBuf,
+}
+
+impl AtomicJsonFile {
+    pub fn in_data_dir(data_dir: &Path) -> Self {
+        Self {
+            path: data_dir.join("websites.json"),
+        }
+    }
+}
+
+impl CatalogFile for AtomicJsonFile {
+    fn read(&self) -> io::Result<Option<Vec<u8>>> {
+        match std::fs::read(&self.path) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn replace(&self, bytes: &[u8]) -> io::Result<()> {
+        write_atomically(&self.path, bytes, 0o600)
+    }
+}
+
+/// Why the catalog could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogOpenError {
+    #[error("cannot be read: {0}")]
+    Read(#[source] io::Error),
+    #[error("is not a websites file: {0}")]
+    Parse(#[source] serde_json::Error),
+    #[error("has unsupported version {version} (this build reads version {FILE_VERSION})")]
+    UnsupportedVersion { version: u32 },
+    #[error("holds an invalid website id {id:?}")]
+    InvalidId { id: String },
+    #[error("holds website {id:?} twice")]
+    DuplicateId { id: String },
+    #[error("holds website {id:?}, which the engine refused: {source}")]
+    EngineRefused { id: String, source: EngineError },
+}
+
+/// Why a change to the catalog was refused or failed. Every kind but `RollbackFailed` leaves
+/// the file, the snapshot and the engine as they were.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("a website with id {id:?} already exists")]
+    WebsiteExists { id: String },
+    #[error("no website has id {id:?}")]
+    UnknownWebsite { id: String },
+    #[error("this server holds at most {limit} websites")]
+    TooManyWebsites { limit: usize },
+    #[error("invalid website id {id:?}")]
+    InvalidId { id: String },
+    #[error("the websites file could not be written: {0}")]
+    Storage(#[source] io::Error),
+    #[error("the engine refused website {id:?} ({source}); the websites file was restored")]
+    EngineRefused { id: String, source: EngineError },
+    #[error(
+        "the engine refused website {id:?} ({refused}) and the websites file could not be \
+         restored ({source}); it holds the website until the next change or restart"
+    )]
+    RollbackFailed {
+        id: String,
+        refused: EngineError,
+        source: io::Error,
+    },
+}
+
+/// The websites: one snapshot for readers, one file, one engine set, one writer at a time.
+pub struct WebsiteCatalog {
+    snapshot: ArcSwap<CatalogSnapshot>,
+    /// Held by writers only, for the whole of a change; readers never touch it.
+    writer: Mutex<Box<dyn CatalogFile>>,
+    engine: Arc<Engine>,
+}
+
+impl fmt::Debug for WebsiteCatalog {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WebsiteCatalog")
+            .field("websites", &self.snapshot.load().len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl WebsiteCatalog {
+    /// Loads `<data_dir>/websites.json` (or starts empty when it does not exist) and registers
+    /// every website in `engine`.
+    pub fn open(data_dir: &Path, engine: Arc<Engine>) -> Result<Self, CatalogOpenError> {
+        Self::with_file(Box::new(AtomicJsonFile::in_data_dir(data_dir)), engine)
+    }
+
+    /// Like `open`, with the websites stored in `file`.
+    pub fn with_file(
+        file: Box<dyn CatalogFile>,
+        engine: Arc<Engine>,
+    ) -> Result<Self, CatalogOpenError> {
+        let mut websites = BTreeMap::new();
+        if let Some(bytes) = file.read().map_err(CatalogOpenError::Read)? {
+            let document: WebsitesDocument =
+                serde_json::from_slice(&bytes).map_err(CatalogOpenError::Parse)?;
+            if document.version != FILE_VERSION {
+                return Err(CatalogOpenError::UnsupportedVersion {
+                    version: document.version,
+                });
+            }
+            for website in document.websites {
+                let id = website.id.clone();
+                let entry = WebsiteEntry::new(website)
+                    .map_err(|_| CatalogOpenError::InvalidId { id: id.clone() })?;
+                if websites.contains_key(&id) {
+                    return Err(CatalogOpenError::DuplicateId { id });
+                }
+                engine.add_website(entry.id.clone()).map_err(|source| {
+                    CatalogOpenError::EngineRefused {
+                        id: id.clone(),
+                        source,
+                    }
+                })?;
+                websites.insert(id, Arc::new(entry));
+            }
+        }
+        Ok(Self {
+            snapshot: ArcSwap::from_pointee(CatalogSnapshot { websites }),
+            writer: Mutex::new(file),
+            engine,
+        })
+    }
+
+    /// The website `id`, without waiting for any writer.
+    pub fn get(&self, id: &str) -> Option<Arc<WebsiteEntry>> {
+        self.snapshot.load().get(id).cloned()
+    }
+
+    /// Every website, ordered by id, without waiting for any writer.
+    pub fn list(&self) -> Vec<Website> {
+        self.snapshot.load().websites().cloned().collect()
+    }
+
+    /// Adds `website`, stores it and registers it in the engine.
+    pub fn create(&self, website: Website) -> Result<Website, CatalogError> {
+        let file = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let previous = self.snapshot.load_full();
+        let id = website.id.clone();
+        if previous.websites.contains_key(&id) {
+            return Err(CatalogError::WebsiteExists { id });
+        }
+        let limit = self.engine.limits().max_websites;
+        if previous.len() >= limit {
+            return Err(CatalogError::TooManyWebsites { limit });
+        }
+        let entry = Arc::new(
+            WebsiteEntry::new(website.clone())
+                .map_err(|_| CatalogError::InvalidId { id: id.clone() })?,
+        );
+        let mut websites = previous.websites.clone();
+        websites.insert(id.clone(), Arc::clone(&entry));
+        let next = CatalogSnapshot { websites };
+        store(file.as_ref(), &next)?;
+        match self.engine.add_website(entry.id.clone()) {
+            // Already there is what this step wants; nothing else can have put it there while
+            // the catalog holds the writer lock.
+            Ok(()) | Err(EngineError::WebsiteExists) => {}
+            Err(refused) => {
+                return Err(match write_file(file.as_ref(), &previous) {
+                    Ok(()) => CatalogError::EngineRefused {
+                        id,
+                        source: refused,
+                    },
+                    Err(source) => {
+                        tracing::error!(
+                            website = %id, %refused, error = %source,
+                            "the websites file could not be restored after the engine refused a website"
+                        );
+                        CatalogError::RollbackFailed {
+                            id,
+                            refused,
+                            source,
+                        }
+                    }
+                });
+            }
+        }
+        self.snapshot.store(Arc::new(next));
+        Ok(website)
+    }
+
+    /// Applies `patch` to website `id` and stores the result.
+    pub fn patch(&self, id: &str, patch: WebsitePatch) -> Result<Website, CatalogError> {
+        let file = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let previous = self.snapshot.load_full();
+        let current = previous
+            .get(id)
+            .ok_or_else(|| CatalogError::UnknownWebsite { id: id.to_owned() })?;
+        let mut website = current.website.clone();
+        if let Some(name) = patch.name {
+            website.name = name;
+        }
+        if let Some(domain) = patch.domain {
+            website.domain = domain;
+        }
+        if let Some(policy) = patch.bot_policy {
+            website.bot_policy = policy;
+        }
+        if let Some(respect) = patch.respect_dnt {
+            website.respect_dnt = respect;
+        }
+        let entry = WebsiteEntry::new(website.clone())
+            .map_err(|_| CatalogError::InvalidId { id: id.to_owned() })?;
+        let mut websites = previous.websites.clone();
+        websites.insert(id.to_owned(), Arc::new(entry));
+        let next = CatalogSnapshot { websites };
+        store(file.as_ref(), &next)?;
+        // The engine keeps no per-website settings, so there is no engine step.
+        self.snapshot.store(Arc::new(next));
+        Ok(website)
+    }
+
+    /// Removes website `id` from the file, then from readers, then from the engine.
+    pub fn delete(&self, id: &str) -> Result<(), CatalogError> {
+        let file = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let previous = self.snapshot.load_full();
+        let mut websites = previous.websites.clone();
+        let removed = websites
+            .remove(id)
+            .ok_or_else(|| CatalogError::UnknownWebsite { id: id.to_owned() })?;
+        let next = CatalogSnapshot { websites };
+        store(file.as_ref(), &next)?;
+        self.snapshot.store(Arc::new(next));
+        // The only refusal is "unknown website", which is the state this step wants.
+        let _ = self.engine.remove_website(&removed.id);
+        Ok(())
+    }
+}
+
+/// Replaces the file's contents with `snapshot`'s websites.
+fn write_file(file: &dyn CatalogFile, snapshot: &CatalogSnapshot) -> io::Result<()> {
+    file.replace(&snapshot.encode()?)
+}
+
+/// `write_file` as a step of a change, which fails with `CatalogError::Storage`.
+fn store(file: &dyn CatalogFile, snapshot: &CatalogSnapshot) -> Result<(), CatalogError> {
+    write_file(file, snapshot).map_err(CatalogError::Storage)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use pulse_engine::EngineLimits;
+
+    /// How long a test waits for something that must happen promptly.
+    const DEADLINE: Duration = Duration::from_secs(10);
+
+    fn site(id: &str) -> Website {
+        Website {
+            id: id.into(),
+            name: "Example".into(),
+            domain: "www.example.com".into(),
+            bot_policy: BotPolicy::Exclude,
+            respect_dnt: true,
+            created_at: "2026-03-03T10:45:23Z".into(),
+        }
+    }
+
+    fn engine(max_websites: usize) -> Arc<Engine> {
+        let limits = EngineLimits {
+            max_websites,
+            ..EngineLimits::default()
+        };
+        Arc::new(Engine::new(limits).unwrap())
+    }
+
+    fn engine_has(engine: &Engine, id: &str) -> bool {
+        engine
+            .realtime(&WebsiteId::new(id).unwrap(), 0, true)
+            .is_ok()
+    }
+
+    /// The ids stored in the websites file under `dir`.
+    fn file_ids(dir: &Path) -> Vec<String> {
+        let bytes = std::fs::read(dir.join("websites.json")).unwrap();
+        let document: WebsitesDocument = serde_json::from_slice(&bytes).unwrap();
+        document.websites.into_iter().map(|w| w.id).collect()
+    }
+
+    fn snapshot_ids(catalog: &WebsiteCatalog) -> Vec<String> {
+        catalog.list().into_iter().map(|w| w.id).collect()
+    }
+
+    /// What a test can make a `TestFile` do.
+    #[derive(Debug, Default)]
+    struct FileControl {
+        fail_next: AtomicBool,
+        /// When set, the next `replace` says it has started and waits for a release first.
+        park: Mutex<Option<(mpsc::Sender<()>, mpsc::Receiver<()>)>>,
+    }
+
+    /// The real file, with a `FileControl` the test keeps a handle to.
+    #[derive(Debug)]
+    struct TestFile {
+        inner: AtomicJsonFile,
+        control: Arc<FileControl>,
+    }
+
+    fn catalog_with_test_file(
+        dir: &Path,
+        engine: Arc<Engine>,
+    ) -> (WebsiteCatalog, Arc<FileControl>) {
+        let control = Arc::new(FileControl::default());
+        let file = TestFile {
+            inner: AtomicJsonFile::in_data_dir(dir),
+            control: Arc::clone(&control),
+        };
+        let catalog = WebsiteCatalog::with_file(Box::new(file), engine).unwrap();
+        (catalog, control)
+    }
+
+    impl CatalogFile for TestFile {
+        fn read(&self) -> io::Result<Option<Vec<u8>>> {
+            self.inner.read()
+        }
+
+        fn replace(&self, bytes: &[u8]) -> io::Result<()> {
+            let park = self.control.park.lock().unwrap().take();
+            if let Some((started, release)) = park {
+                started.send(()).unwrap();
+                release.recv_timeout(DEADLINE).unwrap();
+            }
+            if self.control.fail_next.swap(false, Ordering::SeqCst) {
+                return Err(io::Error::other("injected write failure"));
+            }
+            self.inner.replace(bytes)
+        }
+    }
+
+    #[test]
+    fn websites_survive_reopening_with_their_derived_fields() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = WebsiteCatalog::open(dir.path(), engine(10)).unwrap();
+        catalog.create(site("a")).unwrap();
+        catalog.create(site("b")).unwrap();
+        catalog
+            .patch(
+                "a",
+                WebsitePatch {
+                    name: Some("Renamed".into()),
+                    ..WebsitePatch::default()
+                },
+            )
+            .unwrap();
+        catalog.delete("b").unwrap();
+        drop(catalog);
+        let reopened_engine = engine(10);
+        let reopened = WebsiteCatalog::open(dir.path(), Arc::clone(&reopened_engine)).unwrap();
+        let mut expected = site("a");
+        expected.name = "Renamed".into();
+        assert_eq!(reopened.list(), vec![expected]);
+        assert_eq!(reopened.get("a").unwrap().site_domain, "example.com");
+        assert!(engine_has(&reopened_engine, "a"));
+        assert_eq!(reopened_engine.website_count(), 1);
+    }
+
+    #[test]
+    fn a_websites_file_written_by_the_registry_before_it_opens_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        // Byte for byte what `WebsiteRegistry` wrote before the catalog replaced it.
+        let old = r#"{
+  "version": 1,
+  "websites": [
+    {
+      "id": "blog",
+      "name": "Blog",
+      "domain": "www.example.com",
+      "bot_policy": "include",
+      "respect_dnt": false,
+      "created_at": "2026-03-03T10:45:23Z"
+    }
+  ]
+}"#;
+        std::fs::write(dir.path().join("websites.json"), old).unwrap();
+        let engine = engine(10);
+        let catalog = WebsiteCatalog::open(dir.path(), Arc::clone(&engine)).unwrap();
+        let blog = catalog.get("blog").unwrap();
+        assert_eq!(blog.website.bot_policy, BotPolicy::Include);
+        assert!(!blog.website.respect_dnt);
+        assert!(engine_has(&engine, "blog"));
+        assert_eq!(catalog.snapshot.load().encode().unwrap(), old.as_bytes());
+    }
+
+    #[test]
+    fn a_corrupt_or_newer_websites_file_is_an_error_not_an_empty_catalog() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("websites.json");
+        std::fs::write(&path, b"{not json").unwrap();
+        assert!(matches!(
+            WebsiteCatalog::open(dir.path(), engine(10)),
+            Err(CatalogOpenError::Parse(_))
+        ));
+        std::fs::write(&path, br#"{"version": 2, "websites": []}"#).unwrap();
+        assert!(matches!(
+            WebsiteCatalog::open(dir.path(), engine(10)),
+            Err(CatalogOpenError::UnsupportedVersion { version: 2 })
+        ));
+    }
+
+    #[test]
+    fn refused_changes_are_typed_and_change_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = WebsiteCatalog::open(dir.path(), engine(1)).unwrap();
+        catalog.create(site("a")).unwrap();
+        assert!(matches!(
+            catalog.create(site("a")),
+            Err(CatalogError::WebsiteExists { id }) if id == "a"
+        ));
+        assert!(matches!(
+            catalog.create(site("b")),
+            Err(CatalogError::TooManyWebsites { limit: 1 })
+        ));
+        assert!(matches!(
+            catalog.patch("zz", WebsitePatch::default()),
+            Err(CatalogError::UnknownWebsite { .. })
+        ));
+        assert!(matches!(
+            catalog.delete("zz"),
+            Err(CatalogError::UnknownWebsite { .. })
+        ));
+        assert_eq!(file_ids(dir.path()), ["a"]);
+        assert_eq!(snapshot_ids(&catalog), ["a"]);
+    }
+
+    #[test]
+    fn an_engine_refusal_restores_the_file_and_publishes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = engine(2);
+        let catalog = WebsiteCatalog::open(dir.path(), Arc::clone(&engine)).unwrap();
+        catalog.create(site("a")).unwrap();
+        let before = std::fs::read(dir.path().join("websites.json")).unwrap();
+        // The engine fills up behind the catalog's back, so the catalog's own limit check passes
+        // and only the engine step can refuse.
+        engine
+            .add_website(WebsiteId::new("intruder").unwrap())
+            .unwrap();
+        let refused = catalog.create(site("b"));
+        assert!(
+            matches!(
+                &refused,
+                Err(CatalogError::EngineRefused {
+                    id,
+                    source: EngineError::TooManyWebsites { limit: 2 },
+                }) if id == "b"
+            ),
+            "{refused:?}"
+        );
+        assert_eq!(
+            std::fs::read(dir.path().join("websites.json")).unwrap(),
+            before
+        );
+        assert_eq!(snapshot_ids(&catalog), ["a"]);
+        assert!(catalog.get("b").is_none());
+        assert!(!engine_has(&engine, "b"));
+    }
+
+    #[test]
+    fn a_failed_file_write_changes_neither_the_snapshot_nor_the_engine() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = engine(10);
+        let (catalog, control) = catalog_with_test_file(dir.path(), Arc::clone(&engine));
+        catalog.create(site("a")).unwrap();
+        control.fail_next.store(true, Ordering::SeqCst);
+        assert!(matches!(
+            catalog.create(site("b")),
+            Err(CatalogError::Storage(_))
+        ));
+        control.fail_next.store(true, Ordering::SeqCst);
+        assert!(matches!(catalog.delete("a"), Err(CatalogError::Storage(_))));
+        assert_eq!(file_ids(dir.path()), ["a"]);
+        assert_eq!(snapshot_ids(&catalog), ["a"]);
+        assert!(engine_has(&engine, "a"));
+        assert!(!engine_has(&engine, "b"));
+    }
+
+    #[test]
+    fn a_read_completes_while_a_write_is_parked_in_its_file_step() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = engine(10);
+        let (catalog, control) = catalog_with_test_file(dir.path(), engine);
+        let catalog = Arc::new(catalog);
+        catalog.create(site("a")).unwrap();
+        let (started_tx, started_rx) = mpsc::channel();
+        let (release_tx, release_rx) = mpsc::channel();
+        *control.park.lock().unwrap() = Some((started_tx, release_rx));
+        let writer = {
+            let catalog = Arc::clone(&catalog);
+            std::thread::spawn(move || catalog.create(site("b")))
+        };
+        started_rx.recv_timeout(DEADLINE).unwrap();
+        // The writer now holds the writer lock and sits inside its file step.
+        let (read_tx, read_rx) = mpsc::channel();
+        let reader = {
+            let catalog = Arc::clone(&catalog);
+            std::thread::spawn(move || {
+                let a = catalog.get("a").map(|e| e.website.id.clone());
+                let b = catalog.get("b").is_some();
+                let listed = snapshot_ids(&catalog);
+                read_tx.send((a, b, listed)).unwrap();
+            })
+        };
+        let read = read_rx.recv_timeout(DEADLINE);
+        release_tx.send(()).unwrap();
+        let (a, b_visible, listed) = read.expect("a read waited for a writer's file step");
+        assert_eq!(a.as_deref(), Some("a"));
+        assert!(!b_visible, "a website was visible before it was stored");
+        assert_eq!(listed, ["a"]);
+        reader.join().unwrap();
+        writer.join().unwrap().unwrap();
+        assert_eq!(snapshot_ids(&catalog), ["a", "b"]);
+    }
+
+    #[test]
+    fn concurrent_creates_patches_and_deletes_leave_file_snapshot_and_engine_equal() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = engine(6);
+        let catalog = Arc::new(WebsiteCatalog::open(dir.path(), Arc::clone(&engine)).unwrap());
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let catalog = Arc::clone(&catalog);
+                std::thread::spawn(move || {
+                    for i in 0..40_usize {
+                        // Eight ids shared by all threads over a limit of six: creates collide,
+                        // hit the limit, patch and delete websites other threads made.
+                        let id = format!("s{}", (i * 3 + t) % 8);
+                        let _ = match (i + t) % 3 {
+                            0 => catalog.create(site(&id)).map(|_| ()),
+                            1 => catalog
+                                .patch(
+                                    &id,
+                                    WebsitePatch {
+                                        name: Some(format!("t{t} i{i}")),
+                                        ..WebsitePatch::default()
+                                    },
+                                )
+                                .map(|_| ()),
+                            _ => catalog.delete(&id),
+                        };
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        let listed = snapshot_ids(&catalog);
+        assert_eq!(file_ids(dir.path()), listed);
+        assert_eq!(engine.website_count(), listed.len());
+        for id in &listed {
+            assert!(
+                engine_has(&engine, id),
+                "{id} is listed but not in the engine"
+            );
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! Integration tests of the website catalog through the real binary: website writes neither stall
+//! nor disturb ingest, and concurrent website writes leave the file, the API's list and the
+//! engine (realtime) agreeing, also after a restart. The catalog's own unit tests (in
+//! `server/src/catalog.rs`) cover the parked-writer and rollback cases that need injection.
+
+use std::collections::BTreeSet;
+
+use pulse_testkit::fixtures::{counts_of, pageview};
+use pulse_testkit::server::{Opts, Server};
+use serde_json::{json, Value};
+
+use crate::start;
+
+/// How many PATCHes the burst sends, and how many events collect sends meanwhile.
+const PATCHES: usize = 60;
+const EVENTS: u64 = 60;
+
+/// The ids in `<data-dir>/websites.json`.
+fn file_ids(server: &Server) -> BTreeSet<String> {
+    let bytes = std::fs::read(server.data_dir().join("websites.json")).unwrap();
+    let file: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(file["version"], 1, "websites file version: {file}");
+    file["websites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// The ids `GET /api/websites` lists.
+async fn listed_ids(server: &Server) -> BTreeSet<String> {
+    let resp = server.get("/api/websites").await;
+    assert_eq!(resp.status, 200, "{resp:?}");
+    resp.json()["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Asserts that every listed website has a realtime answer (the engine holds it) and every id
+/// in `gone` has none.
+async fn assert_engine_matches(
+    server: &Server,
+    listed: &BTreeSet<String>,
+    gone: &BTreeSet<String>,
+) {
+    for id in listed {
+        let resp = server.get(&format!("/api/websites/{id}/realtime")).await;
+        assert_eq!(
+            resp.status, 200,
+            "{id} is listed but realtime says {resp:?}"
+        );
+    }
+    for id in gone.difference(listed) {
+        let resp = server.get(&format!("/api/websites/{id}/realtime")).await;
+        assert_eq!(
+            resp.status, 404,
+            "{id} is not listed but realtime says {resp:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collect_answers_202_and_realtime_stays_consistent_during_a_patch_burst() {
+    let server = start(Opts::default());
+    server.site("busy", "example.com").await;
+
+    let patches = async {
+        for i in 0..PATCHES {
+            let body =
+                json!({"name": format!("Busy {i}"), "domain": format!("d{}.example.com", i % 3)});
+            let resp = server.patch_json("/api/websites/busy", &body).await;
+            assert_eq!(resp.status, 200, "PATCH {i}: {resp:?}");
+        }
+    };
+    let collects = async {
+        let mut accepted = 0;
+        for i in 0..EVENTS {
+            let resp = server.collect(&pageview("busy", &format!("/p{i}"))).await;
+            assert_eq!(
+                resp.status, 202,
+                "collect {i} during the PATCH burst: {resp:?}"
+            );
+            accepted += 1;
+        }
+        accepted
+    };
+    let reads = async {
+        // Realtime during the burst: always answers, and the event count never goes back.
+        let mut last_total = 0;
+        for _ in 0..EVENTS {
+            let (_, total) = counts_of(&server.realtime("busy").await);
+            assert!(
+                total >= last_total,
+                "events in window fell from {last_total} to {total}"
+            );
+            last_total = total;
+        }
+    };
+    let ((), accepted, ()) = tokio::join!(patches, collects, reads);
+
+    let (active, total) = server.counts("busy").await;
+    assert_eq!(total, accepted, "every 202 is counted once");
+    assert_eq!(active, 1, "one browser from one address is one visitor");
+    let site = server.get("/api/websites/busy").await.json();
+    assert_eq!(site["data"]["name"], format!("Busy {}", PATCHES - 1));
+    assert_eq!(file_ids(&server), BTreeSet::from(["busy".to_owned()]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_website_writes_leave_file_list_and_engine_equal_across_a_restart() {
+    let mut server = start(Opts::default());
+    let ids: Vec<String> = (0..6).map(|i| format!("w{i}")).collect();
+    tokio::join!(
+        write_websites(&server, &ids, 0),
+        write_websites(&server, &ids, 1),
+        write_websites(&server, &ids, 2),
+    );
+
+    let all: BTreeSet<String> = ids.iter().cloned().collect();
+    let listed = listed_ids(&server).await;
+    assert_eq!(file_ids(&server), listed);
+    assert_engine_matches(&server, &listed, &all).await;
+
+    server.restart();
+    assert_eq!(
+        listed_ids(&server).await,
+        listed,
+        "the restart changed the websites"
+    );
+    assert_engine_matches(&server, &listed, &all).await;
+}
+
+/// Writer `t` of three: creates, patches and deletes websites among `ids` that the other
+/// writers touch too.
+async fn write_websites(server: &Server, ids: &[String], t: usize) {
+    for i in 0..18 {
+        let id = &ids[(i * 5 + t) % ids.len()];
+        let resp = match (i + t) % 3 {
+            0 => {
+                let body = json!({"id": id, "name": "W", "domain": "example.com"});
+                server.post_json("/api/websites", &body).await
+            }
+            1 => {
+                let body = json!({"name": format!("W {t} {i}")});
+                server
+                    .patch_json(&format!("/api/websites/{id}"), &body)
+                    .await
+            }
+            _ => server.delete(&format!("/api/websites/{id}")).await,
+        };
+        // Collisions between writers are expected; anything else is a failure.
+        assert!(
+            [200, 201, 204, 404, 409].contains(&resp.status),
+            "website write {t}/{i} on {id}: {resp:?}"
+        );
+    }
+}
