@@ -175,6 +175,7 @@ impl Config {
             queue_capacity: self.queue_capacity.max(1),
             queue_bytes: plan.queue_bytes,
             window_ms: self.engine_limits(plan).window_ms(),
+            log_starts: std::collections::HashMap::new(),
         }
     }
 

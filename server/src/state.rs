@@ -69,11 +69,9 @@ impl AppState {
         let geoip = config.geoip_db.as_deref().map(GeoIp::open).transpose()?;
         // Websites are registered before replay starts, so replayed events find their website.
         let metrics = Arc::new(Metrics::default());
-        let log = EventLog::start(
-            config.log_options(&memory),
-            Arc::clone(&engine),
-            Arc::clone(&metrics),
-        );
+        let mut log_options = config.log_options(&memory);
+        log_options.log_starts = websites.log_starts().into_iter().collect();
+        let log = EventLog::start(log_options, Arc::clone(&engine), Arc::clone(&metrics));
         let http = config.http_limits(&memory);
         Ok(Self {
             engine,

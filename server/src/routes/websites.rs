@@ -22,6 +22,8 @@ use crate::url_normaliser::normalized_domain;
 const MAX_NAME_CHARS: usize = 100;
 const MAX_DOMAIN_BYTES: usize = 253;
 const GENERATED_ID_LEN: usize = 12;
+/// How long a website created during start-up waits for replay before the answer is 503.
+const REPLAY_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 fn json_object(bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
     match serde_json::from_slice::<Value>(bytes) {
@@ -198,7 +200,21 @@ pub async fn create(
         respect_dnt: respect_dnt_field(&body)?.unwrap_or(true),
         created_at: clock::format_rfc3339(clock::now_ms()),
     };
-    let created = change_catalog(&state, move |catalog| catalog.create(website)).await?;
+    // A website's events start where the log stands now (see `WebsiteCatalog::create`), which
+    // is known once replay is done: a create during start-up waits for it.
+    let _ = tokio::time::timeout(REPLAY_WAIT, state.log.status().replayed()).await;
+    let log_start_seq = state.log.next_seq().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "the server is still replaying its log; create the website shortly",
+        )
+        .retry_after(1)
+    })?;
+    let created = change_catalog(&state, move |catalog| {
+        catalog.create(website, log_start_seq)
+    })
+    .await?;
     Ok((StatusCode::CREATED, Json(json!({ "data": created }))).into_response())
 }
 
