@@ -67,8 +67,8 @@ pub struct Config {
     /// Most simultaneous connections from one client address (the socket peer: trusted proxies
     /// do not apply, so behind a reverse proxy raise it or set 0). At the cap, that address's
     /// idlest connection is closed to admit its new one, or the new one is refused when all of
-    /// its connections are busy. 0 disables the cap. Default: an eighth of --max-connections
-    /// (at least 8).
+    /// its connections are busy. 0 disables the cap. Default: an eighth of --max-connections,
+    /// at least 32.
     #[arg(long, env = "PULSE_MAX_CONNECTIONS_PER_IP")]
     pub max_connections_per_ip: Option<usize>,
 

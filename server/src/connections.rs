@@ -4,12 +4,16 @@
 //! the others out:
 //!
 //! - **Per-address cap.** One address holds at most `max_per_address` connections. At the cap,
-//!   its own idlest connection is closed to admit its new one; if all of them have a request in
-//!   flight, the new one is refused (closed at once).
+//!   its own idlest connection is closed to admit its new one; if none of them is evictable, the
+//!   new one is refused (closed at once).
 //! - **Full pool.** When `max_connections` are open, the idlest connection of the pool (no
 //!   request in flight, idle the longest: never sent a complete request head, or a keep-alive
-//!   connection between requests) is closed to admit the new one. Only when every connection has
-//!   a request in flight does the accept loop wait, and then only until one goes idle or closes.
+//!   connection between requests) is closed to admit the new one. Only when no connection is
+//!   evictable does the accept loop wait, and then only until one is.
+//! - **Evictable** means idle (no request in flight) for at least `EVICTABLE_AFTER`: a client
+//!   that has just connected, or just had an answer on a keep-alive connection, gets that long
+//!   to send its request head before a newcomer can take its place, so a flood of new
+//!   connections cannot push out the legitimate ones as they arrive.
 //! - **Pressure.** Once the pool is `PRESSURE_PERCENT` full, a connection idle for
 //!   `pressure_idle` (far shorter than the header timeout) is closed by `reap`.
 //! - **Shutdown.** Connections with no request in flight are closed at once; the others finish
@@ -33,10 +37,18 @@ pub const PRESSURE_PERCENT: usize = 75;
 /// its first packet; one that has sent nothing for this long is the first to go.
 pub const PRESSURE_IDLE: Duration = Duration::from_secs(1);
 
-/// The per-address cap when none is configured: an eighth of the pool, at least 8 (a browser
-/// opens up to 6 connections to one host), never more than the pool.
+/// How long a connection must have been idle before it can be closed to make room for another.
+pub const EVICTABLE_AFTER: Duration = Duration::from_millis(250);
+/// The smallest default per-address cap: several browsers behind one NAT, each opening up to 6
+/// connections to a host.
+const MIN_DEFAULT_PER_ADDRESS: usize = 32;
+
+/// The per-address cap when none is configured: an eighth of the pool, at least
+/// `MIN_DEFAULT_PER_ADDRESS`, never more than the pool.
 pub fn default_max_per_address(max_connections: usize) -> usize {
-    (max_connections / 8).max(8).min(max_connections)
+    (max_connections / 8)
+        .max(MIN_DEFAULT_PER_ADDRESS)
+        .min(max_connections)
 }
 
 /// The pool's bounds.
@@ -47,6 +59,8 @@ pub struct PoolLimits {
     pub max_per_address: usize,
     /// Idle time after which `reap` closes a connection while the pool is under pressure.
     pub pressure_idle: Duration,
+    /// Idle time after which a connection may be closed to admit another (`EVICTABLE_AFTER`).
+    pub evictable_after: Duration,
 }
 
 /// Why connections were closed or refused by the pool, since start (for `/metrics`).
@@ -68,9 +82,9 @@ pub struct ShedCounts {
 #[derive(Debug)]
 pub enum Admission {
     Admitted(ConnectionGuard),
-    /// Its address is at the cap and all of that address's connections are busy.
+    /// Its address is at the cap and none of that address's connections is evictable.
     Refused,
-    /// The pool is full and every connection has a request in flight.
+    /// The pool is full and no connection is evictable.
     Full,
 }
 
@@ -159,9 +173,13 @@ impl ConnectionPool {
     /// room when the rules say so.
     pub fn admit(self: &Arc<Self>, address: IpAddr) -> Admission {
         let mut slots = self.lock();
+        // `None` until the pool is older than the threshold: nothing can have been idle as long.
+        let idle_before_ms = self
+            .now_ms()
+            .checked_sub(millis(self.limits.evictable_after));
         let cap = self.limits.max_per_address;
         if cap > 0 && slots.per_address.get(&address).copied().unwrap_or(0) >= cap {
-            match idlest(&slots, |c| c.address == address) {
+            match idlest(&slots, idle_before_ms, |c| c.address == address) {
                 Some(id) => {
                     self.evict(&mut slots, id);
                     self.counts
@@ -177,10 +195,12 @@ impl ConnectionPool {
             }
         }
         if slots.open.len() >= self.limits.max_connections {
-            match idlest(&slots, |_| true) {
+            match idlest(&slots, idle_before_ms, |_| true) {
                 Some(id) => {
                     self.evict(&mut slots, id);
-                    self.counts.evicted_pool_full.fetch_add(1, Ordering::Relaxed);
+                    self.counts
+                        .evicted_pool_full
+                        .fetch_add(1, Ordering::Relaxed);
                 }
                 None => return Admission::Full,
             }
@@ -202,8 +222,8 @@ impl ConnectionPool {
         })
     }
 
-    /// `admit`, waiting while the pool is full of busy connections until one goes idle or
-    /// closes. `None`: refused (per-address cap).
+    /// `admit`, waiting while the pool is full and nothing is evictable, until a connection
+    /// closes, goes idle or has been idle long enough. `None`: refused (per-address cap).
     pub async fn admit_or_wait(self: &Arc<Self>, address: IpAddr) -> Option<ConnectionGuard> {
         match self.admit(address) {
             Admission::Admitted(guard) => return Some(guard),
@@ -218,7 +238,10 @@ impl ConnectionPool {
             match self.admit(address) {
                 Admission::Admitted(guard) => return Some(guard),
                 Admission::Refused => return None,
-                Admission::Full => changed.await,
+                Admission::Full => {
+                    let recheck = self.limits.evictable_after.max(Duration::from_millis(10));
+                    let _ = tokio::time::timeout(recheck, changed).await;
+                }
             }
         }
     }
@@ -230,9 +253,9 @@ impl ConnectionPool {
         if slots.open.len() * 100 < self.limits.max_connections * PRESSURE_PERCENT {
             return 0;
         }
-        let pressure_idle_ms =
-            u64::try_from(self.limits.pressure_idle.as_millis()).unwrap_or(u64::MAX);
-        let cutoff = self.now_ms().saturating_sub(pressure_idle_ms);
+        let Some(cutoff) = self.now_ms().checked_sub(millis(self.limits.pressure_idle)) else {
+            return 0;
+        };
         let stale: Vec<u64> = slots
             .open
             .values()
@@ -321,12 +344,23 @@ impl Drop for Waiting<'_> {
     }
 }
 
-/// The idlest connection matching `filter`: no request in flight, idle the longest.
-fn idlest(slots: &Slots, filter: impl Fn(&Connection) -> bool) -> Option<u64> {
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The idlest connection matching `filter` that has been idle since `idle_before_ms` or earlier.
+fn idlest(
+    slots: &Slots,
+    idle_before_ms: Option<u64>,
+    filter: impl Fn(&Connection) -> bool,
+) -> Option<u64> {
+    let idle_before_ms = idle_before_ms?;
     slots
         .open
         .values()
-        .filter(|c| filter(c) && c.is_idle())
+        .filter(|c| {
+            filter(c) && c.is_idle() && c.idle_since_ms.load(Ordering::SeqCst) <= idle_before_ms
+        })
         .min_by_key(|c| (c.idle_since_ms.load(Ordering::SeqCst), c.id))
         .map(|c| c.id)
 }
@@ -414,6 +448,7 @@ mod tests {
             max_connections,
             max_per_address,
             pressure_idle: Duration::ZERO,
+            evictable_after: Duration::ZERO,
         }))
     }
 
@@ -479,17 +514,34 @@ mod tests {
         assert_eq!(pool.reap(), 0, "half full is no pressure");
         let more: Vec<_> = (0..2).map(|_| admitted(pool.admit(B))).collect();
         let _request = more[0].begin_request();
-        assert_eq!(pool.reap(), 3, "every idle connection goes, the busy one stays");
+        assert_eq!(
+            pool.reap(),
+            3,
+            "every idle connection goes, the busy one stays"
+        );
         assert_eq!(pool.len(), 1);
         drop(guards);
     }
 
     #[test]
+    fn a_connection_just_admitted_is_not_evicted_for_a_newcomer() {
+        let pool = Arc::new(ConnectionPool::new(PoolLimits {
+            max_connections: 1,
+            max_per_address: 1,
+            pressure_idle: Duration::from_secs(60),
+            evictable_after: Duration::from_secs(60),
+        }));
+        let _fresh = admitted(pool.admit(B));
+        assert!(matches!(pool.admit(A), Admission::Full));
+        assert!(matches!(pool.admit(B), Admission::Refused));
+    }
+
+    #[test]
     fn the_default_cap_is_an_eighth_of_the_pool_within_bounds() {
         assert_eq!(default_max_per_address(4096), 512);
-        assert_eq!(default_max_per_address(64), 8);
-        assert_eq!(default_max_per_address(20), 8);
-        assert_eq!(default_max_per_address(5), 5);
+        assert_eq!(default_max_per_address(256), 32);
+        assert_eq!(default_max_per_address(64), 32);
+        assert_eq!(default_max_per_address(16), 16);
     }
 
     /// Whether a `Notified` future completes at once (a stored `notify_one` permit).

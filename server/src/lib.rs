@@ -196,8 +196,9 @@ fn request_service(
     hyper::Request<Incoming>,
     Response = hyper::Response<axum::body::Body>,
     Error = std::convert::Infallible,
-    Future = impl Future<Output = Result<hyper::Response<axum::body::Body>, std::convert::Infallible>>
-                 + Send,
+    Future = impl Future<
+        Output = Result<hyper::Response<axum::body::Body>, std::convert::Infallible>,
+    > + Send,
 > + Clone {
     let (state, app, guard) = (Arc::clone(state), app.clone(), Arc::clone(guard));
     hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
@@ -218,7 +219,10 @@ fn request_service(
                     .extensions_mut()
                     .insert(ConnectInfo::<SocketAddr>(peer));
                 let request = request.map(axum::body::Body::new);
-                match body::CLIENT_ADDRESS.scope(client, app.oneshot(request)).await {
+                match body::CLIENT_ADDRESS
+                    .scope(client, app.oneshot(request))
+                    .await
+                {
                     Ok(response) => response,
                     Err(never) => match never {},
                 }

@@ -12,7 +12,7 @@ use pulse_engine::{Engine, Timestamp};
 use crate::body::BodyBudget;
 use crate::client_ip::TrustedProxies;
 use crate::config::{Config, HttpLimits};
-use crate::connections::{ConnectionPool, PoolLimits, PRESSURE_IDLE};
+use crate::connections::{ConnectionPool, PoolLimits, EVICTABLE_AFTER, PRESSURE_IDLE};
 use crate::error::ServerError;
 use crate::event_log::EventLog;
 use crate::geoip::GeoIp;
@@ -96,6 +96,7 @@ impl AppState {
                 max_connections: http.max_connections,
                 max_per_address: http.max_connections_per_ip,
                 pressure_idle: http.header_timeout.min(PRESSURE_IDLE),
+                evictable_after: EVICTABLE_AFTER,
             })),
         })
     }

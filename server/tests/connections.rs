@@ -57,9 +57,12 @@ fn collect_head(content_length: usize) -> Vec<u8> {
 /// `ANSWER_DEADLINE` (connect included).
 async fn probe(addr: SocketAddr, what: &str, request: Vec<u8>, status: u16) -> Result<(), String> {
     let started = Instant::now();
-    let outcome = tokio::time::timeout(ANSWER_DEADLINE, raw_exchange(addr, request, ANSWER_DEADLINE))
-        .await
-        .map_err(|_| format!("{what}: could not even connect within {ANSWER_DEADLINE:?}"))?;
+    let outcome = tokio::time::timeout(
+        ANSWER_DEADLINE,
+        raw_exchange(addr, request, ANSWER_DEADLINE),
+    )
+    .await
+    .map_err(|_| format!("{what}: could not even connect within {ANSWER_DEADLINE:?}"))?;
     match outcome.status() {
         Some(got) if got == status => Ok(()),
         got => Err(format!(
@@ -175,11 +178,11 @@ async fn start(args: &[&str]) -> (Proc, tempfile::TempDir) {
 
 #[tokio::test]
 async fn idle_connections_from_one_address_do_not_lock_out_others() {
-    // 64 connections in all, so by default 8 per client address.
-    let (proc, _dir) = start(&["--max-connections", "64"]).await;
+    // 256 connections in all (the setting), so by default 32 per client address.
+    let (proc, _dir) = start(&["--max-connections", "256"]).await;
     let addr = proc.addr();
-    const IDLE: usize = 100;
-    const PER_ADDRESS_DEFAULT: usize = 8;
+    const IDLE: usize = 300;
+    const PER_ADDRESS_DEFAULT: usize = 32;
     let closed = Arc::new(AtomicUsize::new(0));
     let mut watchers = JoinSet::new();
     for n in 0..IDLE {
@@ -188,7 +191,7 @@ async fn idle_connections_from_one_address_do_not_lock_out_others() {
             .unwrap_or_else(|e| panic!("idle connection {n} from {ADVERSARY}: {e}"));
         watchers.spawn(count_close(stream, Arc::clone(&closed)));
     }
-    legitimate_client_is_served(addr, 5, "100 idle connections from 127.0.0.2").await;
+    legitimate_client_is_served(addr, 5, "300 idle connections from 127.0.0.2").await;
     let expected = IDLE - PER_ADDRESS_DEFAULT;
     let shed = eventually(REACTION_DEADLINE, || async {
         closed.load(Ordering::SeqCst) >= expected
@@ -388,7 +391,9 @@ async fn sigterm_does_not_wait_for_connections_mid_headers() {
         .write_all(&collect_head(PAGEVIEW.len()))
         .await
         .unwrap();
-    let first = read_response(&mut in_flight, REACTION_DEADLINE).await.unwrap();
+    let first = read_response(&mut in_flight, REACTION_DEADLINE)
+        .await
+        .unwrap();
     assert_eq!(first.status, 100, "{first:?}");
     let (head, tail) = PAGEVIEW.as_bytes().split_at(10);
     in_flight.get_mut().write_all(head).await.unwrap();
@@ -409,7 +414,9 @@ async fn sigterm_does_not_wait_for_connections_mid_headers() {
     assert!(draining, "no shutdown log line; stderr:\n{}", proc.stderr());
     // The request in flight still completes.
     in_flight.get_mut().write_all(tail).await.unwrap();
-    let answer = read_response(&mut in_flight, REACTION_DEADLINE).await.unwrap();
+    let answer = read_response(&mut in_flight, REACTION_DEADLINE)
+        .await
+        .unwrap();
     assert_eq!(answer.status, 202, "{answer:?}");
     let (status, elapsed) = tokio::task::spawn_blocking(move || {
         // Waits for the exit (a second SIGTERM to a draining server changes nothing).
