@@ -9,15 +9,18 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{watch, Barrier};
 use tokio::task::JoinSet;
 
+use crate::load::histogram::LatencyHistogram;
 use crate::load::http::{format_request, AsyncConn, Response};
 use crate::load::realtime::{PollStats, Poller};
-use crate::load::report::{Counts, ProcessReport, RealtimeReport, Report, ServerRealtime};
+use crate::load::report::{
+    CollectLatency, Counts, ProcessReport, RealtimeReport, Report, ServerRealtime,
+};
 use crate::load::rng::{mix64, SplitMix64};
 use crate::load::traffic::{EventBodies, RequestBuilder, UserAgents, VisitorModel};
 use crate::load::{procfs, LoadConfig, LoadError, Mode};
@@ -83,6 +86,9 @@ struct ConnCounters {
     custom_events_accepted: AtomicU64,
     distinct_human_visitors: AtomicU64,
     distinct_bot_visitors: AtomicU64,
+    /// Time from writing a collect request to its complete answer, whatever the status. Only
+    /// its task locks it (and the reporter at the end), so the lock is never contended.
+    latency: Mutex<LatencyHistogram>,
 }
 
 fn bump(counter: &AtomicU64, by: u64) {
@@ -116,6 +122,16 @@ fn total(counters: &[Arc<ConnCounters>]) -> Counts {
     let mut sum = Counts::default();
     for c in counters {
         sum.add(&c.load());
+    }
+    sum
+}
+
+fn total_latency(counters: &[Arc<ConnCounters>]) -> LatencyHistogram {
+    let mut sum = LatencyHistogram::new();
+    for c in counters {
+        if let Ok(latency) = c.latency.lock() {
+            sum.merge(&latency);
+        }
     }
     sum
 }
@@ -268,6 +284,7 @@ where
                             counts,
                             start.elapsed(),
                             polls.as_ref(),
+                            None,
                             server.as_ref(),
                             None,
                         );
@@ -310,6 +327,7 @@ where
         total(&counters),
         elapsed,
         polls.as_ref(),
+        (connections > 0).then(|| total_latency(&counters)).as_ref(),
         server.as_ref(),
         Some(&client),
     );
@@ -373,6 +391,7 @@ fn build_report(
     counts: Counts,
     elapsed: Duration,
     polls: Option<&PollStats>,
+    collect: Option<&LatencyHistogram>,
     server: Option<&ProcessSampler>,
     client: Option<&ProcessSampler>,
 ) -> Report {
@@ -402,6 +421,7 @@ fn build_report(
         unfinished_requests: counts.unfinished(),
         counts,
         realtime: polls.map(RealtimeReport::from_stats),
+        collect_latency: collect.map(CollectLatency::from_histogram),
         server: server.map(|s| s.report),
         client: client.map(|s| s.report),
         server_realtime: None,
@@ -538,8 +558,14 @@ async fn connection_task(
             &mut rng,
         );
         bump(&counters.requests_started, 1);
+        let sent = Instant::now();
         let outcome = c.send(request, false).await;
         last_used = Instant::now();
+        if outcome.is_ok() {
+            if let Ok(mut latency) = counters.latency.lock() {
+                latency.record(last_used - sent);
+            }
+        }
         let events = u64::from(facts.events);
         bump(&counters.requests, 1);
         bump(&counters.events_sent, events);
