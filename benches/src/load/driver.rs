@@ -284,7 +284,6 @@ where
                             counts,
                             start.elapsed(),
                             polls.as_ref(),
-                            None,
                             server.as_ref(),
                             None,
                         );
@@ -327,11 +326,12 @@ where
         total(&counters),
         elapsed,
         polls.as_ref(),
-        (connections > 0).then(|| total_latency(&counters)).as_ref(),
         server.as_ref(),
         Some(&client),
     );
     report.server_realtime = server_realtime;
+    report.collect_latency =
+        (connections > 0).then(|| CollectLatency::from_histogram(&total_latency(&counters)));
     Ok(report)
 }
 
@@ -391,7 +391,6 @@ fn build_report(
     counts: Counts,
     elapsed: Duration,
     polls: Option<&PollStats>,
-    collect: Option<&LatencyHistogram>,
     server: Option<&ProcessSampler>,
     client: Option<&ProcessSampler>,
 ) -> Report {
@@ -421,7 +420,7 @@ fn build_report(
         unfinished_requests: counts.unfinished(),
         counts,
         realtime: polls.map(RealtimeReport::from_stats),
-        collect_latency: collect.map(CollectLatency::from_histogram),
+        collect_latency: None,
         server: server.map(|s| s.report),
         client: client.map(|s| s.report),
         server_realtime: None,
