@@ -59,8 +59,9 @@ pub struct Config {
     #[arg(long, env = "PULSE_MAX_WEBSITES", default_value_t = EngineLimits::DEFAULT_MAX_WEBSITES)]
     pub max_websites: usize,
 
-    /// Most simultaneous client connections; more wait to be accepted. Default: what the
-    /// connections' share of --memory-limit holds (32 KiB each), at most 4096.
+    /// Most simultaneous client connections. When all are open, the idlest one (no request in
+    /// flight) is closed to admit a new one; the new one waits only if none is idle. Default:
+    /// what the connections' share of --memory-limit holds (32 KiB each), at most 4096.
     #[arg(long, env = "PULSE_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
 
