@@ -13,6 +13,7 @@ use crate::body::BodyBudget;
 use crate::catalog::WebsiteCatalog;
 use crate::client_ip::TrustedProxies;
 use crate::config::{Config, HttpLimits};
+use crate::connections::{ConnectionPool, PoolLimits, EVICTABLE_AFTER, PRESSURE_IDLE};
 use crate::error::ServerError;
 use crate::event_log::EventLog;
 use crate::geoip::GeoIp;
@@ -42,6 +43,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Client connections being served now.
     pub open_connections: AtomicUsize,
+    /// The admitted connections and the rules for shedding them (`connections.rs`).
+    pub connections: Arc<ConnectionPool>,
 }
 
 impl AppState {
@@ -88,6 +91,12 @@ impl AppState {
             user_agents: ClassCache::new(),
             metrics,
             open_connections: AtomicUsize::new(0),
+            connections: Arc::new(ConnectionPool::new(PoolLimits {
+                max_connections: http.max_connections,
+                max_per_address: http.max_connections_per_ip,
+                pressure_idle: http.header_timeout.min(PRESSURE_IDLE),
+                evictable_after: EVICTABLE_AFTER,
+            })),
         })
     }
 }

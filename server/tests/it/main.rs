@@ -5,6 +5,7 @@
 //!
 //! - `http`: the HTTP API, one behaviour per test (issue 3).
 //! - `assets`: the embedded tracker and dashboard files (issue 5).
+//! - `connections`: idle, slow-header and stalled-body floods from a second address; SIGTERM.
 //! - `crash`: SIGKILL, SIGTERM and damaged logs against the event log (issue 4).
 //! - `overload`: memory limit, `/metrics`, rate limit and a full write queue (issue 6).
 //! - `catalog`: website writes during ingest; file, list and engine agree across a restart.
@@ -25,6 +26,8 @@ mod assets;
 mod catalog;
 #[cfg(target_os = "linux")]
 mod clock;
+#[cfg(target_os = "linux")]
+mod connections;
 #[cfg(unix)]
 mod crash;
 #[cfg(target_os = "linux")]
