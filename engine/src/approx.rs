@@ -395,4 +395,135 @@ mod tests {
         hll.advance_to(1_090_019 + 60_000);
         assert_eq!(hll.estimate(), 0);
     }
+
+    #[test]
+    fn memory_is_fixed_by_the_byte_limit_however_long_the_traffic_lasts() {
+        let mut hll = SlidingHll::with_max_bytes(1800, 1_048_550 / 2);
+        assert_eq!(
+            hll.precision(),
+            15,
+            "2^16 registers × 8 bytes would not fit"
+        );
+        let bytes = hll.memory_bytes();
+        assert!(bytes <= 1_048_550 / 2);
+        // Two hours of a slow stream of distinct visitors: 360 slices' worth under a design
+        // that allocates per slice of time, one fixed allocation here.
+        for id in 0..720_000_u64 {
+            hll.record(id, 1_000_000 + id as i64 * 10);
+            assert_eq!(hll.memory_bytes(), bytes);
+        }
+        // The last 30 minutes hold 180,000 of them.
+        let error = relative_error(hll.estimate(), 180_000);
+        assert!(error <= 0.02, "estimate {} ({error:.4})", hll.estimate());
+        assert_eq!(
+            SlidingHll::with_max_bytes(1800, 0).precision(),
+            MIN_PRECISION
+        );
+        assert_eq!(SlidingHll::with_max_bytes(1800, usize::MAX).precision(), 16);
+    }
+
+    #[test]
+    fn a_steady_stream_counts_the_window_after_many_windows_have_expired() {
+        // 400,000 visitors over two hours, some returning: the last 30 minutes hold 100,000.
+        let mut hll = SlidingHll::new(1800);
+        let span_ms = 2 * 3_600_000;
+        let n = 400_000_u64;
+        for v in 0..n {
+            let ts = 1_000_000 + (v as i64 * span_ms) / n as i64;
+            hll.record(v, ts);
+            if v % 7 == 0 {
+                // A returning visitor from a few minutes earlier (an out-of-order id).
+                hll.record(v.saturating_sub(1_000), ts);
+            }
+        }
+        let error = relative_error(hll.estimate(), n / 4);
+        assert!(error <= 0.02, "estimate {} ({error:.4})", hll.estimate());
+    }
+
+    #[test]
+    fn halving_the_precision_equals_counting_at_the_lower_precision() {
+        let mut folded = SlidingHll::new(1800);
+        let mut direct = SlidingHll::with_precision(1800, 13);
+        // Few enough ids that no register's list outgrows its slots at either precision (the
+        // slots' limit is the one place where the two may differ), arriving out of order.
+        for id in 0..8_000_u64 {
+            let ts = 1_000_000 + (id as i64 * 7_919) % 1_700_000;
+            folded.record(id, ts);
+            direct.record(id, ts);
+        }
+        folded.advance_to(3_000_000);
+        direct.advance_to(3_000_000);
+        for _ in 0..3 {
+            assert!(folded.halve_precision());
+        }
+        assert_eq!(folded.precision(), 13);
+        assert_eq!(folded.memory_bytes(), direct.memory_bytes());
+        assert_eq!(
+            folded.memory_bytes(),
+            SlidingHll::new(1800).memory_bytes() / 8
+        );
+        assert_eq!(folded.estimate(), direct.estimate());
+        let differing: Vec<(usize, &[u16], &[u16])> = folded
+            .slots
+            .chunks_exact(SLOTS)
+            .zip(direct.slots.chunks_exact(SLOTS))
+            .enumerate()
+            .filter(|(_, (a, b))| a != b)
+            .map(|(i, (a, b))| (i, a, b))
+            .collect();
+        assert!(
+            differing.is_empty(),
+            "{} registers differ, e.g. {:?}",
+            differing.len(),
+            &differing[..differing.len().min(5)]
+        );
+        while folded.halve_precision() {}
+        assert_eq!(folded.precision(), MIN_PRECISION);
+        assert!(folded.estimate() > 0);
+    }
+
+    /// Ids that fall in distinct registers at `precision`.
+    fn ids_in_distinct_registers(precision: u32, count: usize) -> Vec<u64> {
+        let mut taken = std::collections::HashSet::new();
+        (0_u64..)
+            .filter(|id| taken.insert(register_and_rank(*id, precision).0))
+            .take(count)
+            .collect()
+    }
+
+    proptest::proptest! {
+        /// With ids in registers of their own, the estimate is the exact number of distinct ids
+        /// with an event in a live tick: late events, repeats, idle gaps longer than the window
+        /// and clock jumps included.
+        #[test]
+        fn few_ids_are_counted_exactly_over_the_sliding_window(
+            steps in proptest::collection::vec((0..30_usize, -20_000..150_000_i64), 1..200),
+        ) {
+            let precision = 12;
+            let ids = ids_in_distinct_registers(precision, 30);
+            let window_ms = 60_000_i64;
+            let tick_ms = window_ms / TICKS_PER_WINDOW;
+            let mut hll = SlidingHll::with_precision(60, precision);
+            let mut clock = 1_000_000_i64;
+            let mut seen: Vec<(u64, i64)> = Vec::new();
+            for (pick, step) in steps {
+                // Mostly small steps forward or back, sometimes a gap of minutes.
+                let ts = if step > 100_000 { clock + step * 3 } else { clock + step / 10 };
+                hll.record(ids[pick], ts);
+                clock = clock.max(ts);
+                if ts > clock - window_ms {
+                    seen.push((ids[pick], ts));
+                }
+                let dead_tick = (clock - window_ms + 1).div_euclid(tick_ms) - 1;
+                let mut live: Vec<u64> = seen
+                    .iter()
+                    .filter(|(_, ts)| ts.div_euclid(tick_ms) > dead_tick)
+                    .map(|(id, _)| *id)
+                    .collect();
+                live.sort_unstable();
+                live.dedup();
+                proptest::prop_assert_eq!(hll.estimate(), live.len() as u64);
+            }
+        }
+    }
 }
