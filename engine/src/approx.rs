@@ -60,24 +60,29 @@ fn register_and_rank(id: u64, precision: u32) -> (usize, u8) {
 }
 
 fn entry(tick: i64, rank: u8) -> u16 {
-    ((tick.rem_euclid(i64::from(TICK_MODULUS)) as u16) << RANK_BITS) | u16::from(rank)
+    (stored_tick(tick) << RANK_BITS) | u16::from(rank)
 }
 
 fn entry_rank(entry: u16) -> u8 {
     (entry & RANK_MASK) as u8
 }
 
-/// Ticks between `entry` and `clock_tick` (valid while the entry is under 1024 ticks old).
-fn entry_age(entry: u16, clock_tick: i64) -> u16 {
-    let clock = clock_tick.rem_euclid(i64::from(TICK_MODULUS)) as u16;
+/// A clock tick as stored in entries: modulo 1024.
+fn stored_tick(tick: i64) -> u16 {
+    tick.rem_euclid(i64::from(TICK_MODULUS)) as u16
+}
+
+/// Ticks between `entry` and the clock's `stored_tick` (valid while the entry is under 1024
+/// ticks old).
+fn entry_age(entry: u16, clock: u16) -> u16 {
     clock.wrapping_sub(entry >> RANK_BITS) & (TICK_MODULUS - 1)
 }
 
 /// Adds `(age, rank)` to one register's list (oldest first; ages and ranks strictly falling),
 /// dropping the pairs it beats. Returns false, changing nothing, when a pair at least as new
 /// and as high is there already. When the list would outgrow its slots its newest pair goes.
-fn insert_pair(list: &mut [u16], clock_tick: i64, age: u16, rank: u8, new: u16) -> bool {
-    let ages_ranks = |e: u16| (entry_age(e, clock_tick), entry_rank(e));
+fn insert_pair(list: &mut [u16; SLOTS], clock: u16, age: u16, rank: u8, new: u16) -> bool {
+    let ages_ranks = |e: u16| (entry_age(e, clock), entry_rank(e));
     if list.iter().take_while(|e| entry_rank(**e) != 0).any(|e| {
         let (a, r) = ages_ranks(*e);
         a <= age && r >= rank
@@ -103,7 +108,7 @@ fn insert_pair(list: &mut [u16], clock_tick: i64, age: u16, rank: u8, new: u16) 
     if !placed {
         merged[len] = new;
     }
-    list.copy_from_slice(&merged[..list.len()]);
+    list.copy_from_slice(&merged[..SLOTS]);
     true
 }
 
@@ -153,8 +158,12 @@ pub struct SlidingHll {
     clock_tick: i64,
     /// The newest tick wholly at or before the cutoff: no entry is at or before it.
     dead_tick: i64,
-    /// `SLOTS` entries per register, oldest first, 0 for a free slot.
-    slots: Box<[u16]>,
+    /// Each register's oldest entry (the one with the highest rank, which the estimate reads),
+    /// 0 when the register is empty. Apart from the rest so that the sweep for expired entries
+    /// reads 2 bytes per register, in blocks the compiler vectorises.
+    heads: Box<[u16]>,
+    /// The other `SLOTS - 1` entries of each register, oldest first, 0 for a free slot.
+    tails: Box<[u16]>,
     /// How many registers have each maximum rank (the first entry's rank; 0 when empty).
     histogram: [u32; RANKS],
 }
@@ -196,12 +205,28 @@ impl SlidingHll {
             clock_ms: i64::MIN,
             clock_tick: i64::MIN,
             dead_tick: i64::MIN,
-            slots: vec![0; (1 << precision) * SLOTS].into_boxed_slice(),
+            heads: vec![0; 1 << precision].into_boxed_slice(),
+            tails: vec![0; (1 << precision) * (SLOTS - 1)].into_boxed_slice(),
             histogram,
         }
     }
 
-    /// Bytes a count at `precision` holds.
+    /// One register's entries, oldest first.
+    fn list(&self, register: usize) -> [u16; SLOTS] {
+        let mut list = [0; SLOTS];
+        list[0] = self.heads[register];
+        list[1..]
+            .copy_from_slice(&self.tails[register * (SLOTS - 1)..(register + 1) * (SLOTS - 1)]);
+        list
+    }
+
+    fn store(&mut self, register: usize, list: &[u16; SLOTS]) {
+        self.heads[register] = list[0];
+        self.tails[register * (SLOTS - 1)..(register + 1) * (SLOTS - 1)]
+            .copy_from_slice(&list[1..]);
+    }
+
+    /// Bytes a count at `precision` holds (`heads` and `tails`).
     fn bytes_at(precision: u32) -> usize {
         (1 << precision) * SLOTS * std::mem::size_of::<u16>()
     }
@@ -225,9 +250,16 @@ impl SlidingHll {
         let tick = ts_ms.div_euclid(self.tick_ms);
         let age = (self.clock_tick - tick) as u16;
         let (register, rank) = register_and_rank(id, self.precision);
-        let list = &mut self.slots[register * SLOTS..(register + 1) * SLOTS];
+        let mut list = self.list(register);
         let head = entry_rank(list[0]);
-        if insert_pair(list, self.clock_tick, age, rank, entry(tick, rank)) {
+        if insert_pair(
+            &mut list,
+            stored_tick(self.clock_tick),
+            age,
+            rank,
+            entry(tick, rank),
+        ) {
+            self.store(register, &list);
             let new_head = entry_rank(list[0]);
             if new_head != head {
                 self.histogram[usize::from(head)] -= 1;
@@ -255,28 +287,40 @@ impl SlidingHll {
             return;
         }
         if dead_tick >= old_clock_tick {
-            self.slots.fill(0);
+            self.heads.fill(0);
+            self.tails.fill(0);
             self.histogram = [0; RANKS];
             self.histogram[0] = registers;
             return;
         }
-        // Ages are read against the clock every stored entry was live at.
+        // Ages are read against the clock every stored entry was live at. A head expires first
+        // in its register, so blocks with no expired head are skipped after one branch-free
+        // pass; in steady traffic about one head in a thousand expires per tick.
+        let clock = stored_tick(old_clock_tick);
         let expired_age = (old_clock_tick - dead_tick) as u16;
-        for list in self.slots.chunks_exact_mut(SLOTS) {
-            let head = list[0];
-            if entry_rank(head) == 0 || entry_age(head, old_clock_tick) < expired_age {
+        let expired = |e: u16| (e & RANK_MASK != 0) & (entry_age(e, clock) >= expired_age);
+        const BLOCK: usize = 64;
+        for start in (0..self.heads.len()).step_by(BLOCK) {
+            let end = (start + BLOCK).min(self.heads.len());
+            if !self.heads[start..end]
+                .iter()
+                .fold(false, |any, e| any | expired(*e))
+            {
                 continue;
             }
-            let gone = list
-                .iter()
-                .take_while(|e| {
-                    entry_rank(**e) != 0 && entry_age(**e, old_clock_tick) >= expired_age
-                })
-                .count();
-            list.copy_within(gone.., 0);
-            list[SLOTS - gone..].fill(0);
-            self.histogram[usize::from(entry_rank(head))] -= 1;
-            self.histogram[usize::from(entry_rank(list[0]))] += 1;
+            for register in start..end {
+                if !expired(self.heads[register]) {
+                    continue;
+                }
+                let mut list = self.list(register);
+                let head = list[0];
+                let gone = list.iter().take_while(|e| expired(**e)).count();
+                list.copy_within(gone.., 0);
+                list[SLOTS - gone..].fill(0);
+                self.store(register, &list);
+                self.histogram[usize::from(entry_rank(head))] -= 1;
+                self.histogram[usize::from(entry_rank(list[0]))] += 1;
+            }
         }
     }
 
@@ -288,30 +332,33 @@ impl SlidingHll {
             return false;
         }
         let precision = self.precision - 1;
-        let mut slots = vec![0_u16; (1 << precision) * SLOTS].into_boxed_slice();
-        let mut histogram = [0_u32; RANKS];
-        for (folded, pair) in slots
-            .chunks_exact_mut(SLOTS)
-            .zip(self.slots.chunks_exact(2 * SLOTS))
-        {
+        let clock = stored_tick(self.clock_tick);
+        let mut folded = Self {
+            heads: vec![0; 1 << precision].into_boxed_slice(),
+            tails: vec![0; (1 << precision) * (SLOTS - 1)].into_boxed_slice(),
+            histogram: [0; RANKS],
+            precision,
+            ..*self
+        };
+        for register in 0..folded.registers() {
             // The dropped index bit becomes the first bit of the rest: where it was 0 every rank
             // grows by one, where it was 1 every rank becomes 1.
-            let (zero_bit, one_bit) = pair.split_at(SLOTS);
-            for (out, e) in folded.iter_mut().zip(zero_bit) {
-                if entry_rank(*e) != 0 {
-                    *out = *e + 1;
+            let zero_bit = self.list(2 * register);
+            let one_bit = self.list(2 * register + 1);
+            let mut list = [0_u16; SLOTS];
+            for (out, e) in list.iter_mut().zip(zero_bit) {
+                if entry_rank(e) != 0 {
+                    *out = e + 1;
                 }
             }
             if let Some(newest) = one_bit.iter().rev().find(|e| entry_rank(**e) != 0) {
-                let age = entry_age(*newest, self.clock_tick);
-                let one = (*newest & !RANK_MASK) | 1;
-                insert_pair(folded, self.clock_tick, age, 1, one);
+                let age = entry_age(*newest, clock);
+                insert_pair(&mut list, clock, age, 1, (*newest & !RANK_MASK) | 1);
             }
-            histogram[usize::from(entry_rank(folded[0]))] += 1;
+            folded.store(register, &list);
+            folded.histogram[usize::from(entry_rank(list[0]))] += 1;
         }
-        self.precision = precision;
-        self.slots = slots;
-        self.histogram = histogram;
+        *self = folded;
         true
     }
 
@@ -370,7 +417,7 @@ mod tests {
     }
 
     #[test]
-    fn expired_slices_leave_the_count() {
+    fn expired_ticks_leave_the_count() {
         let mut hll = SlidingHll::new(60);
         for id in 0..10_000_u64 {
             hll.record(id, 1_000_000);
@@ -463,13 +510,9 @@ mod tests {
             SlidingHll::new(1800).memory_bytes() / 8
         );
         assert_eq!(folded.estimate(), direct.estimate());
-        let differing: Vec<(usize, &[u16], &[u16])> = folded
-            .slots
-            .chunks_exact(SLOTS)
-            .zip(direct.slots.chunks_exact(SLOTS))
-            .enumerate()
-            .filter(|(_, (a, b))| a != b)
-            .map(|(i, (a, b))| (i, a, b))
+        let differing: Vec<(usize, [u16; SLOTS], [u16; SLOTS])> = (0..direct.registers())
+            .map(|r| (r, folded.list(r), direct.list(r)))
+            .filter(|(_, a, b)| a != b)
             .collect();
         assert!(
             differing.is_empty(),

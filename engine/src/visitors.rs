@@ -286,4 +286,35 @@ mod tests {
         assert!(!count.is_approximate(), "still approximate");
         assert_eq!(count.count(), 100);
     }
+
+    #[test]
+    fn shedding_gives_memory_back_step_by_step_and_never_grows() {
+        let budget = MemoryBudget::new(usize::MAX);
+        let mut count = VisitorCount::new(1800);
+        for id in 0..20_000_u64 {
+            count.record(VisitorId(id), T0 + id as i64, None, &budget);
+        }
+        let exact = count.memory_bytes();
+        // An exact window turns into an estimate no larger than half the share or the window.
+        assert!(count.shed_memory(1 << 20));
+        assert!(count.is_approximate());
+        let mut held = count.memory_bytes();
+        assert!(held <= exact.min(1 << 19), "{held} after {exact}");
+        // Then the precision halves, each step freeing memory, down to the lowest.
+        let mut steps = 0;
+        while count.shed_memory(1 << 20) {
+            assert!(count.memory_bytes() < held);
+            held = count.memory_bytes();
+            steps += 1;
+        }
+        assert!(steps >= 1);
+        assert_eq!(
+            count.memory_bytes(),
+            16 * 8,
+            "16 registers of 4 two-byte slots"
+        );
+        assert!(count.count() > 0);
+        // An empty exact window has nothing to give.
+        assert!(!VisitorCount::new(1800).shed_memory(1 << 20));
+    }
 }
