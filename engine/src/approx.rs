@@ -7,17 +7,18 @@
 //! by a later pair with a rank at least as high — so when the oldest pair leaves the window the
 //! next one is already there. The list is short (its expected length grows with the log of the
 //! ids per register: under 3 entries at 1M ids in 65,536 registers) and is stored inline in
-//! `SLOTS` 16-bit entries (10 bits of time, 6 of rank), so the memory is exactly
-//! `2^p × SLOTS × 2` bytes from the first id to the millionth, whatever the traffic or how long
-//! it lasts. A register whose list would outgrow its slots drops its newest, smallest pair:
-//! that pair could only matter after every older one had expired.
+//! `SLOTS` 16-bit entries (10 bits of time, 6 of rank), so the memory is exactly `2^p × 8`
+//! bytes, plus 2 per 64 registers for the expiry sweep, from the first id to the millionth,
+//! whatever the traffic or how long it lasts. A register whose list would outgrow its slots
+//! drops its newest, smallest pair: that pair could only matter after every older one expired.
 //!
 //! Time is kept in ticks of 1/1000 of the window (1.8 s for 30 minutes); a tick leaves the count
 //! once all of it is past the cutoff, so the window edge is one tick wide: a one-sided overcount
-//! of at most 0.1% of the window. When a tick passes, one sweep over the list heads drops what
-//! expired; recording an id touches one register, and the estimate is kept from a histogram of
-//! register values (Ertl's improved raw estimator, unbiased from 0 to billions without
-//! switching formulas), so estimating costs a 64-step loop.
+//! of at most 0.1% of the window. When a tick passes, a sweep over per-block summaries (the
+//! oldest first entry of every 64 registers) visits the blocks where something expired.
+//! Recording an id touches one register, and the estimate is kept from a histogram of register
+//! values (Ertl's improved raw estimator, unbiased from 0 to billions without switching
+//! formulas), so estimating costs a 64-step loop.
 //!
 //! Precision is what gives way under memory pressure, never the bound: `with_max_bytes` picks
 //! the largest precision that fits (16 at most: standard error 1.04/√65536 ≈ 0.41%), and
@@ -38,6 +39,10 @@ const TICK_BITS: u32 = 10;
 const TICK_MODULUS: u16 = 1 << TICK_BITS;
 const RANK_BITS: u32 = 6;
 const RANK_MASK: u16 = (1 << RANK_BITS) - 1;
+/// Registers per block of the expiry sweep's summary.
+const BLOCK: usize = 64;
+/// A block summary for "no entry": no stored tick has 16 bits.
+const NO_TICK: u16 = u16::MAX;
 /// Histogram buckets: ranks 0 (empty) to `65 - MIN_PRECISION`.
 const RANKS: usize = 64;
 
@@ -72,10 +77,15 @@ fn stored_tick(tick: i64) -> u16 {
     tick.rem_euclid(i64::from(TICK_MODULUS)) as u16
 }
 
+/// Ticks between a stored tick and the clock's `stored_tick` (valid while under 1024).
+fn tick_age(tick: u16, clock: u16) -> u16 {
+    clock.wrapping_sub(tick) & (TICK_MODULUS - 1)
+}
+
 /// Ticks between `entry` and the clock's `stored_tick` (valid while the entry is under 1024
 /// ticks old).
 fn entry_age(entry: u16, clock: u16) -> u16 {
-    clock.wrapping_sub(entry >> RANK_BITS) & (TICK_MODULUS - 1)
+    tick_age(entry >> RANK_BITS, clock)
 }
 
 /// Adds `(age, rank)` to one register's list (oldest first; ages and ranks strictly falling),
@@ -148,7 +158,8 @@ fn tau(mut x: f64) -> f64 {
     }
 }
 
-/// An approximate distinct count of visitor ids over a sliding window, in `2^p × 8` bytes.
+/// An approximate distinct count of visitor ids over a sliding window, in `2^p × 8` bytes plus
+/// 2 per 64 registers.
 #[derive(Debug)]
 pub struct SlidingHll {
     precision: u32,
@@ -158,12 +169,14 @@ pub struct SlidingHll {
     clock_tick: i64,
     /// The newest tick wholly at or before the cutoff: no entry is at or before it.
     dead_tick: i64,
-    /// Each register's oldest entry (the one with the highest rank, which the estimate reads),
-    /// 0 when the register is empty. Apart from the rest so that the sweep for expired entries
-    /// reads 2 bytes per register, in blocks the compiler vectorises.
-    heads: Box<[u16]>,
-    /// The other `SLOTS - 1` entries of each register, oldest first, 0 for a free slot.
-    tails: Box<[u16]>,
+    /// `SLOTS` entries per register, oldest first (the first has the highest rank: it is what
+    /// the estimate reads), 0 for a free slot. One register is 8 bytes: one cache line to read.
+    slots: Box<[u16]>,
+    /// Per block of `BLOCK` registers, the stored tick of its oldest first entry, or at most
+    /// that old (an overwritten first entry leaves it older than needed, never newer); `NO_TICK`
+    /// when the block is empty. The expiry sweep reads these and visits only the blocks where
+    /// something may have expired.
+    oldest: Box<[u16]>,
     /// How many registers have each maximum rank (the first entry's rank; 0 when empty).
     histogram: [u32; RANKS],
 }
@@ -205,30 +218,49 @@ impl SlidingHll {
             clock_ms: i64::MIN,
             clock_tick: i64::MIN,
             dead_tick: i64::MIN,
-            heads: vec![0; 1 << precision].into_boxed_slice(),
-            tails: vec![0; (1 << precision) * (SLOTS - 1)].into_boxed_slice(),
+            slots: vec![0; (1 << precision) * SLOTS].into_boxed_slice(),
+            oldest: vec![NO_TICK; Self::blocks_at(precision)].into_boxed_slice(),
             histogram,
         }
+    }
+
+    fn blocks_at(precision: u32) -> usize {
+        (1_usize << precision).div_ceil(BLOCK)
     }
 
     /// One register's entries, oldest first.
     fn list(&self, register: usize) -> [u16; SLOTS] {
         let mut list = [0; SLOTS];
-        list[0] = self.heads[register];
-        list[1..]
-            .copy_from_slice(&self.tails[register * (SLOTS - 1)..(register + 1) * (SLOTS - 1)]);
+        list.copy_from_slice(&self.slots[register * SLOTS..(register + 1) * SLOTS]);
         list
     }
 
+    /// Writes one register's entries, keeping its block's summary at least as old as its first.
     fn store(&mut self, register: usize, list: &[u16; SLOTS]) {
-        self.heads[register] = list[0];
-        self.tails[register * (SLOTS - 1)..(register + 1) * (SLOTS - 1)]
-            .copy_from_slice(&list[1..]);
+        self.slots[register * SLOTS..(register + 1) * SLOTS].copy_from_slice(list);
+        if entry_rank(list[0]) != 0 {
+            let clock = stored_tick(self.clock_tick);
+            let tick = list[0] >> RANK_BITS;
+            let oldest = &mut self.oldest[register / BLOCK];
+            if *oldest == NO_TICK || tick_age(tick, clock) > tick_age(*oldest, clock) {
+                *oldest = tick;
+            }
+        }
     }
 
-    /// Bytes a count at `precision` holds (`heads` and `tails`).
+    /// Sets a block's summary to the exact oldest first entry among its registers.
+    fn summarise_block(&mut self, block: usize, clock: u16) {
+        let end = ((block + 1) * BLOCK).min(self.registers());
+        self.oldest[block] = (block * BLOCK..end)
+            .map(|r| self.slots[r * SLOTS])
+            .filter(|e| entry_rank(*e) != 0)
+            .max_by_key(|e| entry_age(*e, clock))
+            .map_or(NO_TICK, |e| e >> RANK_BITS);
+    }
+
+    /// Bytes a count at `precision` holds: 8 per register, 2 per block summary.
     fn bytes_at(precision: u32) -> usize {
-        (1 << precision) * SLOTS * std::mem::size_of::<u16>()
+        ((1 << precision) * SLOTS + Self::blocks_at(precision)) * std::mem::size_of::<u16>()
     }
 
     fn registers(&self) -> usize {
@@ -287,40 +319,38 @@ impl SlidingHll {
             return;
         }
         if dead_tick >= old_clock_tick {
-            self.heads.fill(0);
-            self.tails.fill(0);
+            self.slots.fill(0);
+            self.oldest.fill(NO_TICK);
             self.histogram = [0; RANKS];
             self.histogram[0] = registers;
             return;
         }
-        // Ages are read against the clock every stored entry was live at. A head expires first
-        // in its register, so blocks with no expired head are skipped after one branch-free
-        // pass; in steady traffic about one head in a thousand expires per tick.
+        // Ages are read against the clock every stored entry was live at. A first entry expires
+        // first in its register, so only blocks whose oldest first entry expired are visited: in
+        // steady traffic about one register in a thousand per tick.
         let clock = stored_tick(old_clock_tick);
         let expired_age = (old_clock_tick - dead_tick) as u16;
-        let expired = |e: u16| (e & RANK_MASK != 0) & (entry_age(e, clock) >= expired_age);
-        const BLOCK: usize = 64;
-        for start in (0..self.heads.len()).step_by(BLOCK) {
-            let end = (start + BLOCK).min(self.heads.len());
-            if !self.heads[start..end]
-                .iter()
-                .fold(false, |any, e| any | expired(*e))
-            {
+        let expired = |e: u16| entry_rank(e) != 0 && entry_age(e, clock) >= expired_age;
+        for block in 0..self.oldest.len() {
+            let oldest = self.oldest[block];
+            if oldest == NO_TICK || tick_age(oldest, clock) < expired_age {
                 continue;
             }
-            for register in start..end {
-                if !expired(self.heads[register]) {
-                    continue;
-                }
+            let end = ((block + 1) * BLOCK).min(self.registers());
+            for register in block * BLOCK..end {
                 let mut list = self.list(register);
                 let head = list[0];
+                if !expired(head) {
+                    continue;
+                }
                 let gone = list.iter().take_while(|e| expired(**e)).count();
                 list.copy_within(gone.., 0);
                 list[SLOTS - gone..].fill(0);
-                self.store(register, &list);
+                self.slots[register * SLOTS..(register + 1) * SLOTS].copy_from_slice(&list);
                 self.histogram[usize::from(entry_rank(head))] -= 1;
                 self.histogram[usize::from(entry_rank(list[0]))] += 1;
             }
+            self.summarise_block(block, clock);
         }
     }
 
@@ -334,8 +364,8 @@ impl SlidingHll {
         let precision = self.precision - 1;
         let clock = stored_tick(self.clock_tick);
         let mut folded = Self {
-            heads: vec![0; 1 << precision].into_boxed_slice(),
-            tails: vec![0; (1 << precision) * (SLOTS - 1)].into_boxed_slice(),
+            slots: vec![0; (1 << precision) * SLOTS].into_boxed_slice(),
+            oldest: vec![NO_TICK; Self::blocks_at(precision)].into_boxed_slice(),
             histogram: [0; RANKS],
             precision,
             ..*self

@@ -310,8 +310,8 @@ mod tests {
         assert!(steps >= 1);
         assert_eq!(
             count.memory_bytes(),
-            16 * 8,
-            "16 registers of 4 two-byte slots"
+            16 * 8 + 2,
+            "16 registers of 4 two-byte slots, one block summary"
         );
         assert!(count.count() > 0);
         // An empty exact window has nothing to give.
