@@ -35,7 +35,7 @@ struct Shadow {
 enum Mode {
     Exact(VisitorWindow),
     Approximate {
-        hll: SlidingHll,
+        hll: Box<SlidingHll>,
         shadow: Option<Shadow>,
         /// No new shadow before this instant (after one was dropped).
         retry_at_ms: i64,
@@ -195,7 +195,7 @@ impl VisitorCount {
     /// lowest precision when even that does not fit); every active visitor is carried over.
     pub fn switch_to_approximate(&mut self, max_bytes: usize) {
         if let Mode::Exact(window) = &self.mode {
-            let mut hll = SlidingHll::with_max_bytes(self.window_secs, max_bytes);
+            let mut hll = Box::new(SlidingHll::with_max_bytes(self.window_secs, max_bytes));
             window.for_each(|id, ts| hll.record(id.0, ts));
             hll.advance_to(self.clock_ms);
             self.mode = Mode::Approximate {
