@@ -11,7 +11,9 @@
 //! - `routes`: the router, its paths and request metrics, and one module per route (`collect`,
 //!   `realtime`, `websites`, `health`, `scrape` — `GET /metrics`, `assets` — the embedded
 //!   dashboard and `/s.js` tracker).
-//! - `auth`: the admin token check. `body`: bounded, timed body reading.
+//! - `auth`: the admin token check; `admin_access`: without a token, loopback `Host` and same
+//!   origin only, and JSON bodies always. `body`: bounded, timed body reading.
+//! - `wire_errors`: JSON bodies for the errors hyper answers before the router runs.
 //! - `client_ip`: trusted proxies and `X-Forwarded-For`. `url_normaliser`: page paths and referrer
 //!   hosts.
 //! - `user_agent`: bot, browser and device classification in one pass.
@@ -40,6 +42,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tower::ServiceExt;
 
+pub mod admin_access;
 pub mod atomic_file;
 pub mod auth;
 pub mod body;
@@ -58,11 +61,13 @@ pub mod state;
 pub mod url_normaliser;
 pub mod user_agent;
 pub mod websites;
+pub mod wire_errors;
 
 pub use config::Config;
 pub use error::{ApiError, ServerError};
 use event_log::LogFailure;
 pub use state::AppState;
+use wire_errors::ParseErrorsAsJson;
 
 /// The old name of `url_normaliser`, kept until `websites` imports the new one (another change
 /// is rewriting that module).
@@ -174,7 +179,8 @@ async fn serve(
                 app.oneshot(request.map(axum::body::Body::new)).await
             }
         });
-        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        let connection = graceful
+            .watch(builder.serve_connection(TokioIo::new(ParseErrorsAsJson::new(stream)), service));
         let conn_state = Arc::clone(&state);
         tokio::spawn(async move {
             if let Err(error) = connection.await {
