@@ -1,8 +1,8 @@
 //! The HTTP routes and the router that joins them: which paths exist, which need the admin
 //! token (and, for bodies, JSON), the JSON 404/405 answers, the layer that turns any other
-//! non-JSON error (an extractor's rejection) into the JSON shape, and the request layer that counts every request by route
-//! and status (the `route` label comes from the same path constants the router is built from).
-//! Each route's logic lives in its own module.
+//! non-JSON error (an extractor's rejection) into the JSON shape, and the request layer that
+//! counts every request by route and status (the `route` label comes from the same path
+//! constants the router is built from). Each route's logic lives in its own module.
 
 use std::sync::Arc;
 use std::time::Instant;
