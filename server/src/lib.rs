@@ -11,8 +11,10 @@
 //! - `routes`: the router, its paths and request metrics, and one module per route (`collect`,
 //!   `realtime`, `websites`, `health`, `scrape` — `GET /metrics`, `assets` — the embedded
 //!   dashboard and `/s.js` tracker).
-//! - `auth`: the admin token check. `body`: bounded, timed body reading against a budget.
+//! - `auth`: the admin token check; `admin_access`: without a token, loopback `Host` and same
+//!   origin only, and JSON bodies always. `body`: bounded, timed body reading against a budget.
 //! - `connections`: `ConnectionPool`, the admitted connections and the rules for shedding them.
+//! - `wire_errors`: JSON bodies for the errors hyper answers before the router runs.
 //! - `client_ip`: trusted proxies and `X-Forwarded-For`. `url_normaliser`: page paths and referrer
 //!   hosts.
 //! - `user_agent`: bot, browser and device classification in one pass.
@@ -41,6 +43,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tower::ServiceExt;
 
+pub mod admin_access;
 pub mod atomic_file;
 pub mod auth;
 pub mod body;
@@ -60,12 +63,14 @@ pub mod salts;
 pub mod state;
 pub mod url_normaliser;
 pub mod user_agent;
+pub mod wire_errors;
 
 pub use config::Config;
 use connections::{ConnectionGuard, ConnectionPool, RequestGuard};
 pub use error::{ApiError, ServerError};
 use event_log::LogFailure;
 pub use state::AppState;
+use wire_errors::ParseErrorsAsJson;
 
 /// Largest request head (request line plus headers) accepted. Browsers send a few KiB; more
 /// is abuse. Hyper refuses heads that do not fit its read buffer (twice this) while parsing;
@@ -166,7 +171,8 @@ async fn serve(
         let _ = stream.set_nodelay(true);
         let guard = Arc::new(guard);
         let service = request_service(&state, &app, peer, &guard);
-        let connection = builder.serve_connection(TokioIo::new(stream), service);
+        let connection =
+            builder.serve_connection(TokioIo::new(ParseErrorsAsJson::new(stream)), service);
         tokio::spawn(serve_connection(
             connection,
             guard,
@@ -241,7 +247,7 @@ fn request_service(
 /// Serves one admitted connection until it ends, the pool evicts it, or shutdown: then it is
 /// closed at once if no request is in flight, else after its response (`graceful_shutdown`).
 async fn serve_connection<S>(
-    connection: http1::Connection<TokioIo<tokio::net::TcpStream>, S>,
+    connection: http1::Connection<TokioIo<ParseErrorsAsJson<tokio::net::TcpStream>>, S>,
     guard: Arc<ConnectionGuard>,
     mut stopped: watch::Receiver<bool>,
     state: Arc<AppState>,

@@ -261,6 +261,8 @@ mod tests {
         let request = Request::builder()
             .method(method)
             .uri(uri)
+            // Without an admin token, admin routes answer loopback names only.
+            .header("host", "localhost")
             .header("content-type", "application/json")
             .body(Body::from(body.to_string()))
             .unwrap();

@@ -4,6 +4,9 @@
 //! binary; the harness, the client and the fixtures are the test kit's.
 //!
 //! - `http`: the HTTP API, one behaviour per test (issue 3).
+//! - `admin`: the admin routes against a hostile page — DNS rebinding, CSRF, CORS — and what
+//!   `/readyz` tells whom (issue 12).
+//! - `malformed`: requests refused before the router still get JSON errors (issue 12).
 //! - `assets`: the embedded tracker and dashboard files (issue 5).
 //! - `connections`: idle, slow-header and stalled-body floods from a second address; SIGTERM.
 //! - `crash`: SIGKILL, SIGTERM and damaged logs against the event log (issue 4).
@@ -22,6 +25,7 @@ use std::path::Path;
 
 use pulse_testkit::server::{Opts, Server};
 
+mod admin;
 mod assets;
 mod catalog;
 #[cfg(target_os = "linux")]
@@ -33,6 +37,7 @@ mod crash;
 #[cfg(target_os = "linux")]
 mod disk;
 mod http;
+mod malformed;
 #[cfg(target_os = "linux")]
 mod overload;
 mod tidy;
