@@ -208,7 +208,12 @@ pub enum CatalogOpenError {
     #[error("holds website {id:?} twice")]
     DuplicateId { id: String },
     #[error("holds website {id:?}, which the engine refused: {source}")]
-    EngineRefused { id: String, source: EngineError },
+    EngineRefused {
+        id: String,
+        /// How many websites the file holds in all.
+        stored: usize,
+        source: EngineError,
+    },
 }
 
 /// Why a change to the catalog was refused or failed. Every kind but `RollbackFailed` leaves
@@ -275,6 +280,7 @@ impl WebsiteCatalog {
                     version: document.version,
                 });
             }
+            let stored = document.websites.len();
             for website in document.websites {
                 let id = website.id.clone();
                 let log_start = document.log_starts.get(&id).copied().unwrap_or(0);
@@ -287,6 +293,7 @@ impl WebsiteCatalog {
                 engine.add_website(entry.id.clone()).map_err(|source| {
                     CatalogOpenError::EngineRefused {
                         id: id.clone(),
+                        stored,
                         source,
                     }
                 })?;

@@ -17,7 +17,6 @@ use crate::catalog::{BotPolicy, CatalogError, Website, WebsiteCatalog, WebsitePa
 use crate::clock;
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::url_normaliser::normalized_domain;
 
 const MAX_NAME_CHARS: usize = 100;
 const MAX_DOMAIN_BYTES: usize = 253;
@@ -64,14 +63,33 @@ fn domain_field(body: &Map<String, Value>) -> Result<Option<String>, ApiError> {
     let Some(domain) = opt_str(body, "domain")? else {
         return Ok(None);
     };
-    let domain = domain.trim();
-    if domain.len() > MAX_DOMAIN_BYTES || normalized_domain(domain).is_empty() {
-        return Err(ApiError::invalid_field(
+    host_name(domain).map(Some).ok_or_else(|| {
+        ApiError::invalid_field(
             "domain",
-            "must be a host name such as example.com",
-        ));
-    }
-    Ok(Some(domain.to_ascii_lowercase()))
+            "must be a host name such as example.com (no scheme, port or path)",
+        )
+    })
+}
+
+/// `text` as a normalised host name: trimmed, internationalised labels in their ASCII form
+/// (`bücher.example` → `xn--bcher-kva.example`), lower case, without a trailing dot; `None`
+/// unless every label is 1 to 63 letters, digits or hyphens, not starting or ending with one,
+/// and the whole fits `MAX_DOMAIN_BYTES`. A scheme, port, path or anything else is refused
+/// rather than guessed at: the domain decides what counts as a self-referral.
+fn host_name(text: &str) -> Option<String> {
+    let text = text.trim();
+    let text = text.strip_suffix('.').unwrap_or(text);
+    let ascii = idna::domain_to_ascii(text).ok()?;
+    let valid_label = |label: &str| {
+        (1..=63).contains(&label.len())
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+    };
+    (!ascii.is_empty() && ascii.len() <= MAX_DOMAIN_BYTES && ascii.split('.').all(valid_label))
+        .then_some(ascii)
 }
 
 fn bot_policy_field(body: &Map<String, Value>) -> Result<Option<BotPolicy>, ApiError> {
@@ -280,6 +298,34 @@ mod tests {
             serde_json::from_slice(&bytes).unwrap()
         };
         (status, json)
+    }
+
+    #[test]
+    fn a_domain_is_a_normalised_host_name_or_refused() {
+        assert_eq!(host_name("Example.COM").as_deref(), Some("example.com"));
+        assert_eq!(
+            host_name(" www.example.com. ").as_deref(),
+            Some("www.example.com")
+        );
+        assert_eq!(
+            host_name("Bücher.example").as_deref(),
+            Some("xn--bcher-kva.example")
+        );
+        assert_eq!(host_name("localhost").as_deref(), Some("localhost"));
+        for refused in [
+            "http://example.com/x",
+            "-",
+            "example.com:8080",
+            "example.com/x",
+            "-example.com",
+            "example-.com",
+            "a..b",
+            "",
+            "exa mple.com",
+            &"a".repeat(64),
+        ] {
+            assert_eq!(host_name(refused), None, "{refused:?}");
+        }
     }
 
     #[tokio::test]
