@@ -14,6 +14,7 @@
 //! - `catalog`: website writes during ingest; file, list and engine agree across a restart.
 //! - `clock`: the system clock stepped back under a running server (libfaketime).
 //! - `disk`: a disk that fills up, free space below the reserve, segments deleted underneath.
+//! - `operator`: data directory permissions, logs on a pipe, `RUST_LOG`.
 //! - `tidy`: house rules over the source tree (no server started).
 //!
 //! The browser test (`server/tests/browser/`, Node) is separate.
@@ -38,6 +39,8 @@ mod crash;
 mod disk;
 mod http;
 mod malformed;
+#[cfg(unix)]
+mod operator;
 #[cfg(target_os = "linux")]
 mod overload;
 mod tidy;
