@@ -4,6 +4,7 @@
 //! binary; the harness, the client and the fixtures are the test kit's.
 //!
 //! - `http`: the HTTP API, one behaviour per test (issue 3).
+//! - `collect_input`: collect's content codings, byte-order mark and `event_data` measure.
 //! - `assets`: the embedded tracker and dashboard files (issue 5).
 //! - `crash`: SIGKILL, SIGTERM and damaged logs against the event log (issue 4).
 //! - `overload`: memory limit, `/metrics`, rate limit and a full write queue (issue 6).
@@ -20,6 +21,7 @@ use std::path::Path;
 use pulse_testkit::server::{Opts, Server};
 
 mod assets;
+mod collect_input;
 #[cfg(unix)]
 mod crash;
 #[cfg(target_os = "linux")]
