@@ -198,6 +198,31 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        /// What is compressed inflates back to itself within the limit and is refused past it,
+        /// and no input, gzip or not, yields more than the limit or a buffer larger than it.
+        #[test]
+        fn gunzip_round_trips_and_never_yields_past_the_limit(
+            data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..4096),
+            limit in 1usize..5000,
+        ) {
+            let compressed = gzip(&data);
+            match gunzip(&compressed, limit) {
+                Ok(inflated) => {
+                    proptest::prop_assert_eq!(&inflated, &data);
+                    proptest::prop_assert!(inflated.capacity() <= limit);
+                }
+                Err(e) => {
+                    proptest::prop_assert!(data.len() > limit);
+                    proptest::prop_assert_eq!(e.code, "payload_too_large");
+                }
+            }
+            if let Ok(inflated) = gunzip(&data, limit) {
+                proptest::prop_assert!(inflated.len() <= limit && inflated.capacity() <= limit);
+            }
+        }
+    }
+
     #[test]
     fn bodies_that_are_not_gzip_or_are_cut_short_are_invalid_body() {
         let whole = gzip(br#"{"website_id":"s"}"#);
