@@ -7,6 +7,7 @@
 //! - `admin`: the admin routes against a hostile page — DNS rebinding, CSRF, CORS — and what
 //!   `/readyz` tells whom (issue 12).
 //! - `malformed`: requests refused before the router still get JSON errors (issue 12).
+//! - `collect_input`: collect's content codings, byte-order mark and `event_data` measure.
 //! - `assets`: the embedded tracker and dashboard files (issue 5).
 //! - `connections`: idle, slow-header and stalled-body floods from a second address; SIGTERM.
 //! - `crash`: SIGKILL, SIGTERM and damaged logs against the event log (issue 4).
@@ -31,6 +32,7 @@ mod assets;
 mod catalog;
 #[cfg(target_os = "linux")]
 mod clock;
+mod collect_input;
 #[cfg(target_os = "linux")]
 mod connections;
 #[cfg(unix)]

@@ -1,5 +1,6 @@
 //! CORS for `/api/collect`: any site may send events, so every response allows any origin and
-//! the preflight allows the one method and header the tracker uses.
+//! the preflight allows the one method the tracker uses and the headers that describe a body
+//! (`Content-Type`, and `Content-Encoding` for a page that gzips with `CompressionStream`).
 //!
 //! Owns only these headers; the other routes are same-origin and send none.
 
@@ -25,7 +26,7 @@ pub async fn preflight() -> Response {
     );
     headers.insert(
         header::ACCESS_CONTROL_ALLOW_HEADERS,
-        HeaderValue::from_static("content-type"),
+        HeaderValue::from_static("content-type, content-encoding"),
     );
     headers.insert(
         header::ACCESS_CONTROL_MAX_AGE,

@@ -1,19 +1,21 @@
 //! `POST /api/collect`: pageviews and custom events from browsers — untrusted input.
 //!
-//! The handler runs named steps in order: `admit` (content type, rate limit), read and
-//! `schema::parse_batch` the body, `resolve_websites`, `drop_opted_out` (privacy signals),
+//! The handler runs named steps in order: `admit` (content type and encoding, rate limit), read,
+//! `encoding::gunzip` when it is gzip, and `schema::parse_batch` the body, `resolve_websites`, `drop_opted_out` (privacy signals),
 //! `log_entries` (what the connection adds: visitor identity, User-Agent class, country, the
 //! clock) and `submit` (the log queue, then the engine). A batch is all-or-nothing: every event
 //! is validated and its website resolved before any is recorded.
 //!
-//! The wire format lives in `schema`, CORS in `cors`, header reading in `headers`; URL rules are
+//! The wire format lives in `schema`, content codings in `encoding`, CORS in `cors`, header
+//! reading in `headers`; URL rules are
 //! `crate::url_normaliser`'s.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use pulse_engine::{EngineError, Event, Timestamp};
 use pulse_snapshot::LogEntry;
@@ -28,10 +30,12 @@ use crate::state::AppState;
 use crate::url_normaliser::referrer_domain;
 
 mod cors;
+mod encoding;
 mod headers;
 mod schema;
 
 pub use cors::{allow_any_origin, preflight};
+pub use encoding::{body_encoding, gunzip, BodyEncoding};
 pub use headers::is_accepted_content_type;
 pub use schema::{
     parse_batch, CollectEvent, MAX_BATCH, MAX_EVENT_DATA_BYTES, MAX_EVENT_DATA_DEPTH,
@@ -52,12 +56,24 @@ pub async fn collect(
     // The request itself rather than a `HeaderMap` extractor, which would clone every header.
     let (parts, body) = request.into_parts();
     let outcome = accept(&state, peer, &parts.headers, body).await;
-    if let Err(error) = &outcome {
-        state
-            .metrics
-            .record_rejection(error.code, error.status.as_u16());
+    match outcome {
+        Ok(response) => Ok(response),
+        Err(error) => {
+            state
+                .metrics
+                .record_rejection(error.code, error.status.as_u16());
+            if error.code == encoding::UNSUPPORTED_ENCODING {
+                // RFC 9110 §15.5.16: a 415 for a coding names the codings that would do.
+                let mut response = error.into_response();
+                response.headers_mut().insert(
+                    header::ACCEPT_ENCODING,
+                    HeaderValue::from_static(encoding::ACCEPTED_ENCODINGS),
+                );
+                return Ok(response);
+            }
+            Err(error)
+        }
     }
-    outcome
 }
 
 async fn accept(
@@ -66,8 +82,18 @@ async fn accept(
     headers: &HeaderMap,
     body: axum::body::Body,
 ) -> Result<Response, ApiError> {
-    let ip = admit(state, peer, headers)?;
+    let (ip, encoding) = admit(state, peer, headers)?;
     let bytes = read_body(body, headers, &state.http, &state.bodies).await?;
+    let bytes = match encoding {
+        BodyEncoding::Identity => bytes,
+        // Inflated synchronously, so at most one body per worker thread is being inflated, and
+        // the compressed copy is let go before the request waits on the log.
+        BodyEncoding::Gzip => {
+            let inflated = gunzip(&bytes, state.http.max_body_bytes)?;
+            drop(bytes);
+            Bytes::from(inflated)
+        }
+    };
     let events = resolve_websites(state, parse_batch(&bytes)?)?;
     let events = drop_opted_out(state, headers, events);
     if events.is_empty() {
@@ -78,9 +104,13 @@ async fn accept(
     Ok(accepted())
 }
 
-/// Refuses a request before its body is read: a content type collect does not parse, or a
-/// client address over its rate. Returns the client address.
-fn admit(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> Result<IpAddr, ApiError> {
+/// Refuses a request before its body is read: a content type or coding collect does not read,
+/// or a client address over its rate. Returns the client address and the body's coding.
+fn admit(
+    state: &AppState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+) -> Result<(IpAddr, BodyEncoding), ApiError> {
     if !is_accepted_content_type(headers) {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -88,6 +118,7 @@ fn admit(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> Result<IpAd
             "send events as application/json or text/plain",
         ));
     }
+    let encoding = body_encoding(headers)?;
     let ip = state.proxies.client_ip(peer, headers);
     state
         .rate_limiter
@@ -100,7 +131,7 @@ fn admit(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> Result<IpAd
             )
             .retry_after(wait_secs)
         })?;
-    Ok(ip)
+    Ok((ip, encoding))
 }
 
 /// Pairs every event with its website, or refuses the whole batch if any website is unknown.

@@ -22,7 +22,8 @@ use crate::url_normaliser::page_path;
 pub const MAX_BATCH: usize = 50;
 /// Longest custom event name, in characters.
 pub const MAX_EVENT_NAME_CHARS: usize = 100;
-/// Largest `event_data` object, serialised, in bytes.
+/// Largest `event_data` object in bytes, counted as sent less the whitespace outside strings,
+/// so how a client indents its JSON does not change what fits.
 pub const MAX_EVENT_DATA_BYTES: usize = 4096;
 /// Deepest nesting of arrays and objects in `event_data` (serde_json's own recursion limit).
 pub const MAX_EVENT_DATA_DEPTH: usize = 128;
@@ -114,8 +115,14 @@ pub struct CollectEvent<'a> {
     pub referrer: Option<Cow<'a, str>>,
 }
 
-/// Parses and validates a collect body: one event object or an array of 1 to `MAX_BATCH`.
+/// The UTF-8 byte-order mark that some encoders (.NET's `Encoding.UTF8`, Windows editors) put
+/// before the JSON; RFC 8259 §8.1 lets a parser ignore it.
+const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// Parses and validates a collect body: one event object or an array of 1 to `MAX_BATCH`,
+/// after one leading UTF-8 byte-order mark, if any.
 pub fn parse_batch(body: &[u8]) -> Result<Vec<CollectEvent<'_>>, ApiError> {
+    let body = body.strip_prefix(UTF8_BOM).unwrap_or(body);
     let first = body.iter().find(|b| !b.is_ascii_whitespace());
     let invalid_json = |e: serde_json::Error| {
         ApiError::invalid_json(format!("the body is not a valid event or batch: {e}"))
@@ -248,10 +255,14 @@ fn validate<'a>(raw: &RawEvent<'a>) -> Result<CollectEvent<'a>, ApiError> {
         string_field(raw.referrer, "referrer", MAX_URL_BYTES)?.filter(|r| !r.trim().is_empty());
     if let Some(data) = raw.event_data {
         let text = data.get();
-        if text.len() > MAX_EVENT_DATA_BYTES {
+        let shape = JsonShape::of(text);
+        if shape.compact_bytes > MAX_EVENT_DATA_BYTES {
             return Err(ApiError::invalid_field(
                 "event_data",
-                format!("must be at most {MAX_EVENT_DATA_BYTES} bytes serialised"),
+                format!(
+                    "must be at most {MAX_EVENT_DATA_BYTES} bytes without whitespace (it is {})",
+                    shape.compact_bytes
+                ),
             ));
         }
         if !text.starts_with('{') && text != "null" {
@@ -263,7 +274,7 @@ fn validate<'a>(raw: &RawEvent<'a>) -> Result<CollectEvent<'a>, ApiError> {
         // The body parser has checked the syntax; nesting is checked here so a deeply nested
         // value is refused now rather than by whoever reads it later.
         // `invalid_json`, as serde_json's own recursion limit answers for the body as a whole.
-        if nesting_depth(text) > MAX_EVENT_DATA_DEPTH {
+        if shape.depth > MAX_EVENT_DATA_DEPTH {
             return Err(ApiError::invalid_json(format!(
                 "event_data nests deeper than {MAX_EVENT_DATA_DEPTH} levels"
             )));
@@ -288,32 +299,51 @@ fn validate<'a>(raw: &RawEvent<'a>) -> Result<CollectEvent<'a>, ApiError> {
     })
 }
 
-/// How deeply arrays and objects nest in `json`, which must be valid JSON: brackets inside
-/// strings do not count. Linear, and allocates nothing.
-fn nesting_depth(json: &str) -> usize {
-    let (mut depth, mut deepest) = (0usize, 0usize);
-    let (mut in_string, mut escaped) = (false, false);
-    for byte in json.bytes() {
-        if in_string {
+/// What `event_data`'s limits measure of a JSON value, found in one linear scan that
+/// allocates nothing.
+#[derive(Debug, PartialEq, Eq)]
+struct JsonShape {
+    /// How deeply arrays and objects nest; brackets inside strings do not count.
+    depth: usize,
+    /// The value's size without insignificant whitespace (whitespace outside strings), escapes
+    /// counted as sent: the same value pretty-printed or compact measures the same.
+    compact_bytes: usize,
+}
+
+impl JsonShape {
+    /// Measures `json`, which must be valid JSON.
+    fn of(json: &str) -> Self {
+        let (mut depth, mut deepest, mut compact_bytes) = (0usize, 0usize, 0usize);
+        let (mut in_string, mut escaped) = (false, false);
+        for byte in json.bytes() {
+            if in_string {
+                compact_bytes += 1;
+                match byte {
+                    _ if escaped => escaped = false,
+                    b'\\' => escaped = true,
+                    b'"' => in_string = false,
+                    _ => {}
+                }
+                continue;
+            }
             match byte {
-                _ if escaped => escaped = false,
-                b'\\' => escaped = true,
-                b'"' => in_string = false,
+                // RFC 8259 §2: the only insignificant whitespace.
+                b' ' | b'\t' | b'\n' | b'\r' => continue,
+                b'"' => in_string = true,
+                b'[' | b'{' => {
+                    depth += 1;
+                    deepest = deepest.max(depth);
+                }
+                b']' | b'}' => depth = depth.saturating_sub(1),
                 _ => {}
             }
-            continue;
+            compact_bytes += 1;
         }
-        match byte {
-            b'"' => in_string = true,
-            b'[' | b'{' => {
-                depth += 1;
-                deepest = deepest.max(depth);
-            }
-            b']' | b'}' => depth = depth.saturating_sub(1),
-            _ => {}
+        Self {
+            depth: deepest,
+            compact_bytes,
         }
     }
-    deepest
 }
 
 #[cfg(test)]
@@ -443,13 +473,75 @@ mod tests {
     #[test]
     fn nesting_depth_counts_brackets_outside_strings() {
         let check =
-            |json: &str, expected: usize| assert_eq!(nesting_depth(json), expected, "{json}");
+            |json: &str, expected: usize| assert_eq!(JsonShape::of(json).depth, expected, "{json}");
         check("{}", 1);
         check(r#"{"a":[1,{"b":[]}]}"#, 4);
         check(r#"{"a":"[[[{{{"}"#, 1);
         check(r#"{"a":"\"[[","b":[]}"#, 2);
         check(r#"{"a":"\\","b":[[]]}"#, 3);
         check(&format!("{}{}", "[".repeat(128), "]".repeat(128)), 128);
+    }
+
+    #[test]
+    fn body_starting_with_a_utf8_bom_is_parsed() {
+        let ok = r#"{"website_id":"s","type":"pageview","url":"/bom"}"#;
+        assert_eq!(code(&format!("\u{feff}{ok}")), "ok");
+        assert_eq!(code(&format!("\u{feff}[{ok}]")), "ok");
+        assert_eq!(code(&format!("\u{feff} \n{ok}")), "ok");
+        // Only one mark, and only as the very first bytes.
+        assert_eq!(code(&format!("\u{feff}\u{feff}{ok}")), "invalid_json");
+        assert_eq!(code(&format!(" \u{feff}{ok}")), "invalid_json");
+        assert_eq!(code("\u{feff}"), "invalid_json");
+    }
+
+    /// An event whose `event_data` measures `compact_bytes` once whitespace is removed, sent
+    /// indented by `indent` spaces (0: compact).
+    fn event_with_data(compact_bytes: usize, indent: usize) -> String {
+        // Members `"kNNNN":"x…"` of 30 bytes, 31 with their comma; the last value pads to size.
+        let mut members: Vec<String> = (0..compact_bytes / 31)
+            .map(|i| format!(r#""k{i:04}":"{}""#, "x".repeat(20)))
+            .collect();
+        let compact_len = members.iter().map(String::len).sum::<usize>() + members.len() + 1;
+        let last = members.last_mut().unwrap();
+        last.insert_str(last.len() - 1, &"y".repeat(compact_bytes - compact_len));
+        let data = if indent == 0 {
+            format!("{{{}}}", members.join(","))
+        } else {
+            let pad = " ".repeat(indent);
+            let lines: Vec<String> = members
+                .iter()
+                .map(|m| format!("{pad}{}", m.replacen(':', " : ", 1)))
+                .collect();
+            format!("{{\n{}\n}}", lines.join(",\n"))
+        };
+        format!(r#"{{"website_id":"s","type":"pageview","url":"/","event_data":{data}}}"#)
+    }
+
+    #[test]
+    fn event_data_limit_ignores_the_clients_whitespace() {
+        let at_limit = event_with_data(MAX_EVENT_DATA_BYTES, 8);
+        assert!(
+            at_limit.len() > MAX_EVENT_DATA_BYTES + 1000,
+            "the pretty form is over 4 KB"
+        );
+        assert_eq!(code(&at_limit), "ok");
+        assert_eq!(code(&event_with_data(MAX_EVENT_DATA_BYTES, 0)), "ok");
+        for indent in [0, 8] {
+            let over = event_with_data(MAX_EVENT_DATA_BYTES + 1, indent);
+            assert_eq!(code(&over), "invalid_field", "indent {indent}");
+        }
+    }
+
+    #[test]
+    fn compact_size_drops_whitespace_outside_strings_only() {
+        let check = |json: &str, expected: usize| {
+            assert_eq!(JsonShape::of(json).compact_bytes, expected, "{json}")
+        };
+        check("{}", 2);
+        check(" {\n\t\"a\" :\r\n 1 } ", 7);
+        check(r#"{"a b":" \" x "}"#, 16);
+        check(r#"{"a":"\u0020"}"#, 14);
+        check("[1, 2, [ ] ]", 8);
     }
 
     #[test]
