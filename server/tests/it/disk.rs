@@ -155,17 +155,25 @@ async fn check_every_ack_survives_a_restart(proc: &mut Server, acked: usize) {
     );
 }
 
-async fn start_on(disk: &SmallDisk, args: &[&str]) -> Server {
-    let proc = start_in(Opts::default().args(args), &disk.path().join("data"));
+/// Starts a server on `data_dir` with `args`, ready and with the website `SITE`.
+async fn start_with_site(data_dir: &Path, args: &[&str]) -> Server {
+    let proc = start_in(Opts::default().args(args), data_dir);
     proc.wait_ready(READY_DEADLINE).await;
-    let resp = proc
-        .post_json(
-            "/api/websites",
-            &json!({"id": SITE, "name": "D", "domain": "example.com"}),
-        )
-        .await;
-    assert_eq!(resp.status, 201, "{resp:?}");
+    proc.site(SITE, "example.com").await;
     proc
+}
+
+/// Sends `batches` batches numbered on from `acked`, each answered 202; returns the new total.
+async fn send_batches(proc: &Server, mut acked: usize, batches: usize) -> usize {
+    for _ in 0..batches {
+        let resp = proc
+            .collect_as(CHROME_DESKTOP, &batch(acked))
+            .await
+            .unwrap();
+        assert_eq!(resp.status, 202, "{resp:?}");
+        acked += BATCH;
+    }
+    acked
 }
 
 #[tokio::test]
@@ -174,7 +182,7 @@ async fn a_full_disk_stalls_collect_and_loses_no_acknowledged_event() {
         return;
     };
     // No reserve: the log runs into ENOSPC itself.
-    let mut proc = start_on(&disk, &["--disk-reserve", "0"]).await;
+    let mut proc = start_with_site(&disk.path().join("data"), &["--disk-reserve", "0"]).await;
     let filler = disk.fill("filler", 2_600_000);
     let acked = fill_until_stalled(&proc, 0).await;
     assert!(acked > 0, "nothing was acknowledged before the disk filled");
@@ -196,7 +204,7 @@ async fn free_space_below_the_reserve_stops_acknowledging_before_the_disk_is_ful
     let Some(disk) = SmallDisk::mount("3m") else {
         return;
     };
-    let mut proc = start_on(&disk, &["--disk-reserve", "1MiB"]).await;
+    let mut proc = start_with_site(&disk.path().join("data"), &["--disk-reserve", "1MiB"]).await;
     let filler = disk.fill("filler", 1_500_000);
     let acked = fill_until_stalled(&proc, 0).await;
     let ready = proc.readyz().await;
@@ -223,27 +231,8 @@ async fn free_space_below_the_reserve_stops_acknowledging_before_the_disk_is_ful
 async fn segments_deleted_under_a_running_server_are_written_back() {
     let dir = tempfile::tempdir().unwrap();
     // Every append after the first rolls, so there are sealed segments as well as the open one.
-    let mut proc = start_in(
-        Opts::default().args(&["--segment-max-bytes", "1"]),
-        dir.path(),
-    );
-    proc.wait_ready(READY_DEADLINE).await;
-    let resp = proc
-        .post_json(
-            "/api/websites",
-            &json!({"id": SITE, "name": "D", "domain": "example.com"}),
-        )
-        .await;
-    assert_eq!(resp.status, 201, "{resp:?}");
-    let mut acked = 0;
-    for _ in 0..4 {
-        let resp = proc
-            .collect_as(CHROME_DESKTOP, &batch(acked))
-            .await
-            .unwrap();
-        assert_eq!(resp.status, 202, "{resp:?}");
-        acked += BATCH;
-    }
+    let mut proc = start_with_site(dir.path(), &["--segment-max-bytes", "1"]).await;
+    let acked = send_batches(&proc, 0, 4).await;
     // Wait until the log has written them, then delete every segment file.
     let written = eventually(Duration::from_secs(10), || async {
         segment_files(dir.path()).len() >= 2
@@ -262,14 +251,7 @@ async fn segments_deleted_under_a_running_server_are_written_back() {
         "deleted segment files went unnoticed for 5 s; stderr:\n{}",
         proc.stderr()
     );
-    for _ in 0..2 {
-        let resp = proc
-            .collect_as(CHROME_DESKTOP, &batch(acked))
-            .await
-            .unwrap();
-        assert_eq!(resp.status, 202, "{resp:?}");
-        acked += BATCH;
-    }
+    let acked = send_batches(&proc, acked, 2).await;
     check_every_ack_survives_a_restart(&mut proc, acked).await;
 }
 
@@ -303,24 +285,8 @@ async fn a_log_directory_turned_read_only_before_a_roll_loses_no_acknowledged_ev
     let dir = tempfile::tempdir().unwrap();
     // Every append after the first rolls, so the next write needs a new file in the directory.
     let args = ["--segment-max-bytes", "1", "--disk-reserve", "0"];
-    let mut proc = start_in(Opts::default().args(&args), dir.path());
-    proc.wait_ready(READY_DEADLINE).await;
-    let resp = proc
-        .post_json(
-            "/api/websites",
-            &json!({"id": SITE, "name": "D", "domain": "example.com"}),
-        )
-        .await;
-    assert_eq!(resp.status, 201, "{resp:?}");
-    let mut acked = 0;
-    for _ in 0..2 {
-        let resp = proc
-            .collect_as(CHROME_DESKTOP, &batch(acked))
-            .await
-            .unwrap();
-        assert_eq!(resp.status, 202, "{resp:?}");
-        acked += BATCH;
-    }
+    let mut proc = start_with_site(dir.path(), &args).await;
+    let acked = send_batches(&proc, 0, 2).await;
     let segments = dir.path().join("segments");
     let Some(read_only) = Immutable::set(&segments) else {
         return;
