@@ -22,6 +22,8 @@ use crate::url_normaliser::normalized_domain;
 const MAX_NAME_CHARS: usize = 100;
 const MAX_DOMAIN_BYTES: usize = 253;
 const GENERATED_ID_LEN: usize = 12;
+/// Most `aliases` one website may list.
+const MAX_ALIASES: usize = 32;
 
 fn json_object(bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
     match serde_json::from_slice::<Value>(bytes) {
@@ -90,6 +92,47 @@ fn respect_dnt_field(body: &Map<String, Value>) -> Result<Option<bool>, ApiError
         Some(Value::Bool(b)) => Ok(Some(*b)),
         Some(_) => Err(ApiError::invalid_field(
             "respect_dnt",
+            "must be true or false",
+        )),
+    }
+}
+
+/// `aliases`: more host names the website is served under, each checked like `domain`.
+fn aliases_field(body: &Map<String, Value>) -> Result<Option<Vec<String>>, ApiError> {
+    let items = match body.get("aliases") {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Array(items)) if items.len() <= MAX_ALIASES => items,
+        Some(_) => {
+            return Err(ApiError::invalid_field(
+                "aliases",
+                format!("must be an array of at most {MAX_ALIASES} host names"),
+            ))
+        }
+    };
+    items
+        .iter()
+        .map(|item| match item {
+            Value::String(alias)
+                if alias.trim().len() <= MAX_DOMAIN_BYTES
+                    && !normalized_domain(alias.trim()).is_empty() =>
+            {
+                Ok(alias.trim().to_ascii_lowercase())
+            }
+            _ => Err(ApiError::invalid_field(
+                "aliases",
+                "must hold host names such as example.com",
+            )),
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
+}
+
+fn accept_client_ids_field(body: &Map<String, Value>) -> Result<Option<bool>, ApiError> {
+    match body.get("accept_client_ids") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(_) => Err(ApiError::invalid_field(
+            "accept_client_ids",
             "must be true or false",
         )),
     }
@@ -197,6 +240,9 @@ pub async fn create(
         bot_policy: bot_policy_field(&body)?.unwrap_or(BotPolicy::Exclude),
         respect_dnt: respect_dnt_field(&body)?.unwrap_or(true),
         created_at: clock::format_rfc3339(clock::now_ms()),
+        aliases: aliases_field(&body)?.unwrap_or_default(),
+        accept_client_ids: accept_client_ids_field(&body)?
+            .unwrap_or(crate::catalog::accept_client_ids_by_default()),
     };
     let created = change_catalog(&state, move |catalog| catalog.create(website)).await?;
     Ok((StatusCode::CREATED, Json(json!({ "data": created }))).into_response())
@@ -218,6 +264,8 @@ pub async fn update(
         domain: domain_field(&body)?,
         bot_policy: bot_policy_field(&body)?,
         respect_dnt: respect_dnt_field(&body)?,
+        aliases: aliases_field(&body)?,
+        accept_client_ids: accept_client_ids_field(&body)?,
     };
     let updated = change_catalog(&state, move |catalog| catalog.patch(&id, patch)).await?;
     Ok(Json(json!({ "data": updated })))

@@ -61,6 +61,8 @@ struct RawEvent<'a> {
     utm_term: Option<&'a RawValue>,
     #[serde(borrow)]
     utm_content: Option<&'a RawValue>,
+    #[serde(borrow)]
+    visitor_id: Option<&'a RawValue>,
 }
 
 /// A JSON array of events that keeps at most `MAX_BATCH + 1` of them and only counts the rest,
@@ -112,6 +114,8 @@ pub struct CollectEvent<'a> {
     pub target: Arc<str>,
     /// The referrer as sent; reduced to a host against the website's domain later.
     pub referrer: Option<Cow<'a, str>>,
+    /// The site-chosen visitor id (`fields::client_id`), never stored: it is only hashed.
+    pub visitor_id: Option<Cow<'a, str>>,
 }
 
 /// Parses and validates a collect body: one event object or an array of 1 to `MAX_BATCH`.
@@ -164,7 +168,7 @@ pub fn parse_batch(body: &[u8]) -> Result<Vec<CollectEvent<'_>>, ApiError> {
 }
 
 /// A JSON string field, or `None` when absent or null.
-fn string_field<'a>(
+pub(super) fn string_field<'a>(
     raw: Option<&'a RawValue>,
     name: &str,
     max_chars: usize,
@@ -192,7 +196,10 @@ fn string_field<'a>(
     Ok(Some(value))
 }
 
-fn required<'a>(value: Option<Cow<'a, str>>, name: &str) -> Result<Cow<'a, str>, ApiError> {
+pub(super) fn required<'a>(
+    value: Option<Cow<'a, str>>,
+    name: &str,
+) -> Result<Cow<'a, str>, ApiError> {
     match value {
         Some(v) if !v.trim().is_empty() => Ok(v),
         _ => Err(ApiError::missing_field(name)),
@@ -280,17 +287,19 @@ fn validate<'a>(raw: &RawEvent<'a>) -> Result<CollectEvent<'a>, ApiError> {
     ] {
         string_field(value, name, MAX_SHORT_FIELD_CHARS)?;
     }
+    let visitor_id = super::fields::client_id(raw.visitor_id, "visitor_id")?;
     Ok(CollectEvent {
         website_id,
         kind,
         target,
         referrer,
+        visitor_id,
     })
 }
 
 /// How deeply arrays and objects nest in `json`, which must be valid JSON: brackets inside
 /// strings do not count. Linear, and allocates nothing.
-fn nesting_depth(json: &str) -> usize {
+pub(super) fn nesting_depth(json: &str) -> usize {
     let (mut depth, mut deepest) = (0usize, 0usize);
     let (mut in_string, mut escaped) = (false, false);
     for byte in json.bytes() {
