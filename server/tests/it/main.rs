@@ -11,6 +11,7 @@
 //! - `clock`: the system clock stepped back under a running server (libfaketime).
 //! - `disk`: a disk that fills up, free space below the reserve, segments deleted underneath.
 //! - `tidy`: house rules over the source tree (no server started).
+//! - `compat`: Sparklytics' `/e` and `visitor_id`, Plausible's and Umami's APIs, ingest CORS.
 //!
 //! The browser test (`server/tests/browser/`, Node) is separate.
 
@@ -25,6 +26,7 @@ mod assets;
 mod catalog;
 #[cfg(target_os = "linux")]
 mod clock;
+mod compat;
 #[cfg(unix)]
 mod crash;
 #[cfg(target_os = "linux")]
