@@ -1002,6 +1002,8 @@ async fn websites_can_be_created_listed_read_patched_and_deleted() {
     assert_eq!(
         keys(&blog),
         [
+            "accept_client_ids",
+            "aliases",
             "bot_policy",
             "created_at",
             "domain",
