@@ -19,6 +19,13 @@
 #      bytes_per_visitor                server RSS delta over 1M new distinct visitors
 #      collect_patch_burst              `patch-burst`: collect latency idle, then while the
 #                                       website is PATCHed 50 times a second (p99 ratio)
+#      soak_baseline, soak_adversary    a steady collect load (PULSE_BENCH_SOAK_RATE events/s on
+#                                       16 connections from 127.0.0.1) against a server with
+#                                       --max-connections 256 --memory-limit 64MiB, first alone,
+#                                       then while pulse-adversary holds idle, slow-header and
+#                                       stalled-body connections from 127.0.0.2: collect p99 and
+#                                       errors of each (the adversary's counts in
+#                                       soak_adversary_connections)
 # 3. With PULSE_BENCH_BASE=<commit>: benches/ab.sh, single-event ingest of `pulse` at that commit
 #    against this checkout's and the ceiling, interleaved over PULSE_BENCH_AB_ROUNDS rounds.
 # Each prints one summary line and writes JSON to target/bench-results/<UTC stamp>/<name>.json
@@ -26,7 +33,9 @@
 #
 # Knobs (environment): PULSE_BENCH_SECS (10) per load scenario, PULSE_BENCH_CONNECTIONS (32),
 # PULSE_BENCH_THREADS (1, pulse-load runtime threads), PULSE_BENCH_RESTART_EVENTS (1000000),
-# PULSE_BENCH_VISITORS (1000000), PULSE_BENCH_SKIP_CRITERION (unset; 1 skips step 1),
+# PULSE_BENCH_VISITORS (1000000), PULSE_BENCH_SOAK_RATE (2000), PULSE_BENCH_ADVERSARY (extra
+# pulse-adversary flags, e.g. "--idle 1000"), PULSE_BENCH_SKIP_CRITERION (unset; 1 skips step 1),
+# PULSE_BENCH_ONLY (unset; space-separated scenario names to run, e.g. "soak"; skips step 1),
 # PULSE_BENCH_BASE (unset; a commit to A/B single-event ingest against, step 3),
 # PULSE_BENCH_AB_ROUNDS (5), CARGO_BUILD_JOBS (2).
 set -euo pipefail
@@ -37,6 +46,7 @@ CONNS=${PULSE_BENCH_CONNECTIONS:-32}
 THREADS=${PULSE_BENCH_THREADS:-1}
 RESTART_EVENTS=${PULSE_BENCH_RESTART_EVENTS:-1000000}
 VISITORS=${PULSE_BENCH_VISITORS:-1000000}
+SOAK_RATE=${PULSE_BENCH_SOAK_RATE:-2000}
 export CARGO_BUILD_JOBS=${CARGO_BUILD_JOBS:-2}
 
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
@@ -71,12 +81,13 @@ record() { # name file: keep the JSON and append it as one line to results.jsonl
   cp "$2" "$OUT/$1.json" 2>/dev/null || true
 }
 
-# start_server NAME DATA_DIR [LISTEN] [BINARY]: sets SERVER_PID and SERVER_ADDR.
+# start_server NAME DATA_DIR [LISTEN] [BINARY] [FLAGS...]: sets SERVER_PID and SERVER_ADDR.
 start_server() {
   local name=$1 dir=$2 listen=${3:-127.0.0.1:0} binary=${4:-pulse}
+  shift $(($# < 4 ? $# : 4))
   local args=(--listen "$listen")
   if [ "$binary" = pulse ]; then
-    args+=(--data-dir "$dir" --trusted-proxies 127.0.0.1/32)
+    args+=(--data-dir "$dir" --trusted-proxies 127.0.0.1/32 "$@")
   fi
   "$BIN/$binary" "${args[@]}" >"$TMP/$name.out" 2>"$TMP/$name.err" &
   SERVER_PID=$!
@@ -121,6 +132,10 @@ load() {
 
 FAILED=()
 scenario() { # name function
+  case " ${PULSE_BENCH_ONLY:-$1} " in
+    *" $1 "*) ;;
+    *) return 0 ;;
+  esac
   step "$1"
   if ! "$2"; then
     echo "FAILED: $1" >&2
@@ -129,7 +144,7 @@ scenario() { # name function
 }
 
 # --- 1. criterion ---------------------------------------------------------------------------
-if [ -z "${PULSE_BENCH_SKIP_CRITERION:-}" ]; then
+if [ -z "${PULSE_BENCH_SKIP_CRITERION:-}" ] && [ -z "${PULSE_BENCH_ONLY:-}" ]; then
   step "criterion: engine"
   cargo bench -p pulse-benches --bench engine -- --warm-up-time 1 --measurement-time 3 \
     | tee "$OUT/criterion-engine.txt"
@@ -141,7 +156,7 @@ fi
 # --- 2. HTTP ----------------------------------------------------------------------------------
 step "build (release)"
 cargo build --release -p pulse-server -p pulse-benches --bin pulse --bin pulse-load \
-  --bin http-ceiling --bin patch-burst
+  --bin http-ceiling --bin patch-burst --bin pulse-adversary
 
 ceiling() { # batch
   start_server "ceiling_$1" "" 127.0.0.1:0 http-ceiling || return 1
@@ -265,6 +280,30 @@ collect_patch_burst() {
   stop_server patch_burst
 }
 
+soak() {
+  start_server soak "$TMP/soak" 127.0.0.1:0 pulse --max-connections 256 --memory-limit 64MiB \
+    || return 1
+  "$BIN/pulse-load" --addr "$SERVER_ADDR" --wait-ready --timeout-secs 30 >/dev/null || return 1
+  # 16 connections: well inside the per-address cap (32 of 256) that 127.0.0.1 is subject to too.
+  load soak_baseline --create-website --rate "$SOAK_RATE" --connections 16 --duration "$SECS" \
+    --realtime-poll-ms 100 || return 1
+  # shellcheck disable=SC2086 # PULSE_BENCH_ADVERSARY is a list of flags
+  "$BIN/pulse-adversary" --addr "$SERVER_ADDR" --source 127.0.0.2 --duration 0 \
+    --json "$TMP/soak_adversary_connections.json" ${PULSE_BENCH_ADVERSARY:-} \
+    >"$TMP/adversary.out" &
+  local adversary=$! rc=0
+  CHILDREN+=("$adversary")
+  sleep 2 # the adversary opens its connections and the server starts shedding them
+  load soak_adversary --rate "$SOAK_RATE" --connections 16 --duration "$SECS" \
+    --realtime-poll-ms 100 || rc=1
+  kill -TERM "$adversary"
+  wait "$adversary" || rc=1
+  cat "$TMP/adversary.out"
+  record soak_adversary_connections "$TMP/soak_adversary_connections.json"
+  stop_server soak || rc=1
+  return $rc
+}
+
 scenario ceiling_single ceiling_single
 scenario ceiling_batch50 ceiling_batch50
 scenario ingest_single ingest_single
@@ -275,6 +314,7 @@ scenario realtime_under_half_load realtime_under_half_load
 scenario restart_1m restart_1m
 scenario bytes_per_visitor bytes_per_visitor
 scenario collect_patch_burst collect_patch_burst
+scenario soak soak
 
 # --- 3. A/B against an older commit (only with PULSE_BENCH_BASE) ------------------------------
 # Builds `pulse` at that commit in a temporary worktree (its own target dir under target/, so a

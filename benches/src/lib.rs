@@ -5,10 +5,13 @@
 //!   `filled_engine` (one website with N active visitors).
 //! - `load`: the HTTP load harness behind the `pulse-load` binary (simulated visitors, realtime
 //!   latency, counts and reports); `src/bin/http-ceiling.rs` is its do-nothing baseline server.
+//! - `adversary`: idle, slow-header and stalled-body connections from a second loopback address,
+//!   behind the `pulse-adversary` binary (the soak in `run.sh`).
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
+pub mod adversary;
 pub mod load;
 
 use pulse_engine::{

@@ -284,6 +284,60 @@ mod tests {
         assert_eq!(engine.approximate_websites(), 1);
     }
 
+    /// The server's overload flood, slowed down as on a loaded machine: 200k distinct visitors
+    /// arriving over 25 minutes, `per_timestamp` of them sharing each millisecond, with
+    /// `advance_to` every simulated second as the server's timer does. The visitor counts and
+    /// tallies must fit the budget however long the flood lasts, and the estimate stay within 2%.
+    fn slow_flood_within_budget(per_timestamp: u64) {
+        let limits = EngineLimits {
+            visitor_memory_bytes: 1_048_550,
+            ..EngineLimits::default()
+        };
+        let engine = Engine::new(limits).unwrap();
+        engine.add_website(site("a")).unwrap();
+        let t0 = 1_700_000_000_000;
+        let visitors = 200_000_u64;
+        let step_ms = 25 * 60 * 1000 / (visitors / per_timestamp) as i64;
+        let mut now = t0;
+        let mut last_advance = t0;
+        for v in 0..visitors {
+            if v % per_timestamp == 0 {
+                now += step_ms;
+            }
+            engine.ingest(event("a", now, v, false, "/"), None).unwrap();
+            if now - last_advance >= 1_000 {
+                engine.advance_to(now);
+                last_advance = now;
+                assert!(
+                    engine.budget().used_bytes() <= engine.budget().limit_bytes(),
+                    "after {v} visitors over {} s the visitor counts hold {} bytes, over their \
+                     budget of {}",
+                    (now - t0) / 1000,
+                    engine.budget().used_bytes(),
+                    engine.budget().limit_bytes()
+                );
+            }
+        }
+        engine.advance_to(now);
+        let answer = engine.realtime(&site("a"), now, false).unwrap();
+        assert!(answer.approximate);
+        let error = (answer.active_visitors as f64 - visitors as f64).abs() / visitors as f64;
+        assert!(error <= 0.02, "estimate {}", answer.active_visitors);
+        assert_eq!(answer.total_in_window, visitors);
+    }
+
+    #[test]
+    fn a_slow_flood_of_distinct_visitors_stays_within_the_visitor_budget() {
+        // 100 visitors a millisecond: the event tally stays small, the visitor counts grow.
+        slow_flood_within_budget(100);
+    }
+
+    #[test]
+    fn a_slow_flood_with_an_event_in_every_few_milliseconds_stays_within_the_visitor_budget() {
+        // One visitor every 7 ms: 200k distinct milliseconds for the event tally to hold.
+        slow_flood_within_budget(1);
+    }
+
     #[test]
     fn advance_to_frees_an_idle_websites_visitors() {
         let engine = Engine::new(EngineLimits::default()).unwrap();

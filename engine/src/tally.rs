@@ -1,16 +1,26 @@
-//! `EventTally`: the exact number of events with a timestamp in the sliding window.
+//! `EventTally`: the number of events with a timestamp in the sliding window, in at most
+//! `MAX_RUNS` runs (32 KiB) however the events are spread.
 //!
 //! Events are kept as runs of `(timestamp, count)` packed into one `u64` (44 bits of unix ms, 20
-//! bits of count) in a deque sorted by timestamp. In-order events bump or append the last run in
-//! O(1); eviction pops runs from the front, amortised O(1). A late event is inserted at its place,
-//! which costs the distance from the back. Memory is 8 bytes per distinct millisecond that holds
-//! events, at most `8 × window_ms` bytes however busy the site. The tally does not know who the
-//! events belong to.
+//! bits of count) in a deque sorted by timestamp. A run holds the events of one bucket of
+//! `granularity_ms` (1 ms to start with) and carries the newest timestamp among them. In-order
+//! events bump or append the last run in O(1); eviction pops runs from the front, amortised
+//! O(1). A late event is inserted at its place, which costs the distance from the back.
+//!
+//! Every event is counted, always; what memory costs is the resolution of the window edge. While
+//! fewer than `MAX_RUNS` buckets hold events the count is exact to the millisecond. When the
+//! runs would pass `MAX_RUNS` (events in more than 4,096 distinct milliseconds of the window),
+//! the granularity doubles and neighbouring runs merge, so an event may stay counted up to one
+//! bucket (under 0.9 s for a 30-minute window) after it left the window, never before. The
+//! granularity returns to 1 ms once the tally empties. The tally does not know who the events
+//! belong to.
 
 use std::collections::VecDeque;
 
 use crate::event::Timestamp;
 
+/// Most runs a tally holds (8 bytes each).
+pub const MAX_RUNS: usize = 4096;
 const COUNT_BITS: u32 = 20;
 const COUNT_MASK: u64 = (1 << COUNT_BITS) - 1;
 
@@ -22,18 +32,19 @@ fn run_count(run: u64) -> u64 {
     run & COUNT_MASK
 }
 
-fn new_run(ts_ms: i64) -> u64 {
-    ((ts_ms as u64) << COUNT_BITS) | 1
+fn run(ts_ms: i64, count: u64) -> u64 {
+    ((ts_ms as u64) << COUNT_BITS) | count
 }
 
-/// The exact count of events with a timestamp in `(clock - window, clock]`, as packed
-/// `(ms, count)` runs.
+/// The count of events with a timestamp in `(clock - window, clock]`, as packed `(ms, count)`
+/// runs, one per bucket of `granularity_ms`.
 #[derive(Debug)]
 pub struct EventTally {
     window_ms: i64,
     cutoff_ms: i64,
     runs: VecDeque<u64>,
     total: u64,
+    granularity_ms: i64,
 }
 
 impl EventTally {
@@ -44,6 +55,7 @@ impl EventTally {
             cutoff_ms: i64::MIN,
             runs: VecDeque::new(),
             total: 0,
+            granularity_ms: 1,
         }
     }
 
@@ -60,22 +72,58 @@ impl EventTally {
         if ts_ms <= self.cutoff_ms || !(0..=Timestamp::MAX_MS).contains(&ts_ms) {
             return false;
         }
-        // Most events are the newest so far: bump or append at the back.
-        let pos = match self.runs.back() {
-            Some(&last) if run_ts(last) < ts_ms => self.runs.len(),
-            Some(_) => self.runs.partition_point(|&run| run_ts(run) <= ts_ms),
-            None => 0,
-        };
-        let bumped = pos
-            .checked_sub(1)
-            .and_then(|prev| self.runs.get_mut(prev))
-            .filter(|run| run_ts(**run) == ts_ms && run_count(**run) < COUNT_MASK)
-            .map(|run| *run += 1)
-            .is_some();
-        if !bumped {
-            self.runs.insert(pos, new_run(ts_ms));
+        loop {
+            let bucket = ts_ms.div_euclid(self.granularity_ms);
+            let bucket_of = |run: u64| run_ts(run).div_euclid(self.granularity_ms);
+            // Most events are the newest so far: bump or append at the back.
+            let pos = match self.runs.back() {
+                Some(&last) if bucket_of(last) < bucket => self.runs.len(),
+                Some(_) => self.runs.partition_point(|&run| bucket_of(run) <= bucket),
+                None => 0,
+            };
+            let bumped = pos
+                .checked_sub(1)
+                .and_then(|prev| self.runs.get_mut(prev))
+                .filter(|r| {
+                    run_ts(**r).div_euclid(self.granularity_ms) == bucket
+                        && run_count(**r) < COUNT_MASK
+                })
+                .map(|r| *r = run(run_ts(*r).max(ts_ms), run_count(*r) + 1))
+                .is_some();
+            if bumped {
+                break;
+            }
+            if self.runs.len() < MAX_RUNS || !self.coarsen() {
+                self.runs.insert(pos, run(ts_ms, 1));
+                break;
+            }
         }
         self.total += 1;
+        true
+    }
+
+    /// Doubles the granularity and merges the runs that now share a bucket. Returns false when
+    /// the granularity already spans the window (so merging cannot free anything more).
+    fn coarsen(&mut self) -> bool {
+        if self.granularity_ms > self.window_ms {
+            return false;
+        }
+        self.granularity_ms *= 2;
+        let granularity_ms = self.granularity_ms;
+        let mut merged: VecDeque<u64> = VecDeque::with_capacity(MAX_RUNS);
+        for next in self.runs.drain(..) {
+            match merged.back_mut() {
+                Some(last)
+                    if run_ts(*last).div_euclid(granularity_ms)
+                        == run_ts(next).div_euclid(granularity_ms)
+                        && run_count(*last) + run_count(next) <= COUNT_MASK =>
+                {
+                    *last = run(run_ts(next), run_count(*last) + run_count(next));
+                }
+                _ => merged.push_back(next),
+            }
+        }
+        self.runs = merged;
         true
     }
 
@@ -94,9 +142,12 @@ impl EventTally {
             self.total -= run_count(front);
             self.runs.pop_front();
         }
+        if self.runs.is_empty() {
+            self.granularity_ms = 1;
+        }
     }
 
-    /// Bytes the runs hold (their allocated capacity, 8 bytes a run).
+    /// Bytes the runs hold (their allocated capacity, 8 bytes a run, at most `MAX_RUNS` runs).
     #[inline]
     pub fn memory_bytes(&self) -> usize {
         self.runs.capacity() * std::mem::size_of::<u64>()
@@ -147,5 +198,49 @@ mod tests {
         assert_eq!(tally.runs.len(), 2);
         tally.advance_to(10_042);
         assert_eq!(tally.count(), 0);
+    }
+
+    #[test]
+    fn events_in_every_millisecond_fit_the_run_limit_and_every_event_counts() {
+        let mut tally = EventTally::new(1800);
+        let t0 = 1_000_000_i64;
+        // One event per millisecond for the whole 30-minute window, some of them late.
+        let n = 1_800_000_i64;
+        for i in 0..n {
+            let ts = if i % 100 == 50 { t0 + i - 40 } else { t0 + i };
+            assert!(tally.record(ts));
+        }
+        assert_eq!(tally.count(), n as u64);
+        assert!(tally.runs.len() <= MAX_RUNS);
+        assert!(
+            tally.memory_bytes() <= MAX_RUNS * 8,
+            "{}",
+            tally.memory_bytes()
+        );
+        // Buckets are under 0.9 s: events leave at most that late, never early.
+        assert!(tally.granularity_ms <= 1024, "{}", tally.granularity_ms);
+        let last = t0 + n - 1;
+        tally.advance_to(last + 1_800_000 - 1);
+        // The newest event is still in the window, with at most its bucket's older neighbours.
+        assert!(
+            (1..=tally.granularity_ms as u64).contains(&tally.count()),
+            "{}",
+            tally.count()
+        );
+        let half = t0 + n / 2;
+        let mut tally_half = EventTally::new(1800);
+        for i in 0..n {
+            tally_half.record(t0 + i);
+        }
+        tally_half.advance_to(half + 1_800_000);
+        let exact = (t0 + n - 1 - half) as u64;
+        let counted = tally_half.count();
+        assert!(
+            counted >= exact && counted <= exact + tally_half.granularity_ms as u64,
+            "{counted} for {exact}"
+        );
+        // Once empty, the tally is exact to the millisecond again.
+        tally.advance_to(last + 1_800_000);
+        assert_eq!((tally.count(), tally.granularity_ms), (0, 1));
     }
 }

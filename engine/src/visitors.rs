@@ -4,7 +4,10 @@
 //! - Exact: a `VisitorWindow`. Before an insert that would make it allocate, the count checks
 //!   the budget: when the budget is full and this window is past its share, it converts itself
 //!   into a `SlidingHll` (every active visitor is carried over with its last timestamp) and frees
-//!   the exact state.
+//!   the exact state. The estimate gets half the website's share (a website has two classes),
+//!   so its memory, fixed from then on, is always less than the window it replaces.
+//! - Under further pressure (`shed_memory`), the approximate count gives memory back by dropping
+//!   its shadow window, then by halving its precision: the error grows, the bytes never do.
 //! - Approximate: the `SlidingHll`. Once the estimate would fit comfortably (half the share, and
 //!   room in the budget), a fresh exact window starts in the shadow; after one full window it
 //!   holds every active visitor, and the count becomes exact again. If the shadow outgrows the
@@ -32,7 +35,7 @@ struct Shadow {
 enum Mode {
     Exact(VisitorWindow),
     Approximate {
-        hll: SlidingHll,
+        hll: Box<SlidingHll>,
         shadow: Option<Shadow>,
         /// No new shadow before this instant (after one was dropped).
         retry_at_ms: i64,
@@ -105,7 +108,7 @@ impl VisitorCount {
                 && !budget.fits(growth)
                 && window.memory_bytes() + growth > budget.share_bytes()
             {
-                self.switch_to_approximate();
+                self.switch_to_approximate(budget.share_bytes() / 2);
             }
         }
         let window_ms = self.window_ms();
@@ -188,11 +191,11 @@ impl VisitorCount {
         }
     }
 
-    /// Converts an exact count into an approximate one now (the engine's rebalancing uses this
-    /// on the largest website when the budget is exceeded).
-    pub fn switch_to_approximate(&mut self) {
+    /// Converts an exact count into an approximate one holding at most `max_bytes` (or the
+    /// lowest precision when even that does not fit); every active visitor is carried over.
+    pub fn switch_to_approximate(&mut self, max_bytes: usize) {
         if let Mode::Exact(window) = &self.mode {
-            let mut hll = SlidingHll::new(self.window_secs);
+            let mut hll = Box::new(SlidingHll::with_max_bytes(self.window_secs, max_bytes));
             window.for_each(|id, ts| hll.record(id.0, ts));
             hll.advance_to(self.clock_ms);
             self.mode = Mode::Approximate {
@@ -200,6 +203,34 @@ impl VisitorCount {
                 shadow: None,
                 retry_at_ms: self.clock_ms.saturating_add(self.window_ms()),
             };
+        }
+    }
+
+    /// Gives memory back when the budget is exceeded (the engine's rebalancing calls this on the
+    /// largest holders): an exact count turns approximate, in at most half `share_bytes` and
+    /// never more than its window held; an approximate one drops its shadow window, or else
+    /// halves its precision. Returns false when there is nothing left to give.
+    pub fn shed_memory(&mut self, share_bytes: usize) -> bool {
+        let window_ms = self.window_ms();
+        match &mut self.mode {
+            Mode::Exact(window) => {
+                let max_bytes = (share_bytes / 2).min(window.memory_bytes());
+                if SlidingHll::bytes_within(max_bytes) >= window.memory_bytes() {
+                    return false;
+                }
+                self.switch_to_approximate(max_bytes);
+                true
+            }
+            Mode::Approximate {
+                shadow,
+                retry_at_ms,
+                ..
+            } if shadow.is_some() => {
+                *shadow = None;
+                *retry_at_ms = self.clock_ms.saturating_add(window_ms);
+                true
+            }
+            Mode::Approximate { hll, .. } => hll.halve_precision(),
         }
     }
 }
@@ -254,5 +285,36 @@ mod tests {
         }
         assert!(!count.is_approximate(), "still approximate");
         assert_eq!(count.count(), 100);
+    }
+
+    #[test]
+    fn shedding_gives_memory_back_step_by_step_and_never_grows() {
+        let budget = MemoryBudget::new(usize::MAX);
+        let mut count = VisitorCount::new(1800);
+        for id in 0..20_000_u64 {
+            count.record(VisitorId(id), T0 + id as i64, None, &budget);
+        }
+        let exact = count.memory_bytes();
+        // An exact window turns into an estimate no larger than half the share or the window.
+        assert!(count.shed_memory(1 << 20));
+        assert!(count.is_approximate());
+        let mut held = count.memory_bytes();
+        assert!(held <= exact.min(1 << 19), "{held} after {exact}");
+        // Then the precision halves, each step freeing memory, down to the lowest.
+        let mut steps = 0;
+        while count.shed_memory(1 << 20) {
+            assert!(count.memory_bytes() < held);
+            held = count.memory_bytes();
+            steps += 1;
+        }
+        assert!(steps >= 1);
+        assert_eq!(
+            count.memory_bytes(),
+            16 * 8 + 2,
+            "16 registers of 4 two-byte slots, one block summary"
+        );
+        assert!(count.count() > 0);
+        // An empty exact window has nothing to give.
+        assert!(!VisitorCount::new(1800).shed_memory(1 << 20));
     }
 }

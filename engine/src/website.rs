@@ -242,20 +242,17 @@ impl WebsiteState {
         writer.humans.visitors.is_approximate() || writer.bots.visitors.is_approximate()
     }
 
-    /// Switches the larger exact class to an approximate count, freeing its exact window.
-    /// Returns false when both are approximate already.
+    /// Gives memory back from the class holding the most that can still give some (see
+    /// `VisitorCount::shed_memory`). Returns false when neither can.
     pub fn shed_memory(&self) -> bool {
         let mut writer = self.lock();
         let writer = &mut *writer;
         let mut classes = [&mut writer.humans, &mut writer.bots];
         classes.sort_by_key(|c| std::cmp::Reverse(c.visitors.memory_bytes()));
-        let shed = match classes.into_iter().find(|c| !c.visitors.is_approximate()) {
-            Some(class) => {
-                class.visitors.switch_to_approximate();
-                true
-            }
-            None => false,
-        };
+        let share_bytes = self.budget.share_bytes();
+        let shed = classes
+            .into_iter()
+            .any(|class| class.visitors.shed_memory(share_bytes));
         let now = writer.humans.memory_bytes() + writer.bots.memory_bytes();
         self.budget.update(writer.held_bytes, now);
         writer.held_bytes = now;

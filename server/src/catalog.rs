@@ -83,6 +83,10 @@ pub const fn accept_client_ids_by_default() -> bool {
 #[derive(Debug)]
 pub struct WebsiteEntry {
     pub website: Website,
+    /// The first log sequence number that belongs to this website. Events logged before it under
+    /// the same id belong to a website that was deleted: replay never counts them (see
+    /// `WebsiteCatalog::create`). 0 for websites created before this was kept.
+    pub log_start_seq: u64,
     pub id: WebsiteId,
     /// `domain` normalised like a referrer host, for self-referral checks.
     pub site_domain: String,
@@ -95,9 +99,15 @@ impl WebsiteEntry {
         let site_domain = normalized_domain(&website.domain);
         Ok(Self {
             website,
+            log_start_seq: 0,
             id,
             site_domain,
         })
+    }
+
+    fn with_log_start(mut self, log_start_seq: u64) -> Self {
+        self.log_start_seq = log_start_seq;
+        self
     }
 }
 
@@ -169,16 +179,26 @@ impl CatalogSnapshot {
         let document = WebsitesDocument {
             version: FILE_VERSION,
             websites: self.websites().cloned().collect(),
+            log_starts: self
+                .websites
+                .iter()
+                .filter(|(_, entry)| entry.log_start_seq > 0)
+                .map(|(id, entry)| (id.clone(), entry.log_start_seq))
+                .collect(),
         };
         serde_json::to_vec_pretty(&document).map_err(io::Error::from)
     }
 }
 
-/// The websites file's format: `{"version": 1, "websites": [Website, …]}`.
+/// The websites file's format: `{"version": 1, "websites": [Website, …], "log_starts": {id: seq}}`.
+/// `log_starts` (absent when empty, so older files read and re-encode unchanged) holds each
+/// website's `WebsiteEntry::log_start_seq` when it is not 0.
 #[derive(Debug, Serialize, Deserialize)]
 struct WebsitesDocument {
     version: u32,
     websites: Vec<Website>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    log_starts: BTreeMap<String, u64>,
 }
 
 /// Where the catalog keeps its set of websites between runs. `AtomicJsonFile` in the server;
@@ -232,7 +252,12 @@ pub enum CatalogOpenError {
     #[error("holds website {id:?} twice")]
     DuplicateId { id: String },
     #[error("holds website {id:?}, which the engine refused: {source}")]
-    EngineRefused { id: String, source: EngineError },
+    EngineRefused {
+        id: String,
+        /// How many websites the file holds in all.
+        stored: usize,
+        source: EngineError,
+    },
 }
 
 /// Why a change to the catalog was refused or failed. Every kind but `RollbackFailed` leaves
@@ -299,16 +324,20 @@ impl WebsiteCatalog {
                     version: document.version,
                 });
             }
+            let stored = document.websites.len();
             for website in document.websites {
                 let id = website.id.clone();
+                let log_start = document.log_starts.get(&id).copied().unwrap_or(0);
                 let entry = WebsiteEntry::new(website)
-                    .map_err(|_| CatalogOpenError::InvalidId { id: id.clone() })?;
+                    .map_err(|_| CatalogOpenError::InvalidId { id: id.clone() })?
+                    .with_log_start(log_start);
                 if websites.contains_key(&id) {
                     return Err(CatalogOpenError::DuplicateId { id });
                 }
                 engine.add_website(entry.id.clone()).map_err(|source| {
                     CatalogOpenError::EngineRefused {
                         id: id.clone(),
+                        stored,
                         source,
                     }
                 })?;
@@ -338,8 +367,23 @@ impl WebsiteCatalog {
         self.snapshot.load().websites().cloned().collect()
     }
 
-    /// Adds `website`, stores it and registers it in the engine.
-    pub fn create(&self, website: Website) -> Result<Website, CatalogError> {
+    /// Each website's first log sequence number, for replay: events logged under a website's id
+    /// before it belong to a deleted website of the same id.
+    pub fn log_starts(&self) -> Vec<(WebsiteId, u64)> {
+        self.snapshot
+            .load()
+            .websites
+            .values()
+            .map(|entry| (entry.id.clone(), entry.log_start_seq))
+            .collect()
+    }
+
+    /// Adds `website`, stores it and registers it in the engine. `log_start_seq` is the sequence
+    /// number the log will give the next event it accepts: no event for this website can be
+    /// queued before the website is published, so every event logged under its id before that
+    /// number belongs to a deleted website of the same id, and replay leaves it out. That is what
+    /// makes a delete final: a re-created id starts empty, before and after a restart.
+    pub fn create(&self, website: Website, log_start_seq: u64) -> Result<Website, CatalogError> {
         let file = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
         let previous = self.snapshot.load_full();
         let id = website.id.clone();
@@ -352,7 +396,8 @@ impl WebsiteCatalog {
         }
         let entry = Arc::new(
             WebsiteEntry::new(website.clone())
-                .map_err(|_| CatalogError::InvalidId { id: id.clone() })?,
+                .map_err(|_| CatalogError::InvalidId { id: id.clone() })?
+                .with_log_start(log_start_seq),
         );
         let mut websites = previous.websites.clone();
         websites.insert(id.clone(), Arc::clone(&entry));
@@ -413,7 +458,8 @@ impl WebsiteCatalog {
             website.accept_client_ids = accept;
         }
         let entry = WebsiteEntry::new(website.clone())
-            .map_err(|_| CatalogError::InvalidId { id: id.to_owned() })?;
+            .map_err(|_| CatalogError::InvalidId { id: id.to_owned() })?
+            .with_log_start(current.log_start_seq);
         let mut websites = previous.websites.clone();
         websites.insert(id.to_owned(), Arc::new(entry));
         let next = CatalogSnapshot::new(websites);
@@ -479,11 +525,11 @@ mod tests {
     fn websites_are_found_by_domain_or_alias_and_the_smaller_id_wins_a_shared_host() {
         let dir = tempfile::tempdir().unwrap();
         let catalog = WebsiteCatalog::open(dir.path(), engine(10)).unwrap();
-        catalog.create(site("b")).unwrap();
+        catalog.create(site("b"), 0).unwrap();
         let mut a = site("a");
         a.domain = "shop.example.org".into();
         a.aliases = vec!["www.example.com".into(), "EXAMPLE.net".into()];
-        catalog.create(a).unwrap();
+        catalog.create(a, 0).unwrap();
         let id_of = |d: &str| catalog.get_by_domain(d).map(|e| e.website.id.clone());
         assert_eq!(id_of("shop.example.org").as_deref(), Some("a"));
         assert_eq!(id_of("example.net").as_deref(), Some("a"));
@@ -577,8 +623,8 @@ mod tests {
     fn websites_survive_reopening_with_their_derived_fields() {
         let dir = tempfile::tempdir().unwrap();
         let catalog = WebsiteCatalog::open(dir.path(), engine(10)).unwrap();
-        catalog.create(site("a")).unwrap();
-        catalog.create(site("b")).unwrap();
+        catalog.create(site("a"), 0).unwrap();
+        catalog.create(site("b"), 0).unwrap();
         catalog
             .patch(
                 "a",
@@ -657,13 +703,13 @@ mod tests {
     fn refused_changes_are_typed_and_change_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let catalog = WebsiteCatalog::open(dir.path(), engine(1)).unwrap();
-        catalog.create(site("a")).unwrap();
+        catalog.create(site("a"), 0).unwrap();
         assert!(matches!(
-            catalog.create(site("a")),
+            catalog.create(site("a"), 0),
             Err(CatalogError::WebsiteExists { id }) if id == "a"
         ));
         assert!(matches!(
-            catalog.create(site("b")),
+            catalog.create(site("b"), 0),
             Err(CatalogError::TooManyWebsites { limit: 1 })
         ));
         assert!(matches!(
@@ -683,14 +729,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let engine = engine(2);
         let catalog = WebsiteCatalog::open(dir.path(), Arc::clone(&engine)).unwrap();
-        catalog.create(site("a")).unwrap();
+        catalog.create(site("a"), 0).unwrap();
         let before = std::fs::read(dir.path().join("websites.json")).unwrap();
         // The engine fills up behind the catalog's back, so the catalog's own limit check passes
         // and only the engine step can refuse.
         engine
             .add_website(WebsiteId::new("intruder").unwrap())
             .unwrap();
-        let refused = catalog.create(site("b"));
+        let refused = catalog.create(site("b"), 0);
         assert!(
             matches!(
                 &refused,
@@ -715,10 +761,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let engine = engine(10);
         let (catalog, control) = catalog_with_test_file(dir.path(), Arc::clone(&engine));
-        catalog.create(site("a")).unwrap();
+        catalog.create(site("a"), 0).unwrap();
         control.fail_next.store(true, Ordering::SeqCst);
         assert!(matches!(
-            catalog.create(site("b")),
+            catalog.create(site("b"), 0),
             Err(CatalogError::Storage(_))
         ));
         control.fail_next.store(true, Ordering::SeqCst);
@@ -735,13 +781,13 @@ mod tests {
         let engine = engine(10);
         let (catalog, control) = catalog_with_test_file(dir.path(), engine);
         let catalog = Arc::new(catalog);
-        catalog.create(site("a")).unwrap();
+        catalog.create(site("a"), 0).unwrap();
         let (started_tx, started_rx) = mpsc::channel();
         let (release_tx, release_rx) = mpsc::channel();
         *control.park.lock().unwrap() = Some((started_tx, release_rx));
         let writer = {
             let catalog = Arc::clone(&catalog);
-            std::thread::spawn(move || catalog.create(site("b")))
+            std::thread::spawn(move || catalog.create(site("b"), 0))
         };
         started_rx.recv_timeout(DEADLINE).unwrap();
         // The writer now holds the writer lock and sits inside its file step.
@@ -780,7 +826,7 @@ mod tests {
                         // hit the limit, patch and delete websites other threads made.
                         let id = format!("s{}", (i * 3 + t) % 8);
                         let _ = match (i + t) % 3 {
-                            0 => catalog.create(site(&id)).map(|_| ()),
+                            0 => catalog.create(site(&id), 0).map(|_| ()),
                             1 => catalog
                                 .patch(
                                     &id,

@@ -65,7 +65,8 @@ impl TrustedProxies {
         Self(cidrs)
     }
 
-    fn trusts(&self, ip: IpAddr) -> bool {
+    /// Whether `ip` (canonical: IPv4-mapped addresses as IPv4) is a trusted proxy.
+    pub fn trusts(&self, ip: IpAddr) -> bool {
         self.0.iter().any(|cidr| cidr.contains(ip))
     }
 

@@ -11,6 +11,7 @@ use pulse_engine::EngineLimits;
 use pulse_snapshot::SegmentLimits;
 
 use crate::client_ip::Cidr;
+use crate::connections::default_max_per_address;
 use crate::error::ServerError;
 use crate::event_log::{Durability, LogOptions};
 use crate::memory::{default_memory_limit, MemoryPlan};
@@ -58,10 +59,19 @@ pub struct Config {
     #[arg(long, env = "PULSE_MAX_WEBSITES", default_value_t = EngineLimits::DEFAULT_MAX_WEBSITES)]
     pub max_websites: usize,
 
-    /// Most simultaneous client connections; more wait to be accepted. Default: what the
-    /// connections' share of --memory-limit holds (32 KiB each), at most 4096.
+    /// Most simultaneous client connections. When all are open, the idlest one (no request in
+    /// flight) is closed to admit a new one; the new one waits only if none is idle. Default:
+    /// what the connections' share of --memory-limit holds (32 KiB each), at most 4096.
     #[arg(long, env = "PULSE_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
+
+    /// Most simultaneous connections from one client address (the socket peer; peers in
+    /// --trusted-proxies are exempt, as their connections carry many clients). At the cap, that address's
+    /// idlest connection is closed to admit its new one, or the new one is refused when all of
+    /// its connections are busy. 0 disables the cap. Default: an eighth of --max-connections,
+    /// at least 32.
+    #[arg(long, env = "PULSE_MAX_CONNECTIONS_PER_IP")]
+    pub max_connections_per_ip: Option<usize>,
 
     /// Memory the server may use for everything that grows with traffic (KiB/MiB/GiB suffixes
     /// allowed). Default: a quarter of the machine's memory. See README for how it is divided.
@@ -175,12 +185,17 @@ impl Config {
             queue_capacity: self.queue_capacity.max(1),
             queue_bytes: plan.queue_bytes,
             window_ms: self.engine_limits(plan).window_ms(),
+            log_starts: std::collections::HashMap::new(),
         }
     }
 
     pub fn http_limits(&self, plan: &MemoryPlan) -> HttpLimits {
+        let max_connections = plan.max_connections.max(1);
         HttpLimits {
-            max_connections: plan.max_connections.max(1),
+            max_connections,
+            max_connections_per_ip: self
+                .max_connections_per_ip
+                .unwrap_or_else(|| default_max_per_address(max_connections)),
             body_bytes_in_flight: plan.body_bytes.max(MAX_BODY_BYTES),
             header_timeout: Duration::from_millis(self.header_timeout_ms.max(1)),
             body_timeout: Duration::from_millis(self.body_timeout_ms.max(1)),
@@ -216,6 +231,8 @@ pub fn parse_bytes(text: &str) -> Result<u64, String> {
 #[derive(Debug, Clone, Copy)]
 pub struct HttpLimits {
     pub max_connections: usize,
+    /// Connections one client address may hold; 0: no cap.
+    pub max_connections_per_ip: usize,
     /// Request-body bytes all connections may buffer at once.
     pub body_bytes_in_flight: usize,
     pub header_timeout: Duration,
@@ -239,6 +256,23 @@ mod tests {
         assert_eq!(limits.ring_capacity, EngineLimits::DEFAULT_RING_CAPACITY);
         assert!(limits.max_websites <= EngineLimits::DEFAULT_MAX_WEBSITES);
         assert_eq!(config.rate_limit_per_ip, 1000);
+        let http = config.http_limits(&config.memory_plan());
+        assert_eq!(
+            http.max_connections_per_ip,
+            default_max_per_address(http.max_connections)
+        );
+    }
+
+    #[test]
+    fn the_per_address_connection_cap_follows_max_connections_unless_set() {
+        let limits = |args: &[&str]| {
+            let config = Config::try_parse_from(args).unwrap();
+            config.http_limits(&config.memory_plan())
+        };
+        let derived = limits(&["pulse", "--max-connections", "256"]);
+        assert_eq!(derived.max_connections_per_ip, 32);
+        let set = limits(&["pulse", "--max-connections-per-ip", "0"]);
+        assert_eq!(set.max_connections_per_ip, 0);
     }
 
     #[test]

@@ -155,6 +155,20 @@ pub enum ServerError {
         path: PathBuf,
         source: crate::catalog::CatalogOpenError,
     },
+    #[error(
+        "{stored} websites are stored, but --memory-limit {memory_limit_bytes} bytes leaves room \
+         for the recent-event rings of {fits} (each website's two rings take {per_website_bytes} \
+         bytes at --ring-capacity {ring_capacity}, out of the fifth of the limit set aside for \
+         rings): raise --memory-limit to at least {needed_bytes} bytes, or lower --ring-capacity"
+    )]
+    MemoryTooSmallForWebsites {
+        stored: usize,
+        fits: usize,
+        memory_limit_bytes: u64,
+        per_website_bytes: usize,
+        ring_capacity: usize,
+        needed_bytes: u64,
+    },
     #[error("salt store {path}: {source}")]
     Salts {
         path: PathBuf,

@@ -18,6 +18,7 @@
 //! a failure the kernel may have dropped the dirty pages, so a retry could report success for data
 //! that is gone).
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -26,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use clap::ValueEnum;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
-use pulse_engine::{Engine, Event};
+use pulse_engine::{Engine, Event, WebsiteId};
 use pulse_snapshot::{
     replay, LogEntry, ReplayOptions, ReplayReport, SegmentLimits, SegmentWriter, SnapshotError,
 };
@@ -66,6 +67,9 @@ pub struct LogOptions {
     pub queue_bytes: usize,
     /// Events at or before `now - window_ms` need not be replayed.
     pub window_ms: i64,
+    /// Each website's first sequence number (`WebsiteEntry::log_start_seq`): replay leaves out
+    /// events logged under its id before it, which belong to a deleted website of the same id.
+    pub log_starts: HashMap<WebsiteId, u64>,
 }
 
 /// Most entries the log thread gathers before writing, so one huge backlog does not become one
@@ -183,10 +187,13 @@ pub struct LogStatus {
     fatal: Mutex<Option<Arc<LogFailure>>>,
     /// Events replay counted as of now because they were stamped in the future.
     future_events: AtomicU64,
+    /// The sequence number the first event queued in this process gets (set before `ready`).
+    first_seq: AtomicU64,
     /// Set while `stall` holds a reason; read on every submit, so it is an atomic.
     stalled: AtomicBool,
     stall: Mutex<Option<Arc<LogStall>>>,
     fatal_notify: Notify,
+    ready_notify: Notify,
 }
 
 impl LogStatus {
@@ -241,6 +248,17 @@ impl LogStatus {
         *current = stall.map(Arc::new);
     }
 
+    /// Completes once replay is done and the log takes writes (see `is_ready`).
+    pub async fn replayed(&self) {
+        loop {
+            let notified = self.ready_notify.notified();
+            if self.is_ready() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
     /// Completes when the log thread hits a fatal error.
     pub async fn fatal(&self) {
         loop {
@@ -268,6 +286,9 @@ pub struct EventLog {
     max_queue_bytes: usize,
     /// Orders queueing and counting together (see `submit`).
     order: Mutex<()>,
+    /// Events queued since start: event `n` of this process gets sequence `first_seq + n`,
+    /// because the log is gap-free and written in queue order.
+    queued_events: AtomicU64,
     durability: Durability,
     status: Arc<LogStatus>,
     thread: Mutex<Option<JoinHandle<()>>>,
@@ -318,6 +339,7 @@ impl EventLog {
             queued_bytes,
             max_queue_bytes,
             order: Mutex::new(()),
+            queued_events: AtomicU64::new(0),
             durability,
             status,
             thread: Mutex::new(thread),
@@ -361,6 +383,8 @@ impl EventLog {
         match self.sender.try_send(message) {
             Ok(()) => {
                 self.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
+                self.queued_events
+                    .fetch_add(counted.len() as u64, Ordering::Relaxed);
                 count(counted);
                 Ok(receiver)
             }
@@ -372,6 +396,19 @@ impl EventLog {
     /// Bytes free for the log on its file system, if they can be read.
     pub fn disk_available_bytes(&self) -> Option<u64> {
         pulse_snapshot::writer::available_bytes(&self.dir).ok()
+    }
+
+    /// The sequence number the next event queued will get, once replay is done (`None` before:
+    /// the log does not know where it ends yet).
+    pub fn next_seq(&self) -> Option<u64> {
+        if !self.status.is_ready() {
+            return None;
+        }
+        let _order = self.order.lock().unwrap_or_else(PoisonError::into_inner);
+        Some(
+            self.status.first_seq.load(Ordering::Acquire)
+                + self.queued_events.load(Ordering::Relaxed),
+        )
     }
 
     /// Batches waiting in the queue.
@@ -482,7 +519,14 @@ fn run_log_thread(
         skip_before_ms: now_ms - options.window_ms,
     };
     let mut future = FutureEvents::default();
+    let mut superseded: u64 = 0;
     let report = replay(&options.dir, replay_options, |logged| {
+        let start = options.log_starts.get(&logged.entry.event.website);
+        if start.is_some_and(|&start| logged.seq < start) {
+            // Logged for a deleted website whose id was used again: never counted.
+            superseded += 1;
+            return;
+        }
         let event = future.counted_as_of(logged.entry.event, now_ms);
         // Events of websites deleted since they were logged have nowhere to go.
         let _ = engine.ingest(event, logged.entry.carried_from);
@@ -506,7 +550,17 @@ fn run_log_thread(
         ms = report.duration.as_millis() as u64,
         "replay done"
     );
-    let mut segment = SegmentWriter::create(&options.dir, report.next_seq, now_ms, options.limits)
+    if superseded > 0 {
+        tracing::info!(
+            events = superseded,
+            "replay left out events of deleted websites whose ids were used again"
+        );
+    }
+    // A website created just before a crash may have been promised a sequence number the crash
+    // never wrote; starting at or past it keeps every later event of that website countable.
+    let max_start = options.log_starts.values().copied().max().unwrap_or(0);
+    let first_seq = report.next_seq.max(max_start);
+    let mut segment = SegmentWriter::create(&options.dir, first_seq, now_ms, options.limits)
         .map_err(LogFailure::StartSegment)?;
     if let Err(e) = segment.enforce_retention(now_ms) {
         tracing::warn!(error = %e, "retention could not delete old segments");
@@ -515,7 +569,9 @@ fn run_log_thread(
         .hold_sealed(now_ms - options.window_ms)
         .map_err(LogFailure::StartSegment)?;
     *status.replay.lock().unwrap_or_else(PoisonError::into_inner) = Some(report);
+    status.first_seq.store(first_seq, Ordering::Release);
     status.ready.store(true, Ordering::Release);
+    status.ready_notify.notify_waiters();
     write_loop(options, &mut segment, receiver, appender, status)
 }
 

@@ -11,7 +11,10 @@
 //! - `routes`: the router, its paths and request metrics, and one module per route (`collect`,
 //!   `realtime`, `websites`, `health`, `scrape` — `GET /metrics`, `assets` — the embedded
 //!   dashboard and `/s.js` tracker).
-//! - `auth`: the admin token check. `body`: bounded, timed body reading.
+//! - `auth`: the admin token check; `admin_access`: without a token, loopback `Host` and same
+//!   origin only, and JSON bodies always. `body`: bounded, timed body reading against a budget.
+//! - `connections`: `ConnectionPool`, the admitted connections and the rules for shedding them.
+//! - `wire_errors`: JSON bodies for the errors hyper answers before the router runs.
 //! - `client_ip`: trusted proxies and `X-Forwarded-For`. `url_normaliser`: page paths and referrer
 //!   hosts.
 //! - `user_agent`: bot, browser and device classification in one pass.
@@ -36,11 +39,11 @@ use axum::response::IntoResponse;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::watch;
 use tower::ServiceExt;
 
+pub mod admin_access;
 pub mod atomic_file;
 pub mod auth;
 pub mod body;
@@ -48,6 +51,7 @@ pub mod catalog;
 pub mod client_ip;
 pub mod clock;
 pub mod config;
+pub mod connections;
 pub mod error;
 pub mod event_log;
 pub mod geoip;
@@ -59,11 +63,14 @@ pub mod salts;
 pub mod state;
 pub mod url_normaliser;
 pub mod user_agent;
+pub mod wire_errors;
 
 pub use config::Config;
+use connections::{ConnectionGuard, ConnectionPool, RequestGuard};
 pub use error::{ApiError, ServerError};
 use event_log::LogFailure;
 pub use state::AppState;
+use wire_errors::ParseErrorsAsJson;
 
 /// Largest request head (request line plus headers) accepted. Browsers send a few KiB; more
 /// is abuse. Hyper refuses heads that do not fit its read buffer (twice this) while parsing;
@@ -73,6 +80,8 @@ const MAX_HEAD_BYTES: usize = 32 * 1024;
 const MAX_HEADERS: usize = 100;
 /// How long in-flight requests get to finish after shutdown begins.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the pool looks for idle connections to close under pressure.
+const REAP_INTERVAL: Duration = Duration::from_millis(250);
 /// How often idle state is evicted and salts are rotated or destroyed without traffic.
 const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -120,8 +129,8 @@ async fn serve(
 ) -> Result<(), ServerError> {
     let limits = state.http;
     let app = routes::router(Arc::clone(&state));
-    let connections = Arc::new(Semaphore::new(limits.max_connections));
-    let graceful = GracefulShutdown::new();
+    let pool = Arc::clone(&state.connections);
+    let (stop, stopped) = watch::channel(false);
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -130,15 +139,12 @@ async fn serve(
         .max_headers(MAX_HEADERS);
 
     let maintenance = tokio::spawn(maintain(Arc::clone(&state)));
+    let reaper = tokio::spawn(reap(Arc::clone(&pool)));
     tokio::pin!(shutdown);
     loop {
-        let permit = tokio::select! {
-            permit = Arc::clone(&connections).acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
-            () = &mut shutdown => break,
-        };
+        // Accept first, whatever the pool holds: the pool decides, knowing the new client,
+        // whether an idle connection makes room for it. Connections left in the kernel's
+        // backlog would wait unseen behind idle ones.
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -151,46 +157,164 @@ async fn serve(
             },
             () = &mut shutdown => break,
         };
+        // A trusted proxy carries many clients: the per-address cap would starve them all.
+        let address = peer.ip().to_canonical();
+        let guard = tokio::select! {
+            guard = pool.admit_or_wait(address, !state.proxies.trusts(address)) => guard,
+            () = &mut shutdown => break,
+        };
+        let Some(guard) = guard else {
+            // Its address is at the cap with every connection busy: closed unanswered.
+            tracing::debug!("connection refused: its address is at its connection cap");
+            continue;
+        };
         let _ = stream.set_nodelay(true);
-        state.open_connections.fetch_add(1, Ordering::Relaxed);
-        let app = app.clone();
-        let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
-            let app = app.clone();
-            async move {
-                if head_too_large(&request) {
-                    return Ok(ApiError::new(
-                        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                        "headers_too_large",
-                        format!("request headers exceed {MAX_HEAD_BYTES} bytes"),
-                    )
-                    .into_response());
-                }
-                request
-                    .extensions_mut()
-                    .insert(ConnectInfo::<SocketAddr>(peer));
-                app.oneshot(request.map(axum::body::Body::new)).await
-            }
-        });
-        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
-        let conn_state = Arc::clone(&state);
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, "connection ended with an error");
-            }
-            conn_state.open_connections.fetch_sub(1, Ordering::Relaxed);
-            drop(permit);
-        });
+        let guard = Arc::new(guard);
+        let service = request_service(&state, &app, peer, &guard);
+        let connection =
+            builder.serve_connection(TokioIo::new(ParseErrorsAsJson::new(stream)), service);
+        tokio::spawn(serve_connection(
+            connection,
+            guard,
+            stopped.clone(),
+            Arc::clone(&state),
+        ));
     }
     drop(listener);
     tracing::info!("shutting down: draining connections");
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+    // Connections that have not sent a complete request go at once; the rest finish theirs.
+    pool.shut_down();
+    let _ = stop.send(true);
+    if tokio::time::timeout(DRAIN_TIMEOUT, pool.drained())
         .await
         .is_err()
     {
         tracing::warn!("some connections did not finish within the drain timeout");
     }
     maintenance.abort();
+    reaper.abort();
     Ok(())
+}
+
+/// The hyper service of one connection: marks the connection busy from a complete request head
+/// until its response has been handed over, refuses oversized heads, and runs the router with
+/// the peer (`ConnectInfo`) and the client address for the body budget.
+fn request_service(
+    state: &Arc<AppState>,
+    app: &axum::Router,
+    peer: SocketAddr,
+    guard: &Arc<ConnectionGuard>,
+) -> impl hyper::service::Service<
+    hyper::Request<Incoming>,
+    Response = hyper::Response<axum::body::Body>,
+    Error = std::convert::Infallible,
+    Future = impl Future<
+        Output = Result<hyper::Response<axum::body::Body>, std::convert::Infallible>,
+    > + Send,
+> + Clone {
+    let (state, app, guard) = (Arc::clone(state), app.clone(), Arc::clone(guard));
+    hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+        // Synchronously, as hyper hands over the head: from here shutdown lets it finish.
+        let busy = guard.begin_request();
+        let client = state.proxies.client_ip(peer, request.headers());
+        let app = app.clone();
+        async move {
+            let response = if head_too_large(&request) {
+                ApiError::new(
+                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    "headers_too_large",
+                    format!("request headers exceed {MAX_HEAD_BYTES} bytes"),
+                )
+                .into_response()
+            } else {
+                request
+                    .extensions_mut()
+                    .insert(ConnectInfo::<SocketAddr>(peer));
+                let request = request.map(axum::body::Body::new);
+                match body::CLIENT_ADDRESS
+                    .scope(client, app.oneshot(request))
+                    .await
+                {
+                    Ok(response) => response,
+                    Err(never) => match never {},
+                }
+            };
+            Ok(response.map(|body| axum::body::Body::new(BusyBody { body, _busy: busy })))
+        }
+    })
+}
+
+/// Serves one admitted connection until it ends, the pool evicts it, or shutdown: then it is
+/// closed at once if no request is in flight, else after its response (`graceful_shutdown`).
+async fn serve_connection<S>(
+    connection: http1::Connection<TokioIo<ParseErrorsAsJson<tokio::net::TcpStream>>, S>,
+    guard: Arc<ConnectionGuard>,
+    mut stopped: watch::Receiver<bool>,
+    state: Arc<AppState>,
+) where
+    S: hyper::service::HttpService<Incoming, ResBody = axum::body::Body>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    state.open_connections.fetch_add(1, Ordering::Relaxed);
+    tokio::pin!(connection);
+    let ended = tokio::select! {
+        result = connection.as_mut() => Some(result),
+        () = guard.evicted() => None,
+        _ = stopped.changed() => {
+            if guard.is_idle() {
+                None
+            } else {
+                connection.as_mut().graceful_shutdown();
+                tokio::select! {
+                    result = connection.as_mut() => Some(result),
+                    () = guard.evicted() => None,
+                }
+            }
+        }
+    };
+    if let Some(Err(error)) = ended {
+        tracing::debug!(%error, "connection ended with an error");
+    }
+    state.open_connections.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// A response body that keeps its connection marked busy until hyper has taken all of it.
+struct BusyBody {
+    body: axum::body::Body,
+    _busy: RequestGuard,
+}
+
+impl http_body::Body for BusyBody {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// Closes idle connections early while the pool is under pressure (`ConnectionPool::reap`).
+async fn reap(pool: Arc<ConnectionPool>) {
+    let mut ticker = tokio::time::interval(REAP_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        ticker.tick().await;
+        let closed = pool.reap();
+        if closed > 0 {
+            tracing::debug!(closed, "closed idle connections: the pool is nearly full");
+        }
+    }
 }
 
 /// Whether the request line and headers together exceed `MAX_HEAD_BYTES`.

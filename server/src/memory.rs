@@ -8,7 +8,7 @@
 //! | visitor windows + event tallies | 50% | `MemoryBudget`: approximate counting past it |
 //! | event rings | 20% | fewer websites: `max_websites` is lowered to fit full rings |
 //! | write queue | 10% | `EventLog`: collect answers 503 when the queued bytes would pass it |
-//! | request bodies in flight | 10% | `BodyBudget`: 503 when no room is left |
+//! | request bodies in flight | 10% | `BodyBudget`: bytes as received, ⅛ per client address; 503 past either |
 //! | connections (buffers) | 10% | `max_connections` defaults to this share / 32 KiB |
 //!
 //! Not counted: the binary, the runtime, thread stacks and the allocator's own overhead — the

@@ -7,12 +7,13 @@ use std::path::Path;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
-use pulse_engine::{Engine, Timestamp};
+use pulse_engine::{Engine, EngineError, Timestamp};
 
 use crate::body::BodyBudget;
-use crate::catalog::WebsiteCatalog;
+use crate::catalog::{CatalogOpenError, WebsiteCatalog};
 use crate::client_ip::TrustedProxies;
 use crate::config::{Config, HttpLimits};
+use crate::connections::{ConnectionPool, PoolLimits, EVICTABLE_AFTER, PRESSURE_IDLE};
 use crate::error::ServerError;
 use crate::event_log::EventLog;
 use crate::geoip::GeoIp;
@@ -42,6 +43,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Client connections being served now.
     pub open_connections: AtomicUsize,
+    /// The admitted connections and the rules for shedding them (`connections.rs`).
+    pub connections: Arc<ConnectionPool>,
 }
 
 impl AppState {
@@ -58,22 +61,28 @@ impl AppState {
         let memory = config.memory_plan();
         let limits = config.engine_limits(&memory);
         let engine = Arc::new(Engine::new(limits)?);
-        let websites = WebsiteCatalog::open(data_dir, Arc::clone(&engine)).map_err(|source| {
-            ServerError::WebsitesFile {
-                path: data_dir.join("websites.json"),
-                source,
-            }
-        })?;
+        let websites =
+            WebsiteCatalog::open(data_dir, Arc::clone(&engine)).map_err(|source| match source {
+                CatalogOpenError::EngineRefused {
+                    stored,
+                    source: EngineError::TooManyWebsites { limit },
+                    ..
+                } if limit == memory.max_websites && limit < config.max_websites => {
+                    memory_too_small(config, &memory, stored)
+                }
+                source => ServerError::WebsitesFile {
+                    path: data_dir.join("websites.json"),
+                    source,
+                },
+            })?;
         let now = Timestamp::from_unix_ms(now_ms)?;
         let salts = open_salts(data_dir, now, limits.window_ms())?;
         let geoip = config.geoip_db.as_deref().map(GeoIp::open).transpose()?;
         // Websites are registered before replay starts, so replayed events find their website.
         let metrics = Arc::new(Metrics::default());
-        let log = EventLog::start(
-            config.log_options(&memory),
-            Arc::clone(&engine),
-            Arc::clone(&metrics),
-        );
+        let mut log_options = config.log_options(&memory);
+        log_options.log_starts = websites.log_starts().into_iter().collect();
+        let log = EventLog::start(log_options, Arc::clone(&engine), Arc::clone(&metrics));
         let http = config.http_limits(&memory);
         Ok(Self {
             engine,
@@ -90,7 +99,31 @@ impl AppState {
             user_agents: ClassCache::new(),
             metrics,
             open_connections: AtomicUsize::new(0),
+            connections: Arc::new(ConnectionPool::new(PoolLimits {
+                max_connections: http.max_connections,
+                max_per_address: http.max_connections_per_ip,
+                pressure_idle: http.header_timeout.min(PRESSURE_IDLE),
+                evictable_after: EVICTABLE_AFTER,
+            })),
         })
+    }
+}
+
+/// The error for a data directory holding more websites than `--memory-limit` has rings for,
+/// naming what to raise and to what.
+fn memory_too_small(config: &Config, memory: &MemoryPlan, stored: usize) -> ServerError {
+    let per_website_bytes = config.ring_capacity.max(1) * 2 * crate::memory::RING_EVENT_BYTES;
+    // Rings get a fifth of the limit (`MemoryPlan::new`).
+    let needed_bytes = (stored as u64)
+        .saturating_mul(per_website_bytes as u64)
+        .saturating_mul(5);
+    ServerError::MemoryTooSmallForWebsites {
+        stored,
+        fits: memory.max_websites,
+        memory_limit_bytes: memory.limit_bytes,
+        per_website_bytes,
+        ring_capacity: config.ring_capacity,
+        needed_bytes,
     }
 }
 

@@ -599,12 +599,13 @@ impl Server {
         self.get("/readyz").await
     }
 
-    /// Polls `/readyz` until it answers 200 and returns its `replay` object. Panics when the
+    /// Polls `/readyz` until it answers 200 and returns its `replay` object (sent with the admin
+    /// token when the server has one: without it `/readyz` hides the report). Panics when the
     /// deadline passes, or at once when it answers anything but 200 or 503 `not_ready`.
     pub async fn wait_ready(&self, deadline: Duration) -> Value {
         let end = Instant::now() + deadline;
         loop {
-            let resp = match self.client.get("/readyz").send().await {
+            let resp = match self.request("GET", "/readyz").send().await {
                 Ok(resp) => resp,
                 Err(e) => panic!(
                     "GET /readyz failed ({e}): did the server exit? stderr:\n{}",

@@ -175,7 +175,14 @@ async fn interrupted() {
 fn wait_ready(args: &Args) -> anyhow::Result<()> {
     let start = Instant::now();
     let deadline = start + seconds(args.timeout_secs, "--timeout-secs")?;
-    let request = format_request("GET", "/readyz", &args.addr.to_string(), None, None);
+    // The token, when given, makes /readyz include its replay report.
+    let request = format_request(
+        "GET",
+        "/readyz",
+        &args.addr.to_string(),
+        args.token.as_deref(),
+        None,
+    );
     let mut last = String::from("no answer yet");
     while Instant::now() < deadline {
         match request_once(args.addr, &request, Duration::from_secs(2)) {

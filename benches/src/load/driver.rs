@@ -9,14 +9,17 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{watch, Barrier};
 use tokio::task::JoinSet;
 
+use crate::load::histogram::LatencyHistogram;
 use crate::load::realtime::{PollStats, Poller};
-use crate::load::report::{Counts, ProcessReport, RealtimeReport, Report, ServerRealtime};
+use crate::load::report::{
+    CollectLatency, Counts, ProcessReport, RealtimeReport, Report, ServerRealtime,
+};
 use crate::load::rng::{mix64, SplitMix64};
 use crate::load::traffic::{EventBodies, RequestBuilder, UserAgents, VisitorModel};
 use crate::load::{LoadConfig, LoadError, Mode};
@@ -84,6 +87,9 @@ struct ConnCounters {
     custom_events_accepted: AtomicU64,
     distinct_human_visitors: AtomicU64,
     distinct_bot_visitors: AtomicU64,
+    /// Time from writing a collect request to its complete answer, whatever the status. Only
+    /// its task locks it (and the reporter at the end), so the lock is never contended.
+    latency: Mutex<LatencyHistogram>,
 }
 
 fn bump(counter: &AtomicU64, by: u64) {
@@ -117,6 +123,16 @@ fn total(counters: &[Arc<ConnCounters>]) -> Counts {
     let mut sum = Counts::default();
     for c in counters {
         sum.add(&c.load());
+    }
+    sum
+}
+
+fn total_latency(counters: &[Arc<ConnCounters>]) -> LatencyHistogram {
+    let mut sum = LatencyHistogram::new();
+    for c in counters {
+        if let Ok(latency) = c.latency.lock() {
+            sum.merge(&latency);
+        }
     }
     sum
 }
@@ -315,6 +331,8 @@ where
         Some(&client),
     );
     report.server_realtime = server_realtime;
+    report.collect_latency =
+        (connections > 0).then(|| CollectLatency::from_histogram(&total_latency(&counters)));
     Ok(report)
 }
 
@@ -403,6 +421,7 @@ fn build_report(
         unfinished_requests: counts.unfinished(),
         counts,
         realtime: polls.map(RealtimeReport::from_stats),
+        collect_latency: None,
         server: server.map(|s| s.report),
         client: client.map(|s| s.report),
         server_realtime: None,
@@ -539,8 +558,14 @@ async fn connection_task(
             &mut rng,
         );
         bump(&counters.requests_started, 1);
+        let sent = Instant::now();
         let outcome = c.send(request, false).await;
         last_used = Instant::now();
+        if outcome.is_ok() {
+            if let Ok(mut latency) = counters.latency.lock() {
+                latency.record(last_used - sent);
+            }
+        }
         let events = u64::from(facts.events);
         bump(&counters.requests, 1);
         bump(&counters.events_sent, events);

@@ -109,6 +109,36 @@ impl RealtimeReport {
     }
 }
 
+/// Collect latency percentiles, in microseconds: from writing a request to its complete answer
+/// (any status; connection errors are counted, not timed). In rate mode it is measured from the
+/// send, not from when the request was due.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct CollectLatency {
+    pub answered: u64,
+    pub p50_us: Option<f64>,
+    pub p90_us: Option<f64>,
+    pub p99_us: Option<f64>,
+    pub p999_us: Option<f64>,
+    pub max_us: Option<f64>,
+    /// Percentiles are bucket upper edges: at most this fraction above the true value.
+    pub resolution: f64,
+}
+
+impl CollectLatency {
+    pub fn from_histogram(h: &LatencyHistogram) -> Self {
+        let us = |ns: Option<u64>| ns.map(|n| n as f64 / 1000.0);
+        Self {
+            answered: h.count(),
+            p50_us: us(h.percentile_ns(0.5)),
+            p90_us: us(h.percentile_ns(0.9)),
+            p99_us: us(h.percentile_ns(0.99)),
+            p999_us: us(h.percentile_ns(0.999)),
+            max_us: us(h.max_ns()),
+            resolution: RELATIVE_RESOLUTION,
+        }
+    }
+}
+
 /// CPU and memory of a process over the run (from /proc).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct ProcessReport {
@@ -158,6 +188,8 @@ pub struct Report {
     pub distinct_visitors: u64,
     pub unfinished_requests: u64,
     pub realtime: Option<RealtimeReport>,
+    /// `None` when no collect was sent (poll-only).
+    pub collect_latency: Option<CollectLatency>,
     pub server: Option<ProcessReport>,
     pub client: Option<ProcessReport>,
     /// What the server's realtime API said after the run (`None` if it could not be read).
@@ -208,6 +240,15 @@ impl Report {
             c.custom_events_accepted,
             c.distinct_visitors()
         ));
+        if let Some(cl) = self.collect_latency.as_ref().filter(|cl| cl.answered > 0) {
+            line.push_str(&format!(
+                " | collect p50 {} p99 {} p999 {} max {}",
+                fmt_us(cl.p50_us),
+                fmt_us(cl.p99_us),
+                fmt_us(cl.p999_us),
+                fmt_us(cl.max_us)
+            ));
+        }
         if let Some(rt) = &self.realtime {
             line.push_str(&format!(
                 " | realtime n={} p50 {} p99 {} p999 {} max {}",

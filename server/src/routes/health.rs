@@ -1,14 +1,19 @@
 //! `GET /healthz` (the process answers) and `GET /readyz` (start-up is done and answers are
-//! complete). Neither needs a token; neither says anything about traffic.
+//! complete). Neither needs a token. Without one, `/readyz` says ready or not and why in one
+//! word (`{"status":"ready"}`, or 503 `not_ready`, `log_stalled`, `log_failed`); the details —
+//! the replay report (event counts) and why the log stalled or failed — go only to a request
+//! that could use the admin routes (`auth::check_admin`: the token when one is set, otherwise
+//! loopback and same origin).
 
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
+use crate::auth::check_admin;
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -16,26 +21,32 @@ pub async fn healthz() -> Response {
     Json(json!({"status": "ok"})).into_response()
 }
 
-pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+pub async fn readyz(State(state): State<Arc<AppState>>, headers: HeaderMap, uri: Uri) -> Response {
+    let detailed = check_admin(&state, &headers, &uri).is_ok();
     let status = state.log.status();
     if let Some(error) = status.fatal_error() {
-        return ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "log_failed",
-            format!("the event log failed: {error}"),
-        )
-        .into_response();
+        let message = if detailed {
+            format!("the event log failed: {error}")
+        } else {
+            "the event log failed".to_owned()
+        };
+        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "log_failed", message)
+            .into_response();
     }
     if let Some(stall) = status.stall() {
-        return ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "log_stalled",
-            stall.to_string(),
-        )
-        .retry_after(5)
-        .into_response();
+        let message = if detailed {
+            stall.to_string()
+        } else {
+            "the event log cannot write".to_owned()
+        };
+        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "log_stalled", message)
+            .retry_after(5)
+            .into_response();
     }
     if let (true, Some(report)) = (status.is_ready(), status.replay_report()) {
+        if !detailed {
+            return Json(json!({"status": "ready"})).into_response();
+        }
         Json(json!({
             "status": "ready",
             "replay": {

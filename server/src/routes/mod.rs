@@ -1,7 +1,8 @@
 //! The HTTP routes and the router that joins them: which paths exist, which need the admin
-//! token, the JSON 404/405 answers, and the request layer that counts every request by route
-//! and status (the `route` label comes from the same path constants the router is built from).
-//! Each route's logic lives in its own module.
+//! token (and, for bodies, JSON), the JSON 404/405 answers, the layer that turns any other
+//! non-JSON error (an extractor's rejection) into the JSON shape, and the request layer that
+//! counts every request by route and status (the `route` label comes from the same path
+//! constants the router is built from). Each route's logic lives in its own module.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -12,6 +13,7 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
 
+use crate::admin_access::require_json_body;
 use crate::auth::require_admin;
 use crate::error::ApiError;
 use crate::metrics::Route;
@@ -20,6 +22,7 @@ use crate::state::AppState;
 pub mod assets;
 pub mod collect;
 pub mod health;
+pub mod json_errors;
 pub mod plausible;
 pub mod realtime;
 pub mod scrape;
@@ -56,6 +59,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route(path::REALTIME, get(realtime::realtime))
         .route(path::METRICS, get(scrape::metrics))
+        // Route layers run last-added first: the token (or loopback) check comes before the
+        // body's type is looked at.
+        .route_layer(middleware::from_fn(require_json_body))
         .route_layer(middleware::from_fn_with_state(
             Arc::clone(&state),
             require_admin,
@@ -86,6 +92,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(public)
         .fallback(|| async { ApiError::not_found() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+        .layer(middleware::map_response(json_errors::errors_as_json))
         .layer(middleware::from_fn_with_state(
             Arc::clone(&state),
             track_request,

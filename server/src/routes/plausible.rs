@@ -25,9 +25,11 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::collect::fields::{
-    check_properties, event_name_target, optional_string, page_target, referrer,
+    check_properties, event_name_target, page_target, referrer, string_field,
 };
-use super::collect::{accepted, ingest, CollectEvent, WebsiteEvent, MAX_EVENT_NAME_CHARS};
+use super::collect::{
+    accepted, ingest, strip_utf8_bom, CollectEvent, WebsiteEvent, MAX_EVENT_NAME_CHARS,
+};
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -99,6 +101,7 @@ fn either<'a>(
 
 /// Parses and validates a Plausible event body.
 pub fn parse_event(body: &[u8]) -> Result<PlausibleEvent<'_>, ApiError> {
+    let body = strip_utf8_bom(body);
     let raw: RawPlausibleEvent<'_> = match body.iter().find(|b| !b.is_ascii_whitespace()) {
         Some(b'{') => serde_json::from_slice(body).map_err(|e| {
             ApiError::invalid_json(format!("the body is not a valid Plausible event: {e}"))
@@ -107,7 +110,7 @@ pub fn parse_event(body: &[u8]) -> Result<PlausibleEvent<'_>, ApiError> {
         None => return Err(ApiError::invalid_json("the body is empty")),
     };
     let (name_raw, name_key) = either(raw.name, "name", raw.n, "n");
-    let name = optional_string(name_raw, name_key, MAX_EVENT_NAME_CHARS)?
+    let name = string_field(name_raw, name_key, MAX_EVENT_NAME_CHARS)?
         .filter(|n| !n.trim().is_empty())
         .ok_or_else(|| ApiError::missing_field(name_key))?;
     let (domain_raw, domain_key) = either(raw.domain, "domain", raw.d, "d");
@@ -141,7 +144,7 @@ pub fn parse_event(body: &[u8]) -> Result<PlausibleEvent<'_>, ApiError> {
 /// `domain`: one host name or a comma-separated list of them (Plausible's way to send one
 /// event to several sites).
 fn domain_list(raw: Option<&RawValue>, key: &str) -> Result<Vec<String>, ApiError> {
-    let list = optional_string(raw, key, MAX_DOMAIN_LIST_CHARS)?
+    let list = string_field(raw, key, MAX_DOMAIN_LIST_CHARS)?
         .filter(|d| !d.trim().is_empty())
         .ok_or_else(|| ApiError::missing_field(key))?;
     let domains: Vec<String> = list

@@ -30,9 +30,11 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::collect::fields::{
-    check_properties, client_id, event_name_target, optional_string, page_target, referrer,
+    check_properties, client_id, event_name_target, page_target, referrer, string_field,
 };
-use super::collect::{ingest, CollectEvent, WebsiteEvent, MAX_SHORT_FIELD_CHARS, MAX_URL_BYTES};
+use super::collect::{
+    ingest, strip_utf8_bom, CollectEvent, WebsiteEvent, MAX_SHORT_FIELD_CHARS, MAX_URL_BYTES,
+};
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -94,6 +96,7 @@ pub struct UmamiSend<'a> {
 
 /// Parses and validates an Umami send body.
 pub fn parse_send(body: &[u8]) -> Result<UmamiSend<'_>, ApiError> {
+    let body = strip_utf8_bom(body);
     let invalid_json =
         |e: serde_json::Error| ApiError::invalid_json(format!("the body is not a valid send: {e}"));
     let raw: RawSend<'_> = match body.iter().find(|b| !b.is_ascii_whitespace()) {
@@ -102,7 +105,7 @@ pub fn parse_send(body: &[u8]) -> Result<UmamiSend<'_>, ApiError> {
         None => return Err(ApiError::invalid_json("the body is empty")),
     };
     let kind =
-        optional_string(raw.kind, "type", 16)?.ok_or_else(|| ApiError::missing_field("type"))?;
+        string_field(raw.kind, "type", 16)?.ok_or_else(|| ApiError::missing_field("type"))?;
     let identify = match kind.as_ref() {
         "event" => false,
         "identify" => true,
@@ -121,7 +124,7 @@ pub fn parse_send(body: &[u8]) -> Result<UmamiSend<'_>, ApiError> {
         return Err(ApiError::invalid_field("payload", "must be a JSON object"));
     }
     let payload: RawPayload<'_> = serde_json::from_str(payload.get()).map_err(invalid_json)?;
-    let website = optional_string(payload.website, "payload.website", WebsiteId::MAX_LEN)?
+    let website = string_field(payload.website, "payload.website", WebsiteId::MAX_LEN)?
         .ok_or_else(|| ApiError::missing_field("payload.website"))?;
     let website = WebsiteId::new(&website).map_err(|_| {
         ApiError::invalid_field(
@@ -134,16 +137,16 @@ pub fn parse_send(body: &[u8]) -> Result<UmamiSend<'_>, ApiError> {
         (payload.language, "payload.language"),
         (payload.screen, "payload.screen"),
     ] {
-        optional_string(value, name, MAX_SHORT_FIELD_CHARS)?;
+        string_field(value, name, MAX_SHORT_FIELD_CHARS)?;
     }
-    optional_string(payload.title, "payload.title", MAX_URL_BYTES)?;
+    string_field(payload.title, "payload.title", MAX_URL_BYTES)?;
     check_properties(payload.data, "payload.data", false)?;
     let visitor_id = client_id(payload.id, "payload.id")?;
     let referrer = referrer(payload.referrer, "payload.referrer")?;
     let action = if identify {
         UmamiAction::Identify
     } else {
-        let name = optional_string(payload.name, "payload.name", usize::MAX)?;
+        let name = string_field(payload.name, "payload.name", usize::MAX)?;
         match name {
             // `@umami/node`'s `track(name, data)` sends no `url`: a custom event needs none,
             // but one that is sent must still be a valid URL.

@@ -17,13 +17,14 @@ use crate::catalog::{BotPolicy, CatalogError, Website, WebsiteCatalog, WebsitePa
 use crate::clock;
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::url_normaliser::normalized_domain;
 
 const MAX_NAME_CHARS: usize = 100;
 const MAX_DOMAIN_BYTES: usize = 253;
 const GENERATED_ID_LEN: usize = 12;
 /// Most `aliases` one website may list.
 const MAX_ALIASES: usize = 32;
+/// How long a website created during start-up waits for replay before the answer is 503.
+const REPLAY_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 fn json_object(bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
     match serde_json::from_slice::<Value>(bytes) {
@@ -64,14 +65,33 @@ fn domain_field(body: &Map<String, Value>) -> Result<Option<String>, ApiError> {
     let Some(domain) = opt_str(body, "domain")? else {
         return Ok(None);
     };
-    let domain = domain.trim();
-    if domain.len() > MAX_DOMAIN_BYTES || normalized_domain(domain).is_empty() {
-        return Err(ApiError::invalid_field(
+    host_name(domain).map(Some).ok_or_else(|| {
+        ApiError::invalid_field(
             "domain",
-            "must be a host name such as example.com",
-        ));
-    }
-    Ok(Some(domain.to_ascii_lowercase()))
+            "must be a host name such as example.com (no scheme, port or path)",
+        )
+    })
+}
+
+/// `text` as a normalised host name: trimmed, internationalised labels in their ASCII form
+/// (`bücher.example` → `xn--bcher-kva.example`), lower case, without a trailing dot; `None`
+/// unless every label is 1 to 63 letters, digits or hyphens, not starting or ending with one,
+/// and the whole fits `MAX_DOMAIN_BYTES`. A scheme, port, path or anything else is refused
+/// rather than guessed at: the domain decides what counts as a self-referral.
+fn host_name(text: &str) -> Option<String> {
+    let text = text.trim();
+    let text = text.strip_suffix('.').unwrap_or(text);
+    let ascii = idna::domain_to_ascii(text).ok()?;
+    let valid_label = |label: &str| {
+        (1..=63).contains(&label.len())
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+    };
+    (!ascii.is_empty() && ascii.len() <= MAX_DOMAIN_BYTES && ascii.split('.').all(valid_label))
+        .then_some(ascii)
 }
 
 fn bot_policy_field(body: &Map<String, Value>) -> Result<Option<BotPolicy>, ApiError> {
@@ -97,7 +117,9 @@ fn respect_dnt_field(body: &Map<String, Value>) -> Result<Option<bool>, ApiError
     }
 }
 
-/// `aliases`: more host names the website is served under, each checked like `domain`.
+/// `aliases`: more host names the website is served under, each checked and normalised like
+/// `domain` (`host_name`). An Umami website UUID is such a name (one label of hex digits and
+/// hyphens), so it can be an alias too.
 fn aliases_field(body: &Map<String, Value>) -> Result<Option<Vec<String>>, ApiError> {
     let items = match body.get("aliases") {
         None | Some(Value::Null) => return Ok(None),
@@ -111,17 +133,17 @@ fn aliases_field(body: &Map<String, Value>) -> Result<Option<Vec<String>>, ApiEr
     };
     items
         .iter()
-        .map(|item| match item {
-            Value::String(alias)
-                if alias.trim().len() <= MAX_DOMAIN_BYTES
-                    && !normalized_domain(alias.trim()).is_empty() =>
-            {
-                Ok(alias.trim().to_ascii_lowercase())
+        .map(|item| {
+            match item {
+                Value::String(alias) => host_name(alias),
+                _ => None,
             }
-            _ => Err(ApiError::invalid_field(
-                "aliases",
-                "must hold host names such as example.com",
-            )),
+            .ok_or_else(|| {
+                ApiError::invalid_field(
+                    "aliases",
+                    "must hold host names such as example.com (no scheme, port or path)",
+                )
+            })
         })
         .collect::<Result<Vec<_>, _>>()
         .map(Some)
@@ -244,7 +266,21 @@ pub async fn create(
         accept_client_ids: accept_client_ids_field(&body)?
             .unwrap_or(crate::catalog::accept_client_ids_by_default()),
     };
-    let created = change_catalog(&state, move |catalog| catalog.create(website)).await?;
+    // A website's events start where the log stands now (see `WebsiteCatalog::create`), which
+    // is known once replay is done: a create during start-up waits for it.
+    let _ = tokio::time::timeout(REPLAY_WAIT, state.log.status().replayed()).await;
+    let log_start_seq = state.log.next_seq().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "the server is still replaying its log; create the website shortly",
+        )
+        .retry_after(1)
+    })?;
+    let created = change_catalog(&state, move |catalog| {
+        catalog.create(website, log_start_seq)
+    })
+    .await?;
     Ok((StatusCode::CREATED, Json(json!({ "data": created }))).into_response())
 }
 
@@ -293,6 +329,8 @@ mod tests {
         let request = Request::builder()
             .method(method)
             .uri(uri)
+            // Without an admin token, admin routes answer loopback names only.
+            .header("host", "localhost")
             .header("content-type", "application/json")
             .body(Body::from(body.to_string()))
             .unwrap();
@@ -310,6 +348,34 @@ mod tests {
             serde_json::from_slice(&bytes).unwrap()
         };
         (status, json)
+    }
+
+    #[test]
+    fn a_domain_is_a_normalised_host_name_or_refused() {
+        assert_eq!(host_name("Example.COM").as_deref(), Some("example.com"));
+        assert_eq!(
+            host_name(" www.example.com. ").as_deref(),
+            Some("www.example.com")
+        );
+        assert_eq!(
+            host_name("Bücher.example").as_deref(),
+            Some("xn--bcher-kva.example")
+        );
+        assert_eq!(host_name("localhost").as_deref(), Some("localhost"));
+        for refused in [
+            "http://example.com/x",
+            "-",
+            "example.com:8080",
+            "example.com/x",
+            "-example.com",
+            "example-.com",
+            "a..b",
+            "",
+            "exa mple.com",
+            &"a".repeat(64),
+        ] {
+            assert_eq!(host_name(refused), None, "{refused:?}");
+        }
     }
 
     #[tokio::test]
@@ -429,5 +495,37 @@ mod tests {
         assert!(domain_field(&body(json!({"domain": 5}))).is_err());
         assert!(bot_policy_field(&body(json!({"bot_policy": "maybe"}))).is_err());
         assert!(respect_dnt_field(&body(json!({"respect_dnt": "yes"}))).is_err());
+    }
+
+    #[test]
+    fn aliases_are_normalised_host_names_like_the_domain() {
+        let aliases = |v: Value| aliases_field(v.as_object().unwrap()).map_err(|e| e.code);
+        assert_eq!(
+            aliases(
+                json!({"aliases": [" WWW.Example.ORG. ", "Bücher.example", "127.0.0.1",
+                "94db1cb1-74f4-4a40-ad6c-962362670409"]})
+            ),
+            Ok(Some(vec![
+                "www.example.org".to_owned(),
+                "xn--bcher-kva.example".to_owned(),
+                "127.0.0.1".to_owned(),
+                "94db1cb1-74f4-4a40-ad6c-962362670409".to_owned(),
+            ]))
+        );
+        for refused in [
+            json!(["https://example.org/"]),
+            json!(["example.org:8080"]),
+            json!(["example.org/x"]),
+            json!(["-example.org"]),
+            json!([""]),
+            json!([5]),
+            json!("example.org"),
+        ] {
+            assert_eq!(
+                aliases(json!({ "aliases": refused })),
+                Err("invalid_field"),
+                "{refused}"
+            );
+        }
     }
 }

@@ -159,3 +159,72 @@ async fn write_websites(server: &Server, ids: &[String], t: usize) {
         );
     }
 }
+
+#[tokio::test]
+async fn a_deleted_website_stays_deleted_and_a_recreated_id_starts_empty_after_a_restart() {
+    let mut server = start(Opts::default());
+    server.site("ghost", "example.com").await;
+    for i in 0..20 {
+        let resp = server
+            .collect(&pageview("ghost", &format!("/old/{i}")))
+            .await;
+        assert_eq!(resp.status, 202, "{resp:?}");
+    }
+    assert_eq!(server.delete("/api/websites/ghost").await.status, 204);
+    server.site("ghost", "example.com").await;
+    assert_eq!(
+        server.counts("ghost").await,
+        (0, 0),
+        "a re-created id starts empty"
+    );
+    for i in 0..2 {
+        let resp = server
+            .collect(&pageview("ghost", &format!("/new/{i}")))
+            .await;
+        assert_eq!(resp.status, 202, "{resp:?}");
+    }
+    let status = server.restart();
+    assert!(status.success(), "{status}");
+    server.wait_ready(std::time::Duration::from_secs(30)).await;
+    let data = server.realtime("ghost").await;
+    assert_eq!(
+        counts_of(&data),
+        (1, 2),
+        "the deleted website's 20 events came back after the restart: {data}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_and_recreating_during_ingest_gives_the_same_answer_after_a_restart() {
+    let mut server = start(Opts::default());
+    server.site("ghost", "example.com").await;
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let ingest = async {
+        let mut i = 0;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            // 202 while the website exists, 404 while it does not: both are fine here.
+            let resp = server.collect(&pageview("ghost", &format!("/p/{i}"))).await;
+            assert!(matches!(resp.status, 202 | 404), "{resp:?}");
+            i += 1;
+            tokio::task::yield_now().await;
+        }
+    };
+    let churn = async {
+        for _ in 0..5 {
+            assert_eq!(server.delete("/api/websites/ghost").await.status, 204);
+            server.site("ghost", "example.com").await;
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    };
+    tokio::join!(ingest, churn);
+    let before = server.realtime("ghost").await;
+    let status = server.restart();
+    assert!(status.success(), "{status}");
+    server.wait_ready(std::time::Duration::from_secs(30)).await;
+    let after = server.realtime("ghost").await;
+    assert_eq!(
+        counts_of(&after),
+        counts_of(&before),
+        "before the restart: {before}\nafter: {after}"
+    );
+}

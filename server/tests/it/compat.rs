@@ -3,6 +3,10 @@
 //! credentialed beacons on every ingest route (and none on admin routes), and the realtime shape
 //! Sparklytics' dashboard reads. The real clients in a browser are `server/tests/compat/`.
 
+use std::io::Write;
+
+use flate2::write::GzEncoder;
+use flate2::Compression;
 use pulse_testkit::fixtures::{
     assert_error, counts_of, keys, pageview, recent, CHROME_DESKTOP, FIREFOX_DESKTOP, GOOGLEBOT,
 };
@@ -108,7 +112,7 @@ async fn every_ingest_route_preflights_the_headers_its_clients_send_and_admin_ro
                 .header("access-control-request-method", "POST")
                 .header(
                     "access-control-request-headers",
-                    "content-type,x-umami-cache",
+                    "content-type,content-encoding,x-umami-cache",
                 ),
         )
         .await;
@@ -118,7 +122,9 @@ async fn every_ingest_route_preflights_the_headers_its_clients_send_and_admin_ro
             .unwrap_or_default()
             .to_ascii_lowercase();
         assert!(
-            allowed.contains("content-type") && allowed.contains("x-umami-cache"),
+            ["content-type", "content-encoding", "x-umami-cache"]
+                .iter()
+                .all(|h| allowed.contains(h)),
             "{path}: {allowed}"
         );
         assert_eq!(
@@ -415,4 +421,77 @@ async fn realtime_stays_a_superset_of_what_sparklytics_dashboard_reads() {
             "recent_events[] lacks {field}: {row}"
         );
     }
+}
+
+/// `POST path` with `body` (already encoded) labelled `Content-Encoding: encoding`.
+async fn post_encoded(server: &Server, path: &str, encoding: &str, body: Vec<u8>) -> Response {
+    send(
+        server
+            .client()
+            .post(path)
+            .header("user-agent", CHROME_DESKTOP)
+            .header("content-type", "application/json")
+            .header("content-encoding", encoding)
+            .body(body),
+    )
+    .await
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut encoder = GzEncoder::new(Vec::new(), Compression::default());
+    encoder.write_all(data).unwrap();
+    encoder.finish().unwrap()
+}
+
+/// What `/api/collect` makes of a body's bytes — gzip inflated, one byte-order mark skipped,
+/// other codings 415 with `Accept-Encoding` — every other ingest route makes of them too.
+#[tokio::test]
+async fn every_ingest_route_reads_gzip_and_a_byte_order_mark_and_refuses_other_codings() {
+    let server = start(Opts::default());
+    server
+        .create_website(&json!({"id": UMAMI_ID, "name": "U", "domain": "shop.example.com"}))
+        .await;
+    let body = |path: &str, page: &str| match path {
+        "/api/event" => json!({"n": "pageview", "u": page, "d": "shop.example.com"}),
+        "/api/send" => json!({"type": "event", "payload": {"website": UMAMI_ID, "url": page}}),
+        _ => pageview(UMAMI_ID, page),
+    };
+    let ok_status = |path: &str| if path == "/api/send" { 200 } else { 202 };
+    let mut expected = Vec::new();
+    for path in ["/api/collect", "/e", "/api/event", "/api/send"] {
+        let page = format!("/gzip{}", path.replace('/', "-"));
+        let gzipped = gzip(body(path, &page).to_string().as_bytes());
+        let resp = post_encoded(&server, path, "gzip", gzipped).await;
+        assert_eq!(resp.status, ok_status(path), "{path} gzip: {resp:?}");
+        expected.push(page);
+
+        let page = format!("/bom{}", path.replace('/', "-"));
+        let mut with_bom = b"\xEF\xBB\xBF".to_vec();
+        with_bom.extend(body(path, &page).to_string().as_bytes());
+        let resp = post_encoded(&server, path, "identity", with_bom.clone()).await;
+        assert_eq!(resp.status, ok_status(path), "{path} BOM: {resp:?}");
+        expected.push(page);
+        let resp = post_encoded(&server, path, "gzip", gzip(&with_bom)).await;
+        assert_eq!(resp.status, ok_status(path), "{path} gzip BOM: {resp:?}");
+
+        let resp = post_encoded(&server, path, "br", body(path, "/br").to_string().into()).await;
+        assert_error(&resp, 415, "unsupported_encoding", path);
+        assert_eq!(
+            resp.header("accept-encoding").as_deref(),
+            Some("gzip, identity"),
+            "{path}"
+        );
+        let plain_as_gzip = body(path, "/not-gzip").to_string().into();
+        let resp = post_encoded(&server, path, "gzip", plain_as_gzip).await;
+        assert_error(&resp, 400, "invalid_body", path);
+    }
+    let data = server.realtime(UMAMI_ID).await;
+    let seen = urls(&data);
+    for page in &expected {
+        assert!(seen.contains(page), "{page} not recorded: {seen:?}");
+    }
+    assert!(
+        !seen.iter().any(|u| u == "/br" || u == "/not-gzip"),
+        "{seen:?}"
+    );
 }

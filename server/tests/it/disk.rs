@@ -80,11 +80,11 @@ fn batch(first: usize) -> Value {
     )
 }
 
-/// Sends batches until one is refused with 503 `log_stalled` and returns how many events were
-/// acknowledged before it. Panics on any other answer, or when the disk never stalls.
-async fn fill_until_stalled(proc: &Server) -> usize {
+/// Sends batches (numbered on from `already_acked`) until one is refused with 503 `log_stalled`
+/// and returns how many events were acknowledged in all. Panics on any other answer, or when the disk never stalls.
+async fn fill_until_stalled(proc: &Server, already_acked: usize) -> usize {
     let deadline = Instant::now() + Duration::from_secs(60);
-    let mut acked = 0;
+    let mut acked = already_acked;
     loop {
         let resp = proc
             .collect_as(CHROME_DESKTOP, &batch(acked))
@@ -176,7 +176,7 @@ async fn a_full_disk_stalls_collect_and_loses_no_acknowledged_event() {
     // No reserve: the log runs into ENOSPC itself.
     let mut proc = start_on(&disk, &["--disk-reserve", "0"]).await;
     let filler = disk.fill("filler", 2_600_000);
-    let acked = fill_until_stalled(&proc).await;
+    let acked = fill_until_stalled(&proc, 0).await;
     assert!(acked > 0, "nothing was acknowledged before the disk filled");
     let ready = proc.readyz().await;
     assert_error(&ready, 503, "log_stalled", "/readyz on a full disk");
@@ -198,7 +198,7 @@ async fn free_space_below_the_reserve_stops_acknowledging_before_the_disk_is_ful
     };
     let mut proc = start_on(&disk, &["--disk-reserve", "1MiB"]).await;
     let filler = disk.fill("filler", 1_500_000);
-    let acked = fill_until_stalled(&proc).await;
+    let acked = fill_until_stalled(&proc, 0).await;
     let ready = proc.readyz().await;
     assert_error(&ready, 503, "log_stalled", "/readyz below the reserve");
     assert!(
@@ -270,5 +270,69 @@ async fn segments_deleted_under_a_running_server_are_written_back() {
         assert_eq!(resp.status, 202, "{resp:?}");
         acked += BATCH;
     }
+    check_every_ack_survives_a_restart(&mut proc, acked).await;
+}
+
+/// `chattr +i` on a directory: nothing can be created in it, not even by root. Undone on drop.
+struct Immutable(PathBuf);
+
+impl Immutable {
+    /// `None` (with a message) where the file system or the user cannot do it.
+    fn set(dir: &Path) -> Option<Self> {
+        let done = Command::new("chattr")
+            .arg("+i")
+            .arg(dir)
+            .status()
+            .is_ok_and(|status| status.success());
+        if !done {
+            eprintln!("SKIPPED: chattr +i failed (needs root and ext4 or similar); not checked");
+            return None;
+        }
+        Some(Self(dir.to_owned()))
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = Command::new("chattr").arg("-i").arg(&self.0).status();
+    }
+}
+
+#[tokio::test]
+async fn a_log_directory_turned_read_only_before_a_roll_loses_no_acknowledged_event() {
+    let dir = tempfile::tempdir().unwrap();
+    // Every append after the first rolls, so the next write needs a new file in the directory.
+    let args = ["--segment-max-bytes", "1", "--disk-reserve", "0"];
+    let mut proc = start_in(Opts::default().args(&args), dir.path());
+    proc.wait_ready(READY_DEADLINE).await;
+    let resp = proc
+        .post_json(
+            "/api/websites",
+            &json!({"id": SITE, "name": "D", "domain": "example.com"}),
+        )
+        .await;
+    assert_eq!(resp.status, 201, "{resp:?}");
+    let mut acked = 0;
+    for _ in 0..2 {
+        let resp = proc
+            .collect_as(CHROME_DESKTOP, &batch(acked))
+            .await
+            .unwrap();
+        assert_eq!(resp.status, 202, "{resp:?}");
+        acked += BATCH;
+    }
+    let segments = dir.path().join("segments");
+    let Some(read_only) = Immutable::set(&segments) else {
+        return;
+    };
+    let acked = fill_until_stalled(&proc, acked).await;
+    assert_error(
+        &proc.readyz().await,
+        503,
+        "log_stalled",
+        "/readyz on a read-only log",
+    );
+    drop(read_only);
+    let acked = resume(&proc, acked).await;
     check_every_ack_survives_a_restart(&mut proc, acked).await;
 }

@@ -4,12 +4,18 @@
 //! binary; the harness, the client and the fixtures are the test kit's.
 //!
 //! - `http`: the HTTP API, one behaviour per test (issue 3).
+//! - `admin`: the admin routes against a hostile page — DNS rebinding, CSRF, CORS — and what
+//!   `/readyz` tells whom (issue 12).
+//! - `malformed`: requests refused before the router still get JSON errors (issue 12).
+//! - `collect_input`: collect's content codings, byte-order mark and `event_data` measure.
 //! - `assets`: the embedded tracker and dashboard files (issue 5).
+//! - `connections`: idle, slow-header and stalled-body floods from a second address; SIGTERM.
 //! - `crash`: SIGKILL, SIGTERM and damaged logs against the event log (issue 4).
 //! - `overload`: memory limit, `/metrics`, rate limit and a full write queue (issue 6).
 //! - `catalog`: website writes during ingest; file, list and engine agree across a restart.
 //! - `clock`: the system clock stepped back under a running server (libfaketime).
 //! - `disk`: a disk that fills up, free space below the reserve, segments deleted underneath.
+//! - `operator`: data directory permissions, logs on a pipe, `RUST_LOG`.
 //! - `tidy`: house rules over the source tree (no server started).
 //! - `compat`: Sparklytics' `/e` and `visitor_id`, Plausible's and Umami's APIs, ingest CORS.
 //!
@@ -22,16 +28,23 @@ use std::path::Path;
 
 use pulse_testkit::server::{Opts, Server};
 
+mod admin;
 mod assets;
 mod catalog;
 #[cfg(target_os = "linux")]
 mod clock;
+mod collect_input;
 mod compat;
+#[cfg(target_os = "linux")]
+mod connections;
 #[cfg(unix)]
 mod crash;
 #[cfg(target_os = "linux")]
 mod disk;
 mod http;
+mod malformed;
+#[cfg(unix)]
+mod operator;
 #[cfg(target_os = "linux")]
 mod overload;
 mod tidy;

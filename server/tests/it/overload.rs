@@ -1048,3 +1048,33 @@ async fn a_full_write_queue_answers_503_not_202() {
         "the log should hold the one accepted event and none of the refused batches"
     );
 }
+
+#[test]
+fn more_websites_than_the_memory_limit_holds_names_the_flag_and_what_to_raise() {
+    let dir = tempfile::tempdir().unwrap();
+    let websites: Vec<Value> = (0..100)
+        .map(|n| {
+            serde_json::json!({"id": format!("w{n}"), "name": "W", "domain": "example.com",
+                "bot_policy": "exclude", "respect_dnt": true, "created_at": "2026-12-02T10:00:00Z"})
+        })
+        .collect();
+    let file = serde_json::json!({"version": 1, "websites": websites});
+    std::fs::write(dir.path().join("websites.json"), file.to_string()).unwrap();
+    let exited = pulse_testkit::server::run_expecting_exit(
+        crate::pulse_bin(),
+        &Opts::default().args(&["--memory-limit", "1MiB"]),
+        dir.path(),
+    );
+    assert!(!exited.status.success(), "{exited:?}");
+    for needle in [
+        "100 websites are stored",
+        "--memory-limit",
+        "raise --memory-limit to at least",
+    ] {
+        assert!(
+            exited.stderr.contains(needle),
+            "missing {needle:?} in:\n{}",
+            exited.stderr
+        );
+    }
+}

@@ -4,7 +4,9 @@
 //! credentials mode `include`; such a request is refused when the answer is the wildcard
 //! `Access-Control-Allow-Origin: *`, and the tracker never learns it. So every answer echoes the
 //! request's `Origin`, allows credentials and varies by `Origin`. Pulse sets no cookies and reads
-//! none, so allowing credentials exposes nothing.
+//! none, so allowing credentials exposes nothing. The preflight allows the headers that describe
+//! a body (`Content-Type`, and `Content-Encoding` for a page that gzips with
+//! `CompressionStream`) and Umami's `x-umami-cache`.
 //!
 //! Owns only these headers; the admin routes are same-origin and send none.
 
@@ -13,9 +15,10 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-/// The request headers the trackers Pulse accepts send: `content-type` (all of them) and
-/// `x-umami-cache` (Umami's browser tracker echoes the `cache` token of the previous answer).
-pub const ALLOWED_HEADERS: &str = "content-type, x-umami-cache";
+/// The request headers the trackers Pulse accepts send: `content-type` (all of them),
+/// `content-encoding` (a page or server that gzips its body) and `x-umami-cache` (Umami's
+/// browser tracker echoes the `cache` token of the previous answer).
+pub const ALLOWED_HEADERS: &str = "content-type, content-encoding, x-umami-cache";
 
 /// CORS headers on every ingest response, errors included, so a tracker can read them.
 pub async fn allow_ingest_origin(request: Request, next: Next) -> Response {

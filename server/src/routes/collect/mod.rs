@@ -1,22 +1,26 @@
 //! `POST /api/collect`: pageviews and custom events from browsers — untrusted input.
 //!
-//! The handler runs named steps in order: `admit` (content type, rate limit), read and
-//! `schema::parse_batch` the body, `resolve_websites`, `drop_opted_out` (privacy signals),
+//! The handler runs named steps in order: `admit` (content type and encoding, rate limit), read,
+//! `encoding::gunzip` when it is gzip, and `schema::parse_batch` the body (after one byte-order
+//! mark), `resolve_websites`, `drop_opted_out` (privacy signals),
 //! `log_entries` (what the connection adds: visitor identity, User-Agent class, country, the
 //! clock) and `submit` (the log queue, then the engine). A batch is all-or-nothing: every event
 //! is validated and its website resolved before any is recorded.
 //!
 //! The wire format lives in `schema`, the field rules every ingest format shares in `fields`,
-//! CORS in `cors`, header reading in `headers`; URL rules are `crate::url_normaliser`'s.
+//! content codings and the byte-order mark in `encoding`, CORS in `cors`, header reading in
+//! `headers`; URL rules are `crate::url_normaliser`'s.
 //!
 //! The other ingest formats (`routes::plausible`, `routes::umami`) run the same steps through
-//! `ingest`: they bring only their parser and how they find the website.
+//! `ingest` (so a gzip body, a 415 for another coding and a byte-order mark are the same on
+//! every route): they bring only their parser and how they find the website.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use pulse_engine::{EngineError, Event, Timestamp};
 use pulse_snapshot::LogEntry;
@@ -31,16 +35,19 @@ use crate::state::AppState;
 use crate::url_normaliser::referrer_domain;
 
 mod cors;
+mod encoding;
 pub mod fields;
 mod headers;
 mod schema;
 
 pub use cors::{allow_ingest_origin, preflight, ALLOWED_HEADERS};
-pub use headers::is_accepted_content_type;
-pub use schema::{
-    parse_batch, CollectEvent, MAX_BATCH, MAX_EVENT_DATA_BYTES, MAX_EVENT_DATA_DEPTH,
-    MAX_EVENT_NAME_CHARS, MAX_SHORT_FIELD_CHARS, MAX_URL_BYTES,
+pub use encoding::{body_encoding, gunzip, strip_utf8_bom, BodyEncoding};
+pub use fields::{
+    MAX_EVENT_DATA_BYTES, MAX_EVENT_DATA_DEPTH, MAX_EVENT_NAME_CHARS, MAX_SHORT_FIELD_CHARS,
+    MAX_URL_BYTES,
 };
+pub use headers::is_accepted_content_type;
+pub use schema::{parse_batch, CollectEvent, MAX_BATCH};
 
 /// A validated event and the website it was sent for.
 #[derive(Debug)]
@@ -56,12 +63,15 @@ pub struct Admitted<'r> {
     pub state: &'r AppState,
     pub ip: IpAddr,
     pub headers: &'r HeaderMap,
-    pub body: axum::body::Bytes,
+    /// The body as its parser reads it: inflated when it was sent gzip. A byte-order mark is
+    /// still there; each parser skips it with `strip_utf8_bom`.
+    pub body: Bytes,
 }
 
 /// The steps every ingest route runs around its own parser: `admit`, read the body (its size
-/// limit), then `handle`, which parses, resolves websites and calls `Admitted::record`. A
-/// refusal is counted in the rejection metrics under its code.
+/// limit) and inflate it when it is gzip (the same limit), then `handle`, which parses,
+/// resolves websites and calls `Admitted::record`. A refusal is counted in the rejection
+/// metrics under its code; a 415 for a coding says which codings would do.
 pub async fn ingest<F>(
     state: &AppState,
     peer: SocketAddr,
@@ -74,8 +84,18 @@ where
     // The request itself rather than a `HeaderMap` extractor, which would clone every header.
     let (parts, body) = request.into_parts();
     let outcome = async {
-        let ip = admit(state, peer, &parts.headers)?;
+        let (ip, encoding) = admit(state, peer, &parts.headers)?;
         let body = read_body(body, &parts.headers, &state.http, &state.bodies).await?;
+        let body = match encoding {
+            BodyEncoding::Identity => body,
+            // Inflated synchronously, so at most one body per worker thread is being inflated,
+            // and the compressed copy is let go before the request waits on the log.
+            BodyEncoding::Gzip => {
+                let inflated = gunzip(&body, state.http.max_body_bytes)?;
+                drop(body);
+                Bytes::from(inflated)
+            }
+        };
         handle(Admitted {
             state,
             ip,
@@ -85,12 +105,24 @@ where
         .await
     }
     .await;
-    if let Err(error) = &outcome {
-        state
-            .metrics
-            .record_rejection(error.code, error.status.as_u16());
+    match outcome {
+        Ok(response) => Ok(response),
+        Err(error) => {
+            state
+                .metrics
+                .record_rejection(error.code, error.status.as_u16());
+            if error.code == encoding::UNSUPPORTED_ENCODING {
+                // RFC 9110 §15.5.16: a 415 for a coding names the codings that would do.
+                let mut response = error.into_response();
+                response.headers_mut().insert(
+                    header::ACCEPT_ENCODING,
+                    HeaderValue::from_static(encoding::ACCEPTED_ENCODINGS),
+                );
+                return Ok(response);
+            }
+            Err(error)
+        }
     }
-    outcome
 }
 
 impl Admitted<'_> {
@@ -123,9 +155,13 @@ pub async fn collect(
     .await
 }
 
-/// Refuses a request before its body is read: a content type collect does not parse, or a
-/// client address over its rate. Returns the client address.
-fn admit(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> Result<IpAddr, ApiError> {
+/// Refuses a request before its body is read: a content type or coding the ingest routes do not
+/// read, or a client address over its rate. Returns the client address and the body's coding.
+fn admit(
+    state: &AppState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+) -> Result<(IpAddr, BodyEncoding), ApiError> {
     if !is_accepted_content_type(headers) {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -133,6 +169,7 @@ fn admit(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> Result<IpAd
             "send events as application/json or text/plain",
         ));
     }
+    let encoding = body_encoding(headers)?;
     let ip = state.proxies.client_ip(peer, headers);
     state
         .rate_limiter
@@ -145,7 +182,7 @@ fn admit(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> Result<IpAd
             )
             .retry_after(wait_secs)
         })?;
-    Ok(ip)
+    Ok((ip, encoding))
 }
 
 /// Pairs every event with its website, or refuses the whole batch if any website is unknown.
