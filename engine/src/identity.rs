@@ -2,7 +2,11 @@
 //!
 //! `visitor_id = sha256(salt ‖ ip ‖ user_agent)[0..8]`, with the secret salt of the event's UTC
 //! day. The IP is hashed as 16 bytes (IPv4 as its IPv6-mapped form), so the boundary between IP
-//! and User-Agent is unambiguous. This module owns the arithmetic of which salt applies when;
+//! and User-Agent is unambiguous. A site may name its visitors itself (a client id, such as a
+//! signed-in user's): `client_visitor_id = sha256(salt ‖ CLIENT_ID_DOMAIN ‖ len(website) ‖
+//! website ‖ client_id)[0..8]`. `CLIENT_ID_DOMAIN` ends in the byte `0xFF`, which no UTF-8 text
+//! contains, at the offset where the IP/User-Agent form has its User-Agent, so no client id can
+//! hash the same input as any (IP, User-Agent) pair. This module owns the arithmetic of which salt applies when;
 //! generating random salts, persisting and deleting them are the server's job, and neither the
 //! IP nor the User-Agent is kept anywhere.
 
@@ -58,6 +62,27 @@ pub fn visitor_id(salt: &Salt, ip: IpAddr, user_agent: &str) -> VisitorId {
     hasher.update(salt.as_bytes());
     hasher.update(ip16);
     hasher.update(user_agent.as_bytes());
+    let digest = hasher.finalize();
+    let mut first8 = [0u8; 8];
+    first8.copy_from_slice(&digest[..8]);
+    VisitorId(u64::from_be_bytes(first8))
+}
+
+/// The domain-separation tag of client ids: 16 bytes in the IP's place, then `0xFF` where a
+/// User-Agent (always UTF-8, so never `0xFF`) would begin.
+pub const CLIENT_ID_DOMAIN: &[u8; 17] = b"pulse/client-id\0\xff";
+
+/// The visitor id a site-chosen `client_id` gets on `website` under `salt`. The website is part
+/// of the input, so one client id on two websites is two unrelated visitors.
+pub fn client_visitor_id(salt: &Salt, website: &str, client_id: &str) -> VisitorId {
+    let mut hasher = Sha256::new();
+    hasher.update(salt.as_bytes());
+    hasher.update(CLIENT_ID_DOMAIN);
+    // Website ids are at most 64 bytes, so one length byte frames them; longer is clamped only
+    // to stay total, as the caller's `WebsiteId` never is.
+    hasher.update([u8::try_from(website.len()).unwrap_or(u8::MAX)]);
+    hasher.update(website.as_bytes());
+    hasher.update(client_id.as_bytes());
     let digest = hasher.finalize();
     let mut first8 = [0u8; 8];
     first8.copy_from_slice(&digest[..8]);
@@ -168,13 +193,30 @@ impl SaltSchedule {
         ip: IpAddr,
         user_agent: &str,
     ) -> Result<Identity, EngineError> {
+        self.identify_with(ts, |salt| visitor_id(salt, ip, user_agent))
+    }
+
+    /// The identity of an event at `ts` from the site-chosen `client_id` on `website` (see
+    /// `client_visitor_id`), under the same salts and carry-over as `identify`.
+    pub fn identify_client(
+        &self,
+        ts: Timestamp,
+        website: &str,
+        client_id: &str,
+    ) -> Result<Identity, EngineError> {
+        self.identify_with(ts, |salt| client_visitor_id(salt, website, client_id))
+    }
+
+    fn identify_with(
+        &self,
+        ts: Timestamp,
+        id_under: impl Fn(&Salt) -> VisitorId,
+    ) -> Result<Identity, EngineError> {
         let day = ts.utc_day();
         if day == self.current.day {
-            let visitor = visitor_id(&self.current.salt, ip, user_agent);
+            let visitor = id_under(&self.current.salt);
             let carried_from = match &self.previous {
-                Some(prev) if ts.ms_into_day() < self.carry_ms => {
-                    Some(visitor_id(&prev.salt, ip, user_agent))
-                }
+                Some(prev) if ts.ms_into_day() < self.carry_ms => Some(id_under(&prev.salt)),
                 _ => None,
             };
             return Ok(Identity {
@@ -184,7 +226,7 @@ impl SaltSchedule {
         }
         match &self.previous {
             Some(prev) if prev.day == day => Ok(Identity {
-                visitor: visitor_id(&prev.salt, ip, user_agent),
+                visitor: id_under(&prev.salt),
                 carried_from: None,
             }),
             _ => Err(EngineError::NoSaltForDay { day }),
@@ -226,6 +268,44 @@ mod tests {
         assert_ne!(base, visitor_id(&salt(1), a, "UA2"));
         assert_ne!(base, visitor_id(&salt(2), a, "UA"));
         assert_eq!(base, visitor_id(&salt(1), a, "UA"));
+    }
+
+    #[test]
+    fn client_ids_are_per_website_and_never_hash_an_ip_ua_input() {
+        let s = salt(1);
+        let base = client_visitor_id(&s, "site", "user-1");
+        assert_ne!(base, client_visitor_id(&s, "site", "user-2"));
+        assert_ne!(base, client_visitor_id(&s, "other", "user-1"));
+        assert_ne!(base, client_visitor_id(&salt(2), "site", "user-1"));
+        // The length byte frames the website: ("ab", "c") and ("a", "bc") differ.
+        assert_ne!(
+            client_visitor_id(&s, "ab", "c"),
+            client_visitor_id(&s, "a", "bc")
+        );
+        // The tag's first 16 bytes read as an IPv6 address; what follows is `0xFF`, which a
+        // User-Agent (a `&str`) can never start with, so no (IP, UA) input equals a client one.
+        let mut ip16 = [0u8; 16];
+        ip16.copy_from_slice(&CLIENT_ID_DOMAIN[..16]);
+        assert_eq!(CLIENT_ID_DOMAIN[16], 0xFF);
+        let ip = IpAddr::from(ip16);
+        assert_ne!(visitor_id(&s, ip, ""), base);
+    }
+
+    #[test]
+    fn identify_client_uses_the_carry_over_like_identify() {
+        let day = 20_000;
+        let mut schedule = SaltSchedule::new(DailySalt { day, salt: salt(1) }, None, CARRY_MS);
+        schedule.rotate(DailySalt {
+            day: day + 1,
+            salt: salt(2),
+        });
+        let midnight = (day + 1) * Timestamp::DAY_MS;
+        let identity = schedule.identify_client(ts(midnight), "site", "u").unwrap();
+        assert_eq!(identity.visitor, client_visitor_id(&salt(2), "site", "u"));
+        assert_eq!(
+            identity.carried_from,
+            Some(client_visitor_id(&salt(1), "site", "u"))
+        );
     }
 
     #[test]

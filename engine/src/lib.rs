@@ -38,7 +38,9 @@ pub use error::EngineError;
 pub use event::{
     Browser, CountryCode, DeviceType, Event, EventKind, Timestamp, VisitorId, WebsiteId,
 };
-pub use identity::{visitor_id, DailySalt, Identity, Salt, SaltSchedule};
+pub use identity::{
+    client_visitor_id, visitor_id, DailySalt, Identity, Salt, SaltSchedule, CLIENT_ID_DOMAIN,
+};
 pub use limits::EngineLimits;
 pub use ring::{EventRing, RecentEvent};
 pub use tally::EventTally;

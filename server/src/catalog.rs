@@ -29,7 +29,7 @@
 //! the file then holds a website memory does not, `CatalogError::RollbackFailed` says so, and the
 //! next successful write (which starts from the snapshot) or a restart brings them together.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -63,6 +63,20 @@ pub struct Website {
     pub bot_policy: BotPolicy,
     pub respect_dnt: bool,
     pub created_at: String,
+    /// More host names the site is served under: Plausible's clients name a website by domain
+    /// (`domain` or any alias). Absent in files written before aliases existed.
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// Whether an event's site-chosen `visitor_id` replaces the (IP, User-Agent) identity. When
+    /// false the id is ignored. Absent in older files, where it means true.
+    #[serde(default = "accept_client_ids_by_default")]
+    pub accept_client_ids: bool,
+}
+
+/// What `accept_client_ids` is when a website does not say: true, as Sparklytics' tracker
+/// expects `identify()` to count one visitor per id.
+pub const fn accept_client_ids_by_default() -> bool {
+    true
 }
 
 /// A website plus what the hot path derives from it once.
@@ -104,15 +118,45 @@ pub struct WebsitePatch {
     pub domain: Option<String>,
     pub bot_policy: Option<BotPolicy>,
     pub respect_dnt: Option<bool>,
+    pub aliases: Option<Vec<String>>,
+    pub accept_client_ids: Option<bool>,
 }
 
 /// One published, immutable state of the catalog.
 #[derive(Debug, Default)]
 pub struct CatalogSnapshot {
     websites: BTreeMap<String, Arc<WebsiteEntry>>,
+    /// Every website's normalised `domain` and `aliases`; when two websites claim one host, the
+    /// one with the smaller id has it, so the answer does not depend on the order of changes.
+    by_domain: HashMap<String, Arc<WebsiteEntry>>,
 }
 
 impl CatalogSnapshot {
+    fn new(websites: BTreeMap<String, Arc<WebsiteEntry>>) -> Self {
+        let mut by_domain = HashMap::new();
+        for entry in websites.values() {
+            let hosts = std::iter::once(entry.site_domain.clone()).chain(
+                entry
+                    .website
+                    .aliases
+                    .iter()
+                    .map(|alias| normalized_domain(alias)),
+            );
+            for host in hosts.filter(|h| !h.is_empty()) {
+                by_domain.entry(host).or_insert_with(|| Arc::clone(entry));
+            }
+        }
+        Self {
+            websites,
+            by_domain,
+        }
+    }
+
+    /// The website served at host `domain` (normalised like a website's `domain`).
+    pub fn by_domain(&self, domain: &str) -> Option<&Arc<WebsiteEntry>> {
+        self.by_domain.get(&normalized_domain(domain))
+    }
+
     pub fn get(&self, id: &str) -> Option<&Arc<WebsiteEntry>> {
         self.websites.get(id)
     }
@@ -301,7 +345,7 @@ impl WebsiteCatalog {
             }
         }
         Ok(Self {
-            snapshot: ArcSwap::from_pointee(CatalogSnapshot { websites }),
+            snapshot: ArcSwap::from_pointee(CatalogSnapshot::new(websites)),
             writer: Mutex::new(file),
             engine,
         })
@@ -310,6 +354,12 @@ impl WebsiteCatalog {
     /// The website `id`, without waiting for any writer.
     pub fn get(&self, id: &str) -> Option<Arc<WebsiteEntry>> {
         self.snapshot.load().get(id).cloned()
+    }
+
+    /// The website whose `domain` or one of whose `aliases` is `domain`, without waiting for
+    /// any writer.
+    pub fn get_by_domain(&self, domain: &str) -> Option<Arc<WebsiteEntry>> {
+        self.snapshot.load().by_domain(domain).cloned()
     }
 
     /// Every website, ordered by id, without waiting for any writer.
@@ -351,7 +401,7 @@ impl WebsiteCatalog {
         );
         let mut websites = previous.websites.clone();
         websites.insert(id.clone(), Arc::clone(&entry));
-        let next = CatalogSnapshot { websites };
+        let next = CatalogSnapshot::new(websites);
         store(file.as_ref(), &next)?;
         match self.engine.add_website(entry.id.clone()) {
             // Already there is what this step wants; nothing else can have put it there while
@@ -401,12 +451,18 @@ impl WebsiteCatalog {
         if let Some(respect) = patch.respect_dnt {
             website.respect_dnt = respect;
         }
+        if let Some(aliases) = patch.aliases {
+            website.aliases = aliases;
+        }
+        if let Some(accept) = patch.accept_client_ids {
+            website.accept_client_ids = accept;
+        }
         let entry = WebsiteEntry::new(website.clone())
             .map_err(|_| CatalogError::InvalidId { id: id.to_owned() })?
             .with_log_start(current.log_start_seq);
         let mut websites = previous.websites.clone();
         websites.insert(id.to_owned(), Arc::new(entry));
-        let next = CatalogSnapshot { websites };
+        let next = CatalogSnapshot::new(websites);
         store(file.as_ref(), &next)?;
         // The engine keeps no per-website settings, so there is no engine step.
         self.snapshot.store(Arc::new(next));
@@ -421,7 +477,7 @@ impl WebsiteCatalog {
         let removed = websites
             .remove(id)
             .ok_or_else(|| CatalogError::UnknownWebsite { id: id.to_owned() })?;
-        let next = CatalogSnapshot { websites };
+        let next = CatalogSnapshot::new(websites);
         store(file.as_ref(), &next)?;
         self.snapshot.store(Arc::new(next));
         // The only refusal is "unknown website", which is the state this step wants.
@@ -460,7 +516,36 @@ mod tests {
             bot_policy: BotPolicy::Exclude,
             respect_dnt: true,
             created_at: "2026-03-03T10:45:23Z".into(),
+            aliases: Vec::new(),
+            accept_client_ids: true,
         }
+    }
+
+    #[test]
+    fn websites_are_found_by_domain_or_alias_and_the_smaller_id_wins_a_shared_host() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = WebsiteCatalog::open(dir.path(), engine(10)).unwrap();
+        catalog.create(site("b"), 0).unwrap();
+        let mut a = site("a");
+        a.domain = "shop.example.org".into();
+        a.aliases = vec!["www.example.com".into(), "EXAMPLE.net".into()];
+        catalog.create(a, 0).unwrap();
+        let id_of = |d: &str| catalog.get_by_domain(d).map(|e| e.website.id.clone());
+        assert_eq!(id_of("shop.example.org").as_deref(), Some("a"));
+        assert_eq!(id_of("example.net").as_deref(), Some("a"));
+        assert_eq!(id_of("www.example.com").as_deref(), Some("a"));
+        assert_eq!(id_of("nowhere.example"), None);
+        catalog
+            .patch(
+                "a",
+                WebsitePatch {
+                    aliases: Some(Vec::new()),
+                    ..WebsitePatch::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(id_of("www.example.com").as_deref(), Some("b"));
+        assert_eq!(id_of("example.net"), None);
     }
 
     fn engine(max_websites: usize) -> Arc<Engine> {
@@ -585,7 +670,17 @@ mod tests {
         assert_eq!(blog.website.bot_policy, BotPolicy::Include);
         assert!(!blog.website.respect_dnt);
         assert!(engine_has(&engine, "blog"));
-        assert_eq!(catalog.snapshot.load().encode().unwrap(), old.as_bytes());
+        assert!(blog.website.aliases.is_empty());
+        assert!(blog.website.accept_client_ids);
+        // Written back, it spells out the fields added since, with their defaults.
+        let rewritten = old.replace(
+            r#""created_at": "2026-03-03T10:45:23Z""#,
+            "\"created_at\": \"2026-03-03T10:45:23Z\",\n      \"aliases\": [],\n      \"accept_client_ids\": true",
+        );
+        assert_eq!(
+            String::from_utf8(catalog.snapshot.load().encode().unwrap()).unwrap(),
+            rewritten
+        );
     }
 
     #[test]

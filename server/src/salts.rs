@@ -192,6 +192,22 @@ impl SaltStore {
         }
         self.schedule.load().identify(now, ip, user_agent)
     }
+
+    /// The identity of a request received at `now` that names its visitor itself: `client_id`
+    /// on `website` (see `pulse_engine::client_visitor_id`).
+    pub fn identify_client(
+        &self,
+        now: Timestamp,
+        website: &str,
+        client_id: &str,
+    ) -> Result<Identity, EngineError> {
+        if let Err(error) = self.maintain(now) {
+            tracing::error!(%error, "salt maintenance failed");
+        }
+        self.schedule
+            .load()
+            .identify_client(now, website, client_id)
+    }
 }
 
 #[cfg(test)]

@@ -23,14 +23,22 @@ pub mod assets;
 pub mod collect;
 pub mod health;
 pub mod json_errors;
+pub mod plausible;
 pub mod realtime;
 pub mod scrape;
+pub mod umami;
 pub mod websites;
 
 /// The path patterns of the API, each written once: the router is built from them and
 /// `route_label` maps them back to the `route` label of the request metrics.
 pub mod path {
     pub const COLLECT: &str = "/api/collect";
+    /// Where Sparklytics' `s.js` sends: the same handler as `COLLECT`.
+    pub const COLLECT_ALIAS: &str = "/e";
+    /// Plausible's event API.
+    pub const PLAUSIBLE_EVENT: &str = "/api/event";
+    /// Umami's send API.
+    pub const UMAMI_SEND: &str = "/api/send";
     pub const WEBSITES: &str = "/api/websites";
     pub const WEBSITE: &str = "/api/websites/{id}";
     pub const REALTIME: &str = "/api/websites/{id}/realtime";
@@ -58,12 +66,25 @@ pub fn router(state: Arc<AppState>) -> Router {
             Arc::clone(&state),
             require_admin,
         ));
-    let public = Router::new()
+    let ingest = Router::new()
         .route(
             path::COLLECT,
             post(collect::collect).options(collect::preflight),
         )
-        .layer(middleware::map_response(collect::allow_any_origin))
+        .route(
+            path::COLLECT_ALIAS,
+            post(collect::collect).options(collect::preflight),
+        )
+        .route(
+            path::PLAUSIBLE_EVENT,
+            post(plausible::event).options(collect::preflight),
+        )
+        .route(
+            path::UMAMI_SEND,
+            post(umami::send).options(collect::preflight),
+        )
+        .layer(middleware::from_fn(collect::allow_ingest_origin));
+    let public = ingest
         .route(path::HEALTHZ, get(health::healthz))
         .route(path::READYZ, get(health::readyz))
         .merge(assets::router());
@@ -83,7 +104,10 @@ pub fn router(state: Arc<AppState>) -> Router {
 /// not in `path` is one of the assets' (dashboard files and the tracker).
 fn route_label(pattern: Option<&str>) -> Route {
     match pattern {
-        Some(path::COLLECT) => Route::Collect,
+        // Every ingest format is collect, whichever client's wire format it speaks.
+        Some(path::COLLECT | path::COLLECT_ALIAS | path::PLAUSIBLE_EVENT | path::UMAMI_SEND) => {
+            Route::Collect
+        }
         Some(path::REALTIME) => Route::Realtime,
         Some(path::WEBSITES | path::WEBSITE) => Route::Websites,
         Some(path::HEALTHZ) => Route::Healthz,
@@ -121,6 +145,9 @@ mod tests {
     #[test]
     fn route_patterns_map_to_fixed_labels() {
         assert_eq!(route_label(Some(path::COLLECT)), Route::Collect);
+        assert_eq!(route_label(Some("/e")), Route::Collect);
+        assert_eq!(route_label(Some("/api/event")), Route::Collect);
+        assert_eq!(route_label(Some("/api/send")), Route::Collect);
         assert_eq!(
             route_label(Some("/api/websites/{id}/realtime")),
             Route::Realtime

@@ -21,6 +21,8 @@ use crate::state::AppState;
 const MAX_NAME_CHARS: usize = 100;
 const MAX_DOMAIN_BYTES: usize = 253;
 const GENERATED_ID_LEN: usize = 12;
+/// Most `aliases` one website may list.
+const MAX_ALIASES: usize = 32;
 /// How long a website created during start-up waits for replay before the answer is 503.
 const REPLAY_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -110,6 +112,49 @@ fn respect_dnt_field(body: &Map<String, Value>) -> Result<Option<bool>, ApiError
         Some(Value::Bool(b)) => Ok(Some(*b)),
         Some(_) => Err(ApiError::invalid_field(
             "respect_dnt",
+            "must be true or false",
+        )),
+    }
+}
+
+/// `aliases`: more host names the website is served under, each checked and normalised like
+/// `domain` (`host_name`). An Umami website UUID is such a name (one label of hex digits and
+/// hyphens), so it can be an alias too.
+fn aliases_field(body: &Map<String, Value>) -> Result<Option<Vec<String>>, ApiError> {
+    let items = match body.get("aliases") {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Array(items)) if items.len() <= MAX_ALIASES => items,
+        Some(_) => {
+            return Err(ApiError::invalid_field(
+                "aliases",
+                format!("must be an array of at most {MAX_ALIASES} host names"),
+            ))
+        }
+    };
+    items
+        .iter()
+        .map(|item| {
+            match item {
+                Value::String(alias) => host_name(alias),
+                _ => None,
+            }
+            .ok_or_else(|| {
+                ApiError::invalid_field(
+                    "aliases",
+                    "must hold host names such as example.com (no scheme, port or path)",
+                )
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
+}
+
+fn accept_client_ids_field(body: &Map<String, Value>) -> Result<Option<bool>, ApiError> {
+    match body.get("accept_client_ids") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(_) => Err(ApiError::invalid_field(
+            "accept_client_ids",
             "must be true or false",
         )),
     }
@@ -217,6 +262,9 @@ pub async fn create(
         bot_policy: bot_policy_field(&body)?.unwrap_or(BotPolicy::Exclude),
         respect_dnt: respect_dnt_field(&body)?.unwrap_or(true),
         created_at: clock::format_rfc3339(clock::now_ms()),
+        aliases: aliases_field(&body)?.unwrap_or_default(),
+        accept_client_ids: accept_client_ids_field(&body)?
+            .unwrap_or(crate::catalog::accept_client_ids_by_default()),
     };
     // A website's events start where the log stands now (see `WebsiteCatalog::create`), which
     // is known once replay is done: a create during start-up waits for it.
@@ -252,6 +300,8 @@ pub async fn update(
         domain: domain_field(&body)?,
         bot_policy: bot_policy_field(&body)?,
         respect_dnt: respect_dnt_field(&body)?,
+        aliases: aliases_field(&body)?,
+        accept_client_ids: accept_client_ids_field(&body)?,
     };
     let updated = change_catalog(&state, move |catalog| catalog.patch(&id, patch)).await?;
     Ok(Json(json!({ "data": updated })))
@@ -445,5 +495,37 @@ mod tests {
         assert!(domain_field(&body(json!({"domain": 5}))).is_err());
         assert!(bot_policy_field(&body(json!({"bot_policy": "maybe"}))).is_err());
         assert!(respect_dnt_field(&body(json!({"respect_dnt": "yes"}))).is_err());
+    }
+
+    #[test]
+    fn aliases_are_normalised_host_names_like_the_domain() {
+        let aliases = |v: Value| aliases_field(v.as_object().unwrap()).map_err(|e| e.code);
+        assert_eq!(
+            aliases(
+                json!({"aliases": [" WWW.Example.ORG. ", "Bücher.example", "127.0.0.1",
+                "94db1cb1-74f4-4a40-ad6c-962362670409"]})
+            ),
+            Ok(Some(vec![
+                "www.example.org".to_owned(),
+                "xn--bcher-kva.example".to_owned(),
+                "127.0.0.1".to_owned(),
+                "94db1cb1-74f4-4a40-ad6c-962362670409".to_owned(),
+            ]))
+        );
+        for refused in [
+            json!(["https://example.org/"]),
+            json!(["example.org:8080"]),
+            json!(["example.org/x"]),
+            json!(["-example.org"]),
+            json!([""]),
+            json!([5]),
+            json!("example.org"),
+        ] {
+            assert_eq!(
+                aliases(json!({ "aliases": refused })),
+                Err("invalid_field"),
+                "{refused}"
+            );
+        }
     }
 }

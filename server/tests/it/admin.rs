@@ -178,16 +178,25 @@ async fn without_a_token_public_routes_answer_any_host() {
         }
     }
     let event = pageview("s", "/").to_string();
-    let resp = exchange(
-        &server,
-        "POST",
-        "/api/collect",
-        &[host, origin, ("content-type", "text/plain;charset=UTF-8")],
-        Some(event.as_bytes()),
-    )
-    .await;
-    if resp.status != 202 {
-        failures.push(format!("collect from a foreign host and origin: {resp:?}"));
+    let plausible = json!({"n": "pageview", "u": "/", "d": "example.com"}).to_string();
+    let umami = json!({"type": "event", "payload": {"website": "s", "url": "/"}}).to_string();
+    for (path, body, ok) in [
+        ("/api/collect", &event, 202),
+        ("/e", &event, 202),
+        ("/api/event", &plausible, 202),
+        ("/api/send", &umami, 200),
+    ] {
+        let resp = exchange(
+            &server,
+            "POST",
+            path,
+            &[host, origin, ("content-type", "text/plain;charset=UTF-8")],
+            Some(body.as_bytes()),
+        )
+        .await;
+        if resp.status != ok {
+            failures.push(format!("{path} from a foreign host and origin: {resp:?}"));
+        }
     }
     failures.assert_none();
 }

@@ -852,7 +852,7 @@ async fn collect_other_methods_are_405() {
 }
 
 #[tokio::test]
-async fn collect_answers_cors_preflight_and_allows_any_origin() {
+async fn collect_answers_cors_preflight_and_echoes_any_origin() {
     let server = start(Opts::default());
     server.site("s", "example.com").await;
     let preflight = send(
@@ -867,7 +867,7 @@ async fn collect_answers_cors_preflight_and_allows_any_origin() {
     assert_eq!(preflight.status, 204, "{preflight:?}");
     assert_eq!(
         preflight.header("access-control-allow-origin").as_deref(),
-        Some("*")
+        Some("https://example.com")
     );
     let methods = preflight
         .header("access-control-allow-methods")
@@ -885,7 +885,7 @@ async fn collect_answers_cors_preflight_and_allows_any_origin() {
     assert_accepted(&ok, "cross-origin collect");
     assert_eq!(
         ok.header("access-control-allow-origin").as_deref(),
-        Some("*")
+        Some("https://example.com")
     );
     let bad = server
         .collect_with(
@@ -897,7 +897,7 @@ async fn collect_answers_cors_preflight_and_allows_any_origin() {
     assert_error(&bad, 404, "unknown_website", "cross-origin error");
     assert_eq!(
         bad.header("access-control-allow-origin").as_deref(),
-        Some("*"),
+        Some("https://example.com"),
         "error responses to collect must be readable cross-origin too"
     );
 }
@@ -1002,6 +1002,8 @@ async fn websites_can_be_created_listed_read_patched_and_deleted() {
     assert_eq!(
         keys(&blog),
         [
+            "accept_client_ids",
+            "aliases",
             "bot_policy",
             "created_at",
             "domain",

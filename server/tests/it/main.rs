@@ -17,6 +17,7 @@
 //! - `disk`: a disk that fills up, free space below the reserve, segments deleted underneath.
 //! - `operator`: data directory permissions, logs on a pipe, `RUST_LOG`.
 //! - `tidy`: house rules over the source tree (no server started).
+//! - `compat`: Sparklytics' `/e` and `visitor_id`, Plausible's and Umami's APIs, ingest CORS.
 //!
 //! The browser test (`server/tests/browser/`, Node) is separate.
 
@@ -33,6 +34,7 @@ mod catalog;
 #[cfg(target_os = "linux")]
 mod clock;
 mod collect_input;
+mod compat;
 #[cfg(target_os = "linux")]
 mod connections;
 #[cfg(unix)]

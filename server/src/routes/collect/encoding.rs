@@ -1,11 +1,12 @@
-//! The collect body's `Content-Encoding`: which codings collect reads (`identity`, and `gzip`
-//! for the server-side senders that compress; browsers' `sendBeacon` and `fetch` never do) and
-//! `gunzip`, which inflates a gzip body while holding its decompressed size to the body limit,
-//! so a gzip bomb costs at most the limit in memory and stops being inflated as soon as it
-//! passes it.
+//! How an ingest body is encoded: its `Content-Encoding` — which codings the ingest routes read
+//! (`identity`, and `gzip` for the server-side senders that compress; browsers' `sendBeacon`
+//! and `fetch` never do) and `gunzip`, which inflates a gzip body while holding its
+//! decompressed size to the body limit, so a gzip bomb costs at most the limit in memory and
+//! stops being inflated as soon as it passes it — and `strip_utf8_bom`, the one leading
+//! byte-order mark every ingest parser skips.
 //!
-//! Pure functions of a `HeaderMap` and bytes (the `collect_body` fuzz target calls them);
-//! reading the bytes off the connection is `crate::body`'s, parsing the JSON `schema`'s.
+//! Pure functions of a `HeaderMap` and bytes (the fuzz targets call them); reading the bytes off
+//! the connection is `crate::body`'s, parsing the JSON `schema`'s and the other formats'.
 
 use std::io::Read;
 
@@ -50,6 +51,16 @@ pub fn body_encoding(headers: &HeaderMap) -> Result<BodyEncoding, ApiError> {
         }
     }
     Ok(encoding)
+}
+
+/// The UTF-8 byte-order mark that some encoders (.NET's `Encoding.UTF8`, Windows editors) put
+/// before the JSON; RFC 8259 §8.1 lets a parser ignore it.
+const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// `body` without one leading UTF-8 byte-order mark, if it has one. Only one, and only as the
+/// very first bytes: anything else is the JSON parser's to refuse.
+pub fn strip_utf8_bom(body: &[u8]) -> &[u8] {
+    body.strip_prefix(UTF8_BOM).unwrap_or(body)
 }
 
 fn unsupported(what: &str) -> ApiError {

@@ -1,14 +1,19 @@
 //! `POST /api/collect`: pageviews and custom events from browsers — untrusted input.
 //!
 //! The handler runs named steps in order: `admit` (content type and encoding, rate limit), read,
-//! `encoding::gunzip` when it is gzip, and `schema::parse_batch` the body, `resolve_websites`, `drop_opted_out` (privacy signals),
+//! `encoding::gunzip` when it is gzip, and `schema::parse_batch` the body (after one byte-order
+//! mark), `resolve_websites`, `drop_opted_out` (privacy signals),
 //! `log_entries` (what the connection adds: visitor identity, User-Agent class, country, the
 //! clock) and `submit` (the log queue, then the engine). A batch is all-or-nothing: every event
 //! is validated and its website resolved before any is recorded.
 //!
-//! The wire format lives in `schema`, content codings in `encoding`, CORS in `cors`, header
-//! reading in `headers`; URL rules are
-//! `crate::url_normaliser`'s.
+//! The wire format lives in `schema`, the field rules every ingest format shares in `fields`,
+//! content codings and the byte-order mark in `encoding`, CORS in `cors`, header reading in
+//! `headers`; URL rules are `crate::url_normaliser`'s.
+//!
+//! The other ingest formats (`routes::plausible`, `routes::umami`) run the same steps through
+//! `ingest` (so a gzip body, a 415 for another coding and a byte-order mark are the same on
+//! every route): they bring only their parser and how they find the website.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -31,31 +36,75 @@ use crate::url_normaliser::referrer_domain;
 
 mod cors;
 mod encoding;
+pub mod fields;
 mod headers;
 mod schema;
 
-pub use cors::{allow_any_origin, preflight};
-pub use encoding::{body_encoding, gunzip, BodyEncoding};
-pub use headers::is_accepted_content_type;
-pub use schema::{
-    parse_batch, CollectEvent, MAX_BATCH, MAX_EVENT_DATA_BYTES, MAX_EVENT_DATA_DEPTH,
-    MAX_EVENT_NAME_CHARS, MAX_SHORT_FIELD_CHARS, MAX_URL_BYTES,
+pub use cors::{allow_ingest_origin, preflight, ALLOWED_HEADERS};
+pub use encoding::{body_encoding, gunzip, strip_utf8_bom, BodyEncoding};
+pub use fields::{
+    MAX_EVENT_DATA_BYTES, MAX_EVENT_DATA_DEPTH, MAX_EVENT_NAME_CHARS, MAX_SHORT_FIELD_CHARS,
+    MAX_URL_BYTES,
 };
+pub use headers::is_accepted_content_type;
+pub use schema::{parse_batch, CollectEvent, MAX_BATCH};
 
 /// A validated event and the website it was sent for.
-struct WebsiteEvent<'a> {
-    website: Arc<WebsiteEntry>,
-    event: CollectEvent<'a>,
+#[derive(Debug)]
+pub struct WebsiteEvent<'a> {
+    pub website: Arc<WebsiteEntry>,
+    pub event: CollectEvent<'a>,
 }
 
-pub async fn collect(
-    State(state): State<Arc<AppState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+/// An admitted request whose body has been read: what every ingest format's handler turns into
+/// `WebsiteEvent`s and hands back to `record`.
+#[derive(Debug)]
+pub struct Admitted<'r> {
+    pub state: &'r AppState,
+    pub ip: IpAddr,
+    pub headers: &'r HeaderMap,
+    /// The body as its parser reads it: inflated when it was sent gzip. A byte-order mark is
+    /// still there; each parser skips it with `strip_utf8_bom`.
+    pub body: Bytes,
+}
+
+/// The steps every ingest route runs around its own parser: `admit`, read the body (its size
+/// limit) and inflate it when it is gzip (the same limit), then `handle`, which parses,
+/// resolves websites and calls `Admitted::record`. A refusal is counted in the rejection
+/// metrics under its code; a 415 for a coding says which codings would do.
+pub async fn ingest<F>(
+    state: &AppState,
+    peer: SocketAddr,
     request: Request,
-) -> Result<Response, ApiError> {
+    handle: F,
+) -> Result<Response, ApiError>
+where
+    F: AsyncFnOnce(Admitted<'_>) -> Result<Response, ApiError>,
+{
     // The request itself rather than a `HeaderMap` extractor, which would clone every header.
     let (parts, body) = request.into_parts();
-    let outcome = accept(&state, peer, &parts.headers, body).await;
+    let outcome = async {
+        let (ip, encoding) = admit(state, peer, &parts.headers)?;
+        let body = read_body(body, &parts.headers, &state.http, &state.bodies).await?;
+        let body = match encoding {
+            BodyEncoding::Identity => body,
+            // Inflated synchronously, so at most one body per worker thread is being inflated,
+            // and the compressed copy is let go before the request waits on the log.
+            BodyEncoding::Gzip => {
+                let inflated = gunzip(&body, state.http.max_body_bytes)?;
+                drop(body);
+                Bytes::from(inflated)
+            }
+        };
+        handle(Admitted {
+            state,
+            ip,
+            headers: &parts.headers,
+            body,
+        })
+        .await
+    }
+    .await;
     match outcome {
         Ok(response) => Ok(response),
         Err(error) => {
@@ -76,36 +125,38 @@ pub async fn collect(
     }
 }
 
-async fn accept(
-    state: &AppState,
-    peer: SocketAddr,
-    headers: &HeaderMap,
-    body: axum::body::Body,
-) -> Result<Response, ApiError> {
-    let (ip, encoding) = admit(state, peer, headers)?;
-    let bytes = read_body(body, headers, &state.http, &state.bodies).await?;
-    let bytes = match encoding {
-        BodyEncoding::Identity => bytes,
-        // Inflated synchronously, so at most one body per worker thread is being inflated, and
-        // the compressed copy is let go before the request waits on the log.
-        BodyEncoding::Gzip => {
-            let inflated = gunzip(&bytes, state.http.max_body_bytes)?;
-            drop(bytes);
-            Bytes::from(inflated)
+impl Admitted<'_> {
+    /// Records `events` under the rules every route shares: privacy signals, visitor identity
+    /// (a site-chosen id when the website accepts them), User-Agent class, country, the log and
+    /// the engine. Returns how many were recorded (opted-out visitors' are not).
+    pub async fn record(&self, events: Vec<WebsiteEvent<'_>>) -> Result<usize, ApiError> {
+        let events = drop_opted_out(self.state, self.headers, events);
+        if events.is_empty() {
+            return Ok(0);
         }
-    };
-    let events = resolve_websites(state, parse_batch(&bytes)?)?;
-    let events = drop_opted_out(state, headers, events);
-    if events.is_empty() {
-        return Ok(accepted());
+        let entries = log_entries(self.state, self.ip, self.headers, events)?;
+        let recorded = entries.len();
+        submit(self.state, entries).await?;
+        Ok(recorded)
     }
-    let entries = log_entries(state, ip, headers, events)?;
-    submit(state, entries).await?;
-    Ok(accepted())
 }
 
-/// Refuses a request before its body is read: a content type or coding collect does not read,
-/// or a client address over its rate. Returns the client address and the body's coding.
+/// `POST /api/collect` and its alias `POST /e` (where Sparklytics' `s.js` sends).
+pub async fn collect(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    ingest(&state, peer, request, async |admitted| {
+        let events = resolve_websites(admitted.state, parse_batch(&admitted.body)?)?;
+        admitted.record(events).await?;
+        Ok(accepted())
+    })
+    .await
+}
+
+/// Refuses a request before its body is read: a content type or coding the ingest routes do not
+/// read, or a client address over its rate. Returns the client address and the body's coding.
 fn admit(
     state: &AppState,
     peer: SocketAddr,
@@ -186,22 +237,38 @@ fn log_entries(
         .map(|v| String::from_utf8_lossy(v.as_bytes()))
         .unwrap_or_default();
     let class = state.user_agents.classify(&user_agent);
-    let identity = state
-        .salts
-        .identify(now, ip, &user_agent)
-        .map_err(|e: EngineError| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "salt_unavailable",
-                format!("no visitor salt is available: {e}"),
-            )
-        })?;
+    let no_salt = |e: EngineError| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "salt_unavailable",
+            format!("no visitor salt is available: {e}"),
+        )
+    };
+    // Computed only if some event has no accepted client id.
+    let mut network_identity = None;
     let country = state.geoip.as_ref().and_then(|g| g.country(ip));
-    Ok(events
+    events
         .into_iter()
         .map(|WebsiteEvent { website, event }| {
+            let identity = match event.visitor_id.as_deref() {
+                Some(client_id) if website.website.accept_client_ids => state
+                    .salts
+                    .identify_client(now, website.id.as_str(), client_id)
+                    .map_err(no_salt)?,
+                // A website that refuses client ids counts the visitor by (IP, User-Agent).
+                _ => match network_identity {
+                    Some(identity) => identity,
+                    None => {
+                        let identity = state
+                            .salts
+                            .identify(now, ip, &user_agent)
+                            .map_err(no_salt)?;
+                        *network_identity.insert(identity)
+                    }
+                },
+            };
             let referrer_domain = referrer_domain(event.referrer.as_deref(), &website.site_domain);
-            LogEntry {
+            Ok(LogEntry {
                 event: Arc::new(Event {
                     website: website.id.clone(),
                     ts: now,
@@ -215,9 +282,9 @@ fn log_entries(
                     country,
                 }),
                 carried_from: identity.carried_from,
-            }
+            })
         })
-        .collect())
+        .collect()
 }
 
 /// Queues `entries` for the log and counts them in the engine, then waits for the durability
@@ -271,7 +338,8 @@ fn log_stalled(state: &AppState) -> ApiError {
     ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "log_stalled", why).retry_after(5)
 }
 
-fn accepted() -> Response {
+/// `202 {"ok":true}`: the answer of collect and of Plausible's `/api/event`.
+pub fn accepted() -> Response {
     (
         StatusCode::ACCEPTED,
         [(header::CONTENT_TYPE, "application/json")],

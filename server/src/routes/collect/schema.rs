@@ -2,9 +2,10 @@
 //! array of them, and `parse_batch`, the whole parse-validate-normalise step as a pure function
 //! of the body bytes (the `collect_body` fuzz target calls it directly).
 //!
-//! Owns the field limits and the error each malformed field gets. It knows nothing of the
-//! connection (headers, client address, clock) or of websites: the handler in `mod.rs` adds
-//! those. Page URLs are reduced to paths by `crate::url_normaliser`.
+//! Owns the shape of the body (which fields, one event or a batch, the batch limits); each
+//! field's rule and limit is `fields`', shared with the other ingest formats. It knows nothing
+//! of the connection (headers, client address, clock) or of websites: the handler in `mod.rs`
+//! adds those.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -15,22 +16,12 @@ use serde::de::{self, IgnoredAny, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use super::encoding::strip_utf8_bom;
+use super::fields::{self, required, string_field, MAX_SHORT_FIELD_CHARS};
 use crate::error::ApiError;
-use crate::url_normaliser::page_path;
 
 /// Most events in one request.
 pub const MAX_BATCH: usize = 50;
-/// Longest custom event name, in characters.
-pub const MAX_EVENT_NAME_CHARS: usize = 100;
-/// Largest `event_data` object in bytes, counted as sent less the whitespace outside strings,
-/// so how a client indents its JSON does not change what fits.
-pub const MAX_EVENT_DATA_BYTES: usize = 4096;
-/// Deepest nesting of arrays and objects in `event_data` (serde_json's own recursion limit).
-pub const MAX_EVENT_DATA_DEPTH: usize = 128;
-/// Longest `url` or `referrer`, in bytes.
-pub const MAX_URL_BYTES: usize = 2048;
-/// Longest `screen`, `language` or `utm_*` value, in characters.
-pub const MAX_SHORT_FIELD_CHARS: usize = 256;
 
 /// One event as sent, each field kept raw until it is validated on its own, so an error names
 /// the field it is about.
@@ -62,6 +53,8 @@ struct RawEvent<'a> {
     utm_term: Option<&'a RawValue>,
     #[serde(borrow)]
     utm_content: Option<&'a RawValue>,
+    #[serde(borrow)]
+    visitor_id: Option<&'a RawValue>,
 }
 
 /// A JSON array of events that keeps at most `MAX_BATCH + 1` of them and only counts the rest,
@@ -113,16 +106,14 @@ pub struct CollectEvent<'a> {
     pub target: Arc<str>,
     /// The referrer as sent; reduced to a host against the website's domain later.
     pub referrer: Option<Cow<'a, str>>,
+    /// The site-chosen visitor id (`fields::client_id`), never stored: it is only hashed.
+    pub visitor_id: Option<Cow<'a, str>>,
 }
-
-/// The UTF-8 byte-order mark that some encoders (.NET's `Encoding.UTF8`, Windows editors) put
-/// before the JSON; RFC 8259 §8.1 lets a parser ignore it.
-const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
 
 /// Parses and validates a collect body: one event object or an array of 1 to `MAX_BATCH`,
 /// after one leading UTF-8 byte-order mark, if any.
 pub fn parse_batch(body: &[u8]) -> Result<Vec<CollectEvent<'_>>, ApiError> {
-    let body = body.strip_prefix(UTF8_BOM).unwrap_or(body);
+    let body = strip_utf8_bom(body);
     let first = body.iter().find(|b| !b.is_ascii_whitespace());
     let invalid_json = |e: serde_json::Error| {
         ApiError::invalid_json(format!("the body is not a valid event or batch: {e}"))
@@ -170,42 +161,6 @@ pub fn parse_batch(body: &[u8]) -> Result<Vec<CollectEvent<'_>>, ApiError> {
     }
 }
 
-/// A JSON string field, or `None` when absent or null.
-fn string_field<'a>(
-    raw: Option<&'a RawValue>,
-    name: &str,
-    max_chars: usize,
-) -> Result<Option<Cow<'a, str>>, ApiError> {
-    let Some(raw) = raw else {
-        return Ok(None);
-    };
-    let text = raw.get();
-    // `RawValue` holds valid JSON, so a string without backslashes is exactly the bytes between
-    // its quotes: borrow them without a second parse. Anything else goes through serde_json,
-    // which unescapes into an owned copy or says it is not a string.
-    let value = match text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
-        Some(inner) if !inner.contains('\\') => Cow::Borrowed(inner),
-        _ => Cow::Owned(
-            serde_json::from_str::<String>(text)
-                .map_err(|_| ApiError::invalid_field(name, "must be a string"))?,
-        ),
-    };
-    if value.chars().count() > max_chars {
-        return Err(ApiError::invalid_field(
-            name,
-            format!("must be at most {max_chars} characters"),
-        ));
-    }
-    Ok(Some(value))
-}
-
-fn required<'a>(value: Option<Cow<'a, str>>, name: &str) -> Result<Cow<'a, str>, ApiError> {
-    match value {
-        Some(v) if !v.trim().is_empty() => Ok(v),
-        _ => Err(ApiError::missing_field(name)),
-    }
-}
-
 fn validate<'a>(raw: &RawEvent<'a>) -> Result<CollectEvent<'a>, ApiError> {
     let website = required(
         string_field(raw.website_id, "website_id", WebsiteId::MAX_LEN)?,
@@ -227,59 +182,13 @@ fn validate<'a>(raw: &RawEvent<'a>) -> Result<CollectEvent<'a>, ApiError> {
             ))
         }
     };
-    let url = required(string_field(raw.url, "url", MAX_URL_BYTES)?, "url")?;
-    if url.len() > MAX_URL_BYTES {
-        return Err(ApiError::invalid_field(
-            "url",
-            format!("must be at most {MAX_URL_BYTES} bytes"),
-        ));
-    }
-    let path = page_path(&url).map_err(|why| ApiError::invalid_field("url", why))?;
+    let path = fields::page_target(raw.url, "url")?;
     let target = match kind {
-        EventKind::Pageview => Arc::from(path),
-        EventKind::Custom => {
-            let name = required(
-                string_field(raw.event_name, "event_name", MAX_EVENT_NAME_CHARS)?,
-                "event_name",
-            )?;
-            if name.chars().any(char::is_control) {
-                return Err(ApiError::invalid_field(
-                    "event_name",
-                    "must not contain control characters",
-                ));
-            }
-            Arc::from(name.trim())
-        }
+        EventKind::Pageview => path,
+        EventKind::Custom => fields::event_name(raw.event_name, "event_name")?,
     };
-    let referrer =
-        string_field(raw.referrer, "referrer", MAX_URL_BYTES)?.filter(|r| !r.trim().is_empty());
-    if let Some(data) = raw.event_data {
-        let text = data.get();
-        let shape = JsonShape::of(text);
-        if shape.compact_bytes > MAX_EVENT_DATA_BYTES {
-            return Err(ApiError::invalid_field(
-                "event_data",
-                format!(
-                    "must be at most {MAX_EVENT_DATA_BYTES} bytes without whitespace (it is {})",
-                    shape.compact_bytes
-                ),
-            ));
-        }
-        if !text.starts_with('{') && text != "null" {
-            return Err(ApiError::invalid_field(
-                "event_data",
-                "must be a JSON object",
-            ));
-        }
-        // The body parser has checked the syntax; nesting is checked here so a deeply nested
-        // value is refused now rather than by whoever reads it later.
-        // `invalid_json`, as serde_json's own recursion limit answers for the body as a whole.
-        if shape.depth > MAX_EVENT_DATA_DEPTH {
-            return Err(ApiError::invalid_json(format!(
-                "event_data nests deeper than {MAX_EVENT_DATA_DEPTH} levels"
-            )));
-        }
-    }
+    let referrer = fields::referrer(raw.referrer, "referrer")?;
+    fields::check_properties(raw.event_data, "event_data", false)?;
     for (value, name) in [
         (raw.screen, "screen"),
         (raw.language, "language"),
@@ -291,64 +200,20 @@ fn validate<'a>(raw: &RawEvent<'a>) -> Result<CollectEvent<'a>, ApiError> {
     ] {
         string_field(value, name, MAX_SHORT_FIELD_CHARS)?;
     }
+    let visitor_id = fields::client_id(raw.visitor_id, "visitor_id")?;
     Ok(CollectEvent {
         website_id,
         kind,
         target,
         referrer,
+        visitor_id,
     })
-}
-
-/// What `event_data`'s limits measure of a JSON value, found in one linear scan that
-/// allocates nothing.
-#[derive(Debug, PartialEq, Eq)]
-struct JsonShape {
-    /// How deeply arrays and objects nest; brackets inside strings do not count.
-    depth: usize,
-    /// The value's size without insignificant whitespace (whitespace outside strings), escapes
-    /// counted as sent: the same value pretty-printed or compact measures the same.
-    compact_bytes: usize,
-}
-
-impl JsonShape {
-    /// Measures `json`, which must be valid JSON.
-    fn of(json: &str) -> Self {
-        let (mut depth, mut deepest, mut compact_bytes) = (0usize, 0usize, 0usize);
-        let (mut in_string, mut escaped) = (false, false);
-        for byte in json.bytes() {
-            if in_string {
-                compact_bytes += 1;
-                match byte {
-                    _ if escaped => escaped = false,
-                    b'\\' => escaped = true,
-                    b'"' => in_string = false,
-                    _ => {}
-                }
-                continue;
-            }
-            match byte {
-                // RFC 8259 §2: the only insignificant whitespace.
-                b' ' | b'\t' | b'\n' | b'\r' => continue,
-                b'"' => in_string = true,
-                b'[' | b'{' => {
-                    depth += 1;
-                    deepest = deepest.max(depth);
-                }
-                b']' | b'}' => depth = depth.saturating_sub(1),
-                _ => {}
-            }
-            compact_bytes += 1;
-        }
-        Self {
-            depth: deepest,
-            compact_bytes,
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::routes::collect::fields::MAX_EVENT_DATA_BYTES;
 
     fn code(body: &str) -> &'static str {
         match parse_batch(body.as_bytes()) {
@@ -444,44 +309,6 @@ mod tests {
         assert_eq!(events[1].referrer.as_deref(), Some("https://t.co/x"));
     }
 
-    proptest::proptest! {
-        /// Whatever string a client encodes, and however it escapes it, `string_field` reads
-        /// back exactly that string: the borrowed fast path and the unescaping path agree.
-        #[test]
-        fn string_fields_read_back_what_was_encoded(value in "\\PC{0,40}", escape_all in proptest::bool::ANY) {
-            let encoded = if escape_all {
-                value.chars().map(|c| format!("\\u{:04x}", u32::from(c).min(0xFFFF))).collect::<String>()
-            } else {
-                serde_json::to_string(&value).unwrap()
-            };
-            let encoded = if escape_all {
-                // Characters outside the BMP need surrogate pairs; keep those as JSON encodes them.
-                if value.chars().all(|c| u32::from(c) <= 0xFFFF) {
-                    format!("\"{encoded}\"")
-                } else {
-                    serde_json::to_string(&value).unwrap()
-                }
-            } else {
-                encoded
-            };
-            let raw: Box<RawValue> = serde_json::from_str(&encoded).unwrap();
-            let read = string_field(Some(&raw), "f", usize::MAX).unwrap();
-            proptest::prop_assert_eq!(read.as_deref(), Some(value.as_str()));
-        }
-    }
-
-    #[test]
-    fn nesting_depth_counts_brackets_outside_strings() {
-        let check =
-            |json: &str, expected: usize| assert_eq!(JsonShape::of(json).depth, expected, "{json}");
-        check("{}", 1);
-        check(r#"{"a":[1,{"b":[]}]}"#, 4);
-        check(r#"{"a":"[[[{{{"}"#, 1);
-        check(r#"{"a":"\"[[","b":[]}"#, 2);
-        check(r#"{"a":"\\","b":[[]]}"#, 3);
-        check(&format!("{}{}", "[".repeat(128), "]".repeat(128)), 128);
-    }
-
     #[test]
     fn body_starting_with_a_utf8_bom_is_parsed() {
         let ok = r#"{"website_id":"s","type":"pageview","url":"/bom"}"#;
@@ -529,35 +356,6 @@ mod tests {
         for indent in [0, 8] {
             let over = event_with_data(MAX_EVENT_DATA_BYTES + 1, indent);
             assert_eq!(code(&over), "invalid_field", "indent {indent}");
-        }
-    }
-
-    #[test]
-    fn compact_size_drops_whitespace_outside_strings_only() {
-        let check = |json: &str, expected: usize| {
-            assert_eq!(JsonShape::of(json).compact_bytes, expected, "{json}")
-        };
-        check("{}", 2);
-        check(" {\n\t\"a\" :\r\n 1 } ", 7);
-        check(r#"{"a b":" \" x "}"#, 16);
-        check(r#"{"a":"\u0020"}"#, 14);
-        check("[1, 2, [ ] ]", 8);
-    }
-
-    #[test]
-    fn non_strings_are_refused_by_name() {
-        for text in ["1", "true", "{}", "[\"a\"]", "1e999"] {
-            let raw: Box<RawValue> = match serde_json::from_str(text) {
-                Ok(raw) => raw,
-                // Not even JSON serde accepts (1e999): the body parser refuses it earlier.
-                Err(_) => continue,
-            };
-            let error = string_field(Some(&raw), "screen", 10).unwrap_err();
-            assert_eq!(
-                (error.code, error.message.contains("screen")),
-                ("invalid_field", true),
-                "{text}"
-            );
         }
     }
 }
