@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use crate::batch::{self, LoggedEvent};
 use crate::error::{RecordError, SnapshotError};
 use crate::record::{self, FRAME_BYTES, MAX_RECORD_BYTES};
-use crate::segment::{list_segments, SegmentHeader, BROKEN_SUFFIX, HEADER_BYTES};
+use crate::segment::{dir_entries, list_segments, SegmentHeader, BROKEN_SUFFIX, HEADER_BYTES};
 use crate::writer::{private_file, read_header, RESTORE_SUFFIX};
 
 /// What `replay` may skip.
@@ -358,20 +358,11 @@ fn set_aside(
 
 /// Damaged segments kept aside in `dir` (`*.seg.broken`, `*.seg.broken.N`), in name order.
 fn list_set_aside(dir: &Path) -> Result<Vec<PathBuf>, SnapshotError> {
-    let mut found = Vec::new();
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(found),
-        Err(e) => return Err(SnapshotError::io("read directory", dir, e)),
-    };
-    for entry in entries {
-        let entry = entry.map_err(|e| SnapshotError::io("read directory", dir, e))?;
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        if name.contains(".seg.broken") {
-            found.push(entry.path());
-        }
-    }
+    let mut found: Vec<PathBuf> = dir_entries(dir)?
+        .into_iter()
+        .filter(|(name, _)| name.contains(".seg.broken"))
+        .map(|(_, path)| path)
+        .collect();
     found.sort();
     Ok(found)
 }
@@ -381,17 +372,8 @@ fn list_set_aside(dir: &Path) -> Result<Vec<PathBuf>, SnapshotError> {
 /// an unfinished copy of a segment an operator deleted, which the crash lost as the deletion
 /// would have.
 fn remove_stale_salvages(dir: &Path) -> Result<(), SnapshotError> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(SnapshotError::io("read directory", dir, e)),
-    };
-    for entry in entries {
-        let entry = entry.map_err(|e| SnapshotError::io("read directory", dir, e))?;
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
+    for (name, path) in dir_entries(dir)? {
         if name.ends_with(SALVAGE_SUFFIX) || name.ends_with(RESTORE_SUFFIX) {
-            let path = entry.path();
             std::fs::remove_file(&path)
                 .map_err(|e| SnapshotError::io("remove stale salvage", &path, e))?;
         }

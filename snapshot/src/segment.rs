@@ -91,21 +91,30 @@ pub fn parse_segment_file_name(name: &str) -> Option<u64> {
 
 /// The segments in `dir`, oldest first. A missing directory has none.
 pub fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, SnapshotError> {
+    let mut segments: Vec<(u64, PathBuf)> = dir_entries(dir)?
+        .into_iter()
+        .filter_map(|(name, path)| parse_segment_file_name(&name).map(|seq| (seq, path)))
+        .collect();
+    segments.sort_unstable();
+    Ok(segments)
+}
+
+/// Every entry of `dir` as (file name, path), names read lossily; a missing directory has none.
+pub fn dir_entries(dir: &Path) -> Result<Vec<(String, PathBuf)>, SnapshotError> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(SnapshotError::io("read directory", dir, e)),
     };
-    let mut segments = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(|e| SnapshotError::io("read directory", dir, e))?;
-        let name = entry.file_name();
-        if let Some(seq) = name.to_str().and_then(parse_segment_file_name) {
-            segments.push((seq, entry.path()));
-        }
-    }
-    segments.sort_unstable();
-    Ok(segments)
+    entries
+        .map(|entry| {
+            let entry = entry.map_err(|e| SnapshotError::io("read directory", dir, e))?;
+            Ok((
+                entry.file_name().to_string_lossy().into_owned(),
+                entry.path(),
+            ))
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -572,6 +572,18 @@ impl Server {
             .await
     }
 
+    /// The ids `GET /api/websites` lists, in its order (by id), asserting 200.
+    pub async fn website_ids(&self) -> Vec<String> {
+        let resp = self.get("/api/websites").await;
+        assert_eq!(resp.status, 200, "GET /api/websites: {resp:?}");
+        resp.json()["data"]
+            .as_array()
+            .unwrap_or_else(|| panic!("GET /api/websites has no data list: {resp:?}"))
+            .iter()
+            .map(|w| w["id"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    }
+
     /// `GET /api/websites/{id}/realtime{query}`, asserting 200, returning `data`.
     pub async fn realtime_q(&self, id: &str, query: &str) -> Value {
         let resp = self

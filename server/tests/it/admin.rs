@@ -59,18 +59,6 @@ fn cors_headers(resp: &Response) -> Vec<String> {
         .collect()
 }
 
-/// The ids of the stored websites, asked the way the harness asks (loopback, token if any).
-async fn website_ids(server: &Server) -> Vec<String> {
-    let resp = server.get("/api/websites").await;
-    assert_eq!(resp.status, 200, "GET /api/websites: {resp:?}");
-    resp.json()["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|w| w["id"].as_str().unwrap().to_owned())
-        .collect()
-}
-
 /// The admin reads: every one of them must be refused or allowed alike.
 const ADMIN_READS: [&str; 4] = [
     "/api/websites",
@@ -156,7 +144,7 @@ async fn without_a_token_admin_routes_refuse_a_rebound_or_missing_host() {
         );
     }
     failures.assert_none();
-    assert_eq!(website_ids(&server).await, ["s"], "a refused write landed");
+    assert_eq!(server.website_ids().await, ["s"], "a refused write landed");
     assert_eq!(
         server.get("/api/websites/s").await.json()["data"]["name"],
         "Site s",
@@ -243,7 +231,7 @@ async fn without_a_token_admin_routes_refuse_a_cross_site_origin() {
     }
     failures.assert_none();
     assert_eq!(
-        website_ids(&server).await,
+        server.website_ids().await,
         ["s"],
         "a cross-site write landed"
     );
@@ -288,7 +276,7 @@ async fn admin_bodies_must_be_labelled_application_json() {
     }
     failures.assert_none();
     assert_eq!(
-        website_ids(&server).await,
+        server.website_ids().await,
         ["s"],
         "a non-JSON body was applied"
     );

@@ -28,18 +28,6 @@ fn file_ids(server: &Server) -> BTreeSet<String> {
         .collect()
 }
 
-/// The ids `GET /api/websites` lists.
-async fn listed_ids(server: &Server) -> BTreeSet<String> {
-    let resp = server.get("/api/websites").await;
-    assert_eq!(resp.status, 200, "{resp:?}");
-    resp.json()["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|w| w["id"].as_str().unwrap().to_owned())
-        .collect()
-}
-
 /// Asserts that every listed website has a realtime answer (the engine holds it) and every id
 /// in `gone` has none.
 async fn assert_engine_matches(
@@ -121,13 +109,21 @@ async fn concurrent_website_writes_leave_file_list_and_engine_equal_across_a_res
     );
 
     let all: BTreeSet<String> = ids.iter().cloned().collect();
-    let listed = listed_ids(&server).await;
+    let listed = server
+        .website_ids()
+        .await
+        .into_iter()
+        .collect::<BTreeSet<_>>();
     assert_eq!(file_ids(&server), listed);
     assert_engine_matches(&server, &listed, &all).await;
 
     server.restart();
     assert_eq!(
-        listed_ids(&server).await,
+        server
+            .website_ids()
+            .await
+            .into_iter()
+            .collect::<BTreeSet<_>>(),
         listed,
         "the restart changed the websites"
     );
