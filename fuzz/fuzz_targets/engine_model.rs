@@ -1,6 +1,6 @@
-//! Fuzz target `engine_model`: arbitrary sequences of ingests, touches and queries across websites,
-//! compared answer by answer with the naive reference model that the engine's property test
-//! uses too (`pulse_testkit::model`).
+//! Fuzz target `engine_model`: arbitrary sequences of ingests, touches and queries across
+//! websites, compared answer by answer with the naive reference model that the engine's
+//! property test uses too (`pulse_testkit::model`).
 
 #![no_main]
 
