@@ -57,8 +57,8 @@ pub struct Realtime {
     /// The instant the answer is for: the query's `now`, or the newest event's timestamp if
     /// that is later.
     pub as_of_ms: i64,
-    /// Distinct visitors with an event in the window ending at `as_of_ms` (humans only unless
-    /// bots were included).
+    /// Distinct visitors with an event or a touch in the window ending at `as_of_ms` (humans
+    /// only unless bots were included).
     pub active_visitors: u64,
     /// True when `active_visitors` is an estimate (the website's exact window did not fit the
     /// memory budget); the events and their count stay exact.
