@@ -3,7 +3,7 @@
 //! time-dependent call takes `now` or a timestamp from the caller.
 //!
 //! # Layout
-//! - `event`: `Event`, `WebsiteId`, `VisitorId`, `Timestamp` and the small enums of a row.
+//! - `event`: `Event`, `Touch`, `WebsiteId`, `VisitorId`, `Timestamp` and the small enums of a row.
 //! - `identity`: `Salt`, `SaltSchedule`, `visitor_id()` — cookie-less ids and the midnight carry.
 //! - `limits`: `EngineLimits`, every bound and default in one place.
 //! - `ring`: `EventRing`, recent events that readers copy without blocking the writer.
@@ -13,7 +13,7 @@
 //! - `budget`: `MemoryBudget`, the bytes visitor counts may hold together.
 //! - `tally`: `EventTally`, the exact sliding count of events.
 //! - `website`: `WebsiteState`, one website's rings and windows behind one writer lock.
-//! - `engine`: `Engine`, the websites and the `ingest` / `realtime` calls.
+//! - `engine`: `Engine`, the websites and the `ingest` / `touch` / `realtime` calls.
 //! - `error`: `EngineError`.
 
 #![deny(missing_docs)]
@@ -36,7 +36,7 @@ pub use budget::MemoryBudget;
 pub use engine::Engine;
 pub use error::EngineError;
 pub use event::{
-    Browser, CountryCode, DeviceType, Event, EventKind, Timestamp, VisitorId, WebsiteId,
+    Browser, CountryCode, DeviceType, Event, EventKind, Timestamp, Touch, VisitorId, WebsiteId,
 };
 pub use identity::{
     client_visitor_id, visitor_id, DailySalt, Identity, Salt, SaltSchedule, CLIENT_ID_DOMAIN,
@@ -45,5 +45,5 @@ pub use limits::EngineLimits;
 pub use ring::{EventRing, RecentEvent};
 pub use tally::EventTally;
 pub use visitors::VisitorCount;
-pub use website::{Ingested, Realtime, WebsiteState};
+pub use website::{Ingested, Realtime, Touched, WebsiteState};
 pub use window::{Recorded, VisitorWindow};

@@ -54,6 +54,12 @@ fn pulse_bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_pulse"))
 }
 
+/// The page path or event name a log entry holds (`(a touch)` for a touch): how the tests that
+/// read the log back name what they find.
+fn target_of(entry: &pulse_snapshot::LogEntry) -> &str {
+    entry.event().map_or("(a touch)", |event| &event.target)
+}
+
 /// Starts `pulse` with `opts` on a fresh temporary data directory.
 fn start(opts: Opts) -> Server {
     Server::start(pulse_bin(), opts)
