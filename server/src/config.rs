@@ -125,7 +125,12 @@ pub struct Config {
     pub queue_capacity: usize,
 
     /// Milliseconds between the `: keepalive` comments of a live stream (hidden: tests shorten it).
-    #[arg(long, env = "PULSE_STREAM_HEARTBEAT_MS", default_value_t = 15_000, hide = true)]
+    #[arg(
+        long,
+        env = "PULSE_STREAM_HEARTBEAT_MS",
+        default_value_t = 15_000,
+        hide = true
+    )]
     pub stream_heartbeat_ms: u64,
 
     /// Log format on stderr.

@@ -394,6 +394,10 @@ mod tests {
         let started = Instant::now();
         hub.close();
         assert_eq!(other.next_message().await, None);
-        assert_eq!(started.elapsed(), Duration::ZERO, "shutdown ends streams at once");
+        assert_eq!(
+            started.elapsed(),
+            Duration::ZERO,
+            "shutdown ends streams at once"
+        );
     }
 }

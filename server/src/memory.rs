@@ -60,8 +60,9 @@ impl MemoryPlan {
         let per_website = ring_capacity.max(1) * 2 * RING_EVENT_BYTES;
         let connection_bytes = part(8);
         let stream_bytes = part(2);
-        let max_connections = max_connections
-            .unwrap_or_else(|| (connection_bytes / CONNECTION_BYTES).clamp(16, MAX_CONNECTIONS_CAP));
+        let max_connections = max_connections.unwrap_or_else(|| {
+            (connection_bytes / CONNECTION_BYTES).clamp(16, MAX_CONNECTIONS_CAP)
+        });
         Self {
             limit_bytes,
             visitor_bytes: part(50),

@@ -565,9 +565,9 @@ impl Request {
                 return Err(HttpError::Malformed("response head too large".to_owned()));
             }
         };
-        let is_stream = headers.iter().any(|(name, value)| {
-            name == "content-type" && value.starts_with("text/event-stream")
-        });
+        let is_stream = headers
+            .iter()
+            .any(|(name, value)| name == "content-type" && value.starts_with("text/event-stream"));
         if status != 200 || !is_stream {
             // Read the rest of an ordinary answer to report it whole.
             loop {
@@ -622,7 +622,9 @@ impl EventStream {
                 Ok(Err(_)) => self.ended = true,
             }
             if self.raw.len() + self.body.len() > MAX_RESPONSE_BYTES {
-                return Err(HttpError::Malformed("an event larger than 4 MiB".to_owned()));
+                return Err(HttpError::Malformed(
+                    "an event larger than 4 MiB".to_owned(),
+                ));
             }
         }
     }

@@ -91,9 +91,9 @@ pub async fn publish_live(state: Arc<AppState>) {
         let ticked = tokio::task::spawn_blocking(move || {
             // Only `unknown_website` can fail a rendering (serialising plain data does not): the
             // website is gone, and its streams end.
-            state.live.tick(|key| {
-                render_frame(&state, &key.website, key.include_bots).ok()
-            });
+            state
+                .live
+                .tick(|key| render_frame(&state, &key.website, key.include_bots).ok());
         })
         .await;
         if ticked.is_err() {

@@ -44,11 +44,11 @@ mod crash;
 mod disk;
 mod http;
 mod malformed;
-mod stream;
 #[cfg(unix)]
 mod operator;
 #[cfg(target_os = "linux")]
 mod overload;
+mod stream;
 mod tidy;
 
 /// The `pulse` binary Cargo built for these tests.

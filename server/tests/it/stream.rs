@@ -69,7 +69,10 @@ async fn the_first_message_is_the_realtime_data_with_event_stream_headers() {
     assert_eq!(stream.header("cache-control").as_deref(), Some("no-cache"));
     let first = next_data(&mut stream, MESSAGE_DEADLINE).await;
     let polled = server.realtime("s").await;
-    assert_eq!(first, polled, "the stream's first message and GET …/realtime");
+    assert_eq!(
+        first, polled,
+        "the stream's first message and GET …/realtime"
+    );
     assert_eq!(first["active_visitors"], 1);
 }
 
@@ -85,7 +88,8 @@ async fn an_ingest_reaches_an_open_stream_within_one_and_a_half_seconds() {
     let accepted = Instant::now();
     let update = next_data(&mut stream, UPDATE_DEADLINE).await;
     assert_eq!(
-        update["pagination"]["total_in_window"], 2,
+        update["pagination"]["total_in_window"],
+        2,
         "{update} after {:?}",
         accepted.elapsed()
     );
@@ -150,7 +154,10 @@ async fn a_burst_of_ingests_is_paced_to_about_one_message_a_second() {
         messages >= 2,
         "{messages} messages in {measured:?} while {sent} events arrived: updates were held back"
     );
-    assert!(last_total > 1, "the updates carried the burst: {last_total}");
+    assert!(
+        last_total > 1,
+        "the updates carried the burst: {last_total}"
+    );
 }
 
 #[tokio::test]
