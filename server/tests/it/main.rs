@@ -18,6 +18,7 @@
 //! - `operator`: data directory permissions, logs on a pipe, `RUST_LOG`.
 //! - `tidy`: house rules over the source tree (no server started).
 //! - `compat`: Sparklytics' `/e` and `visitor_id`, Plausible's and Umami's APIs, ingest CORS.
+//! - `stream`: the live stream — first message, updates, pacing, heartbeats, bounds, shutdown.
 //!
 //! The browser test (`server/tests/browser/`, Node) is separate.
 
@@ -47,6 +48,7 @@ mod malformed;
 mod operator;
 #[cfg(target_os = "linux")]
 mod overload;
+mod stream;
 mod tidy;
 
 /// The `pulse` binary Cargo built for these tests.

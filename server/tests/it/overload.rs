@@ -778,7 +778,13 @@ async fn metrics_counters_move_as_expected() {
     .into_iter()
     .map(|name| (name, vec![]))
     .collect();
-    for component in ["visitor_windows", "rings", "write_queue", "request_bodies"] {
+    for component in [
+        "visitor_windows",
+        "rings",
+        "write_queue",
+        "request_bodies",
+        "live_streams",
+    ] {
         gauges.push(("pulse_memory_bytes", vec![("component", component)]));
         gauges.push(("pulse_memory_budget_bytes", vec![("component", component)]));
     }
