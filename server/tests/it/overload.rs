@@ -1,7 +1,11 @@
 //! Overload tests of the `pulse` binary (issue 6): a flood of distinct visitors against a small
 //! `--memory-limit` (peak RSS from /proc against the limit plus a documented overhead, only 202,
 //! 429 or 503 answers, realtime answering throughout and flagging `approximate`, every
-//! acknowledged event in the log after a restart), `/metrics` counters moving by exactly the
+//! acknowledged event in the log after a restart), the way back from approximate to exact on the
+//! test clock with a 60 s window (a shadow window that outgrows its share is dropped — at record
+//! time or by the maintenance timer's rebalancing, whichever comes first — and retried a window
+//! later, and `approximate` leaves the answer once a retried shadow has held a full window),
+//! `/metrics` counters moving by exactly the
 //! traffic sent, the per-IP rate limit answering 429 with `Retry-After`, and a full write queue
 //! answering 503 `queue_full` instead of 202. The flood speaks raw HTTP/1.1 over a few keep-alive
 //! connections, so a reset or a malformed answer is seen as such and the client stays cheap next
