@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pulse_testkit::fixtures::{
-    recent, sample, segment_files, Failures, CHROME_DESKTOP, CURL, FIREFOX_DESKTOP, GOOGLEBOT,
+    counts_of, recent, sample, segment_files, Failures, CHROME_DESKTOP, CURL, FIREFOX_DESKTOP, GOOGLEBOT,
     SAFARI_IPHONE,
 };
 use pulse_testkit::http::Client;
@@ -594,6 +594,173 @@ async fn sigterm_under_load_exits_zero_and_keeps_every_acknowledged_event() {
         "{context}: realtime after restart counts another number of events than the log holds"
     );
     assert_exit_zero(proc.stop(), &context, &proc.stderr());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Replay under pressure: SIGTERM and collect during a long replay
+// ---------------------------------------------------------------------------------------------
+
+/// Events in the log the pressure test replays.
+const LONG_REPLAY_EVENTS: u64 = 500_000;
+/// Events per request of the collects sent during the replay (the most a batch may hold).
+const FILL_BATCH: u64 = 50;
+/// Concurrent connections sending them.
+const FILL_LANES: u64 = 4;
+/// The website the collects during the replay go to (the log holds only `SITE`'s events).
+const DURING_SITE: &str = "during";
+
+/// Writes `numbers` as numbered pageviews of `SITE`, stamped `ts_ms` from distinct visitors, as
+/// the log of an empty `data_dir`'s website (which must start at sequence 0), the way the log
+/// thread writes them. Over HTTP 500k events take ~50 s of a debug server; this takes a second.
+fn write_numbered_log(data_dir: &Path, numbers: std::ops::Range<u64>, ts_ms: i64) {
+    use pulse_engine::{Browser, DeviceType, Event, EventKind, Timestamp, VisitorId, WebsiteId};
+    let dir = data_dir.join("segments");
+    for stale in segment_files(data_dir) {
+        std::fs::remove_file(stale).unwrap();
+    }
+    let limits = pulse_snapshot::SegmentLimits::default();
+    let mut writer = pulse_snapshot::SegmentWriter::create(&dir, 0, ts_ms, limits).unwrap();
+    let website = WebsiteId::new(SITE).unwrap();
+    let ts = Timestamp::from_unix_ms(ts_ms).unwrap();
+    let numbers: Vec<u64> = numbers.collect();
+    for chunk in numbers.chunks(4096) {
+        let entries: Vec<pulse_snapshot::LogEntry> = chunk
+            .iter()
+            .map(|n| pulse_snapshot::LogEntry {
+                event: Arc::new(Event {
+                    website: website.clone(),
+                    ts,
+                    visitor: VisitorId(*n),
+                    kind: EventKind::Pageview,
+                    target: format!("/n/{n}").into(),
+                    referrer_domain: None,
+                    is_bot: false,
+                    browser: Browser::Chrome,
+                    device: DeviceType::Desktop,
+                    country: None,
+                }),
+                carried_from: None,
+            })
+            .collect();
+        writer.append(&entries, ts_ms).unwrap();
+    }
+    writer.sync().unwrap();
+}
+
+/// Sends the numbered events `numbers` of website `DURING_SITE` to `proc` in batches of
+/// `FILL_BATCH` over `FILL_LANES` connections and returns what was answered: every answer must
+/// be 202.
+async fn send_numbered(proc: &Server, numbers: std::ops::Range<u64>) -> Ledger {
+    let mut tasks = JoinSet::new();
+    for lane in 0..FILL_LANES {
+        let client = proc.client().clone();
+        let numbers = numbers.clone();
+        tasks.spawn(async move {
+            let mut ledger = Ledger::default();
+            let firsts = numbers.clone().step_by(FILL_BATCH as usize);
+            for first in firsts.skip(lane as usize).step_by(FILL_LANES as usize) {
+                let batch: Vec<u64> = (first..(first + FILL_BATCH).min(numbers.end)).collect();
+                let body = Value::Array(
+                    batch
+                        .iter()
+                        .map(|n| {
+                            json!({"website_id": DURING_SITE, "type": "pageview",
+                                "url": format!("/n/{n}")})
+                        })
+                        .collect(),
+                );
+                ledger.sent.extend(&batch);
+                let resp = send(
+                    client
+                        .post("/api/collect")
+                        .json(&body)
+                        .header("user-agent", CHROME_DESKTOP),
+                )
+                .await;
+                assert_eq!(resp.status, 202, "collect from /n/{first}: {resp:?}");
+                ledger.acked.extend(&batch);
+            }
+            ledger
+        });
+    }
+    let mut ledger = Ledger::default();
+    join_clients(tasks, &mut ledger).await;
+    ledger
+}
+
+/// Where in `stderr` the first line containing `needle` starts, panicking when there is none.
+fn log_position(stderr: &str, needle: &str) -> usize {
+    stderr
+        .find(needle)
+        .unwrap_or_else(|| panic!("no {needle:?} in the server's log:\n{stderr}"))
+}
+
+/// What happens to collect while `/readyz` is still 503 (README, Durability): the batch is
+/// queued and answered 202 at once, counted in memory straight away, and written to the log
+/// after the replay, behind every replayed event. And a SIGTERM during the replay lets the
+/// replay finish, writes the queue, fsyncs and exits 0 — a start-up is never cut short into
+/// a log that would replay differently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_long_replay_exits_zero_with_every_202_logged_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let opts = Opts::default().args(&["--rate-limit-per-ip", "0"]);
+    let mut proc = start_in(opts, tmp.path());
+    proc.wait_ready(READY_DEADLINE).await;
+    proc.site(SITE, "example.com").await;
+    proc.site(DURING_SITE, "example.net").await;
+    assert_exit_zero(proc.stop(), "SIGTERM before filling the log", &proc.stderr());
+    let now_ms = pulse_testkit::fixtures::now_secs() * 1000;
+    write_numbered_log(tmp.path(), 0..LONG_REPLAY_EVENTS, now_ms);
+    // The log's events count as acknowledged: each must come back exactly once.
+    let mut ledger = Ledger::default();
+    ledger.sent.extend(0..LONG_REPLAY_EVENTS);
+    ledger.acked.extend(0..LONG_REPLAY_EVENTS);
+
+    // The restart replays 500k events: collect and SIGTERM arrive meanwhile.
+    proc.respawn();
+    let resp = proc.client().get("/readyz").send().await.unwrap();
+    assert_eq!(
+        resp.status, 503,
+        "a replay of {LONG_REPLAY_EVENTS} events should still be running: {resp:?}"
+    );
+    let extra = LONG_REPLAY_EVENTS..LONG_REPLAY_EVENTS + 10 * FILL_BATCH;
+    let during = send_numbered(&proc, extra.clone()).await;
+    ledger.merge(during);
+    let during = proc.realtime(DURING_SITE).await;
+    let resp = proc.client().get("/readyz").send().await.unwrap();
+    assert_eq!(
+        resp.status, 503,
+        "the collects must have been answered during the replay: {resp:?}"
+    );
+    assert_eq!(
+        counts_of(&during),
+        (1, extra.end - extra.start),
+        "events accepted during the replay are counted at once: {during}"
+    );
+    let stopping = Instant::now();
+    let status = tokio::task::block_in_place(|| proc.stop());
+    let stop_time = stopping.elapsed();
+    let stderr = proc.stderr();
+    assert_exit_zero(status, "SIGTERM during the replay", &stderr);
+    assert!(
+        log_position(&stderr, "shutdown signal received") < log_position(&stderr, "replay done"),
+        "the SIGTERM should have arrived during the replay:\n{stderr}"
+    );
+    log_position(&stderr, "the rest of the log was read but not counted");
+    println!("SIGTERM during a replay of {LONG_REPLAY_EVENTS} events: exited in {stop_time:?}");
+
+    let logged = check_log_exactly_once(tmp.path(), &ledger, "SIGTERM during a long replay");
+    assert_eq!(logged, extra.end, "every event sent was acknowledged and logged once");
+    proc.respawn();
+    let replay = proc.wait_ready(READY_DEADLINE).await;
+    assert_eq!(replay_count(&replay, "events"), logged, "{replay}");
+    let (_, total) = counts_of(&proc.realtime(SITE).await);
+    let (_, total_during) = counts_of(&proc.realtime(DURING_SITE).await);
+    assert_eq!(
+        (total, total_during),
+        (LONG_REPLAY_EVENTS, extra.end - extra.start),
+        "realtime after the replay counts every logged event"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
