@@ -869,6 +869,120 @@ async fn a_corrupt_sealed_segment_is_reported_on_readyz_and_moved_aside() {
     assert_exit_zero(proc.stop(), "third run", &proc.stderr());
 }
 
+/// Offsets of the records of a segment file's bytes (after its header), read from their length
+/// fields.
+fn record_offsets(bytes: &[u8]) -> Vec<usize> {
+    let mut offsets = Vec::new();
+    let mut at = usize::try_from(SEGMENT_HEADER_BYTES).unwrap();
+    while at + 4 <= bytes.len() {
+        offsets.push(at);
+        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
+        at += usize::try_from(RECORD_FRAME_BYTES).unwrap() + len as usize;
+    }
+    offsets
+}
+
+/// The segment file whose name is sequence number `first_seq`.
+fn segment_named(data_dir: &Path, first_seq: u64) -> std::path::PathBuf {
+    data_dir.join("segments").join(format!("{first_seq:020}.seg"))
+}
+
+/// Replay on the test clock after retention has deleted the oldest segments, with a sealed
+/// segment older than the window (skipped whole) and a corrupt record in the middle of a segment
+/// inside the window: the deleted prefix is not a gap, the skipped segment is not read, the
+/// damaged one is salvaged around its bad record and kept aside, and a second start replays the
+/// same. Sequence numbers: a=0 b=1 b2=2 (deleted or skipped), c=3, d1=4 d2=5 (corrupt) d3=6, e=7.
+#[tokio::test]
+async fn replay_after_retention_skips_and_salvages_the_same_events_at_every_start() {
+    const MINUTE_MS: i64 = 60_000;
+    const DAY_MS: i64 = 86_400_000;
+    let t0: i64 = 1_780_000_000_000;
+    let tmp = tempfile::tempdir().unwrap();
+    // Segments roll on the first append a minute after they started; one day of retention; each
+    // 202 waits for its own write, so every event is one record.
+    let args = [
+        "--durability",
+        "sync",
+        "--segment-max-age-secs",
+        "60",
+        "--retention-days",
+        "1",
+    ];
+    let mut proc = start_in(Opts::default().args(&args).test_clock(t0), tmp.path());
+    proc.wait_ready(READY_DEADLINE).await;
+    proc.site(SITE, "example.com").await;
+    collect_one(&proc, "/a").await;
+    proc.set_clock(t0 + 2 * MINUTE_MS).await;
+    collect_one(&proc, "/b").await;
+    proc.set_clock(t0 + 4 * MINUTE_MS).await;
+    collect_one(&proc, "/b2").await;
+    // A day later: the roll deletes the segments whose successor is older than a day.
+    let t1 = t0 + DAY_MS + 10 * MINUTE_MS;
+    proc.set_clock(t1).await;
+    collect_one(&proc, "/c").await;
+    assert!(
+        !segment_named(tmp.path(), 0).exists() && !segment_named(tmp.path(), 1).exists(),
+        "retention should have deleted the segments of /a and /b: {:?}",
+        segment_files(tmp.path())
+    );
+    assert!(segment_named(tmp.path(), 2).exists(), "the segment of /b2");
+    let t2 = t1 + 120 * MINUTE_MS;
+    proc.set_clock(t2).await;
+    for path in ["/d1", "/d2", "/d3"] {
+        collect_one(&proc, path).await;
+    }
+    proc.set_clock(t2 + 2 * MINUTE_MS).await;
+    collect_one(&proc, "/e").await;
+    assert_exit_zero(proc.stop(), "first run", &proc.stderr());
+
+    let damaged = segment_named(tmp.path(), 4);
+    let mut bytes = std::fs::read(&damaged).unwrap();
+    let records = record_offsets(&bytes);
+    assert_eq!(records.len(), 3, "/d1, /d2 and /d3 should be three records");
+    bytes[records[1] + usize::try_from(RECORD_FRAME_BYTES).unwrap() + 4] ^= 0xFF;
+    std::fs::write(&damaged, &bytes).unwrap();
+
+    let restart_ms = t2 + 3 * MINUTE_MS;
+    let expected_replay = json!({
+        // The segments of /b2 (all before the window: skipped) and of /c (read: its successor
+        // started inside the window, so it may hold events of it).
+        "segments_skipped": 1,
+        "events": 4,
+        "corrupt_segments": 1,
+        // /d2's sequence number is missing; the deleted 0 and 1 before the first segment are not.
+        "sequence_gaps": 1,
+        "torn_tail_bytes": 0,
+        "future_events": 0,
+    });
+    // The segments of /c, /d and /e, and from the second start on the (empty) one each start
+    // opens.
+    for (start, segments_read) in [("the first start after the damage", 3), ("a second start", 4)]
+    {
+        proc.opts_mut().test_clock_ms = Some(restart_ms);
+        proc.respawn();
+        let replay = proc.wait_ready(READY_DEADLINE).await;
+        for (field, expected) in expected_replay.as_object().unwrap() {
+            assert_eq!(&replay[field], expected, "{start}: replay.{field} in {replay}");
+        }
+        assert_eq!(replay["segments_read"], segments_read, "{start}: {replay}");
+        let data = proc.realtime(SITE).await;
+        assert_eq!(
+            recent_urls(&data),
+            ["/d1", "/d3", "/e"],
+            "{start}: the window holds the salvaged and the later events: {data}"
+        );
+        assert_eq!(data["pagination"]["total_in_window"], 3, "{start}: {data}");
+        let mut broken = damaged.clone().into_os_string();
+        broken.push(".broken");
+        assert_eq!(
+            std::fs::read(&broken).unwrap(),
+            bytes,
+            "{start}: the damaged segment is kept aside as it was"
+        );
+        assert_exit_zero(proc.stop(), start, &proc.stderr());
+    }
+}
+
 #[tokio::test]
 async fn a_torn_tail_is_truncated_on_restart() {
     let tmp = tempfile::tempdir().unwrap();
