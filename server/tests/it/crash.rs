@@ -891,7 +891,9 @@ fn segment_named(data_dir: &Path, first_seq: u64) -> std::path::PathBuf {
 /// segment older than the window (skipped whole) and a corrupt record in the middle of a segment
 /// inside the window: the deleted prefix is not a gap, the skipped segment is not read, the
 /// damaged one is salvaged around its bad record and kept aside, and a second start replays the
-/// same. Sequence numbers: a=0 b=1 b2=2 (deleted or skipped), c=3, d1=4 d2=5 (corrupt) d3=6, e=7.
+/// same; a start with a window reaching past the deleted segments reads from the oldest kept one
+/// and reports only the corrupt record's number as a gap, not the deleted ones. Sequence numbers:
+/// a=0 b=1 (deleted), b2=2 (skipped), c=3, d1=4 d2=5 (corrupt) d3=6, e=7.
 #[tokio::test]
 async fn replay_after_retention_skips_and_salvages_the_same_events_at_every_start() {
     const MINUTE_MS: i64 = 60_000;
@@ -981,6 +983,22 @@ async fn replay_after_retention_skips_and_salvages_the_same_events_at_every_star
         );
         assert_exit_zero(proc.stop(), start, &proc.stderr());
     }
+
+    // A window reaching back past the deleted segments: every kept segment is read from the
+    // oldest (which starts at sequence 2), and only /d2's number is a gap.
+    proc.opts_mut().test_window_secs = Some(2 * 86_400);
+    proc.respawn();
+    let replay = proc.wait_ready(READY_DEADLINE).await;
+    assert_eq!(
+        (
+            &replay["segments_skipped"],
+            &replay["events"],
+            &replay["sequence_gaps"]
+        ),
+        (&json!(0), &json!(5), &json!(1)),
+        "a start with a two-day window: {replay}"
+    );
+    assert_exit_zero(proc.stop(), "the two-day window", &proc.stderr());
 }
 
 #[tokio::test]
