@@ -62,7 +62,11 @@ fn op_with_crowds() -> impl Strategy<Value = Op> {
 fn then_back_to_exact(mut ops: Vec<Op>) -> Vec<Op> {
     ops.extend((0..SITES).map(|site| Op::Query {
         site,
-        step_ms: if site == 0 { 2 * SHORT_WINDOW_MS + 1 } else { 0 },
+        step_ms: if site == 0 {
+            2 * SHORT_WINDOW_MS + 1
+        } else {
+            0
+        },
         include_bots: false,
     }));
     ops.extend((0..PEOPLE).map(|person| Op::Ingest {

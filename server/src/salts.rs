@@ -289,7 +289,10 @@ mod tests {
     fn left_before_midnight(data: &Path, ip: IpAddr) -> pulse_engine::VisitorId {
         let midnight = (DAY + 1) * Timestamp::DAY_MS;
         let store = SaltStore::open(data, at(midnight - 60_000), CARRY_MS).unwrap();
-        store.identify(at(midnight - 60_000), ip, "UA").unwrap().visitor
+        store
+            .identify(at(midnight - 60_000), ip, "UA")
+            .unwrap()
+            .visitor
     }
 
     #[test]

@@ -212,10 +212,7 @@ impl Model {
             .events
             .iter()
             .filter(|e| {
-                e.site == site
-                    && (include_bots || !e.is_bot)
-                    && e.ts > from_ms
-                    && e.ts <= as_of_ms
+                e.site == site && (include_bots || !e.is_bot) && e.ts > from_ms && e.ts <= as_of_ms
             })
             .map(|e| (e.id, e.is_bot))
             .collect();
@@ -367,7 +364,14 @@ pub fn run(limits: EngineLimits, start_ms: i64, ops: &[Op]) -> Result<RunSummary
                 include_bots,
             } => {
                 cursor += step_ms;
-                check_query(&engine, &mut model, &mut summary, site, cursor, include_bots)?;
+                check_query(
+                    &engine,
+                    &mut model,
+                    &mut summary,
+                    site,
+                    cursor,
+                    include_bots,
+                )?;
             }
             Op::QueryAtEdge {
                 site,
@@ -414,7 +418,14 @@ pub fn run(limits: EngineLimits, start_ms: i64, ops: &[Op]) -> Result<RunSummary
     }
     for site in 0..SITES {
         for include_bots in [false, true] {
-            check_query(&engine, &mut model, &mut summary, site, cursor, include_bots)?;
+            check_query(
+                &engine,
+                &mut model,
+                &mut summary,
+                site,
+                cursor,
+                include_bots,
+            )?;
         }
     }
     Ok(summary)

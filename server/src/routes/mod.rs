@@ -60,10 +60,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(path::REALTIME, get(realtime::realtime))
         .route(path::METRICS, get(scrape::metrics));
     #[cfg(feature = "test-clock")]
-    let admin = admin.route(
-        crate::test_clock::PATH,
-        post(crate::test_clock::set_route),
-    );
+    let admin = admin.route(crate::test_clock::PATH, post(crate::test_clock::set_route));
     let admin = admin
         // Route layers run last-added first: the token (or loopback) check comes before the
         // body's type is looked at.

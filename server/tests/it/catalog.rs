@@ -231,7 +231,11 @@ async fn visit_from(server: &Server, path: &str, referrer: &str, dnt: bool) {
     let body = json!({"website_id": "live", "type": "pageview", "url": path, "referrer": referrer});
     let headers: &[(&str, &str)] = if dnt { &[("dnt", "1")] } else { &[] };
     let resp = server
-        .collect_with(&body, Some(pulse_testkit::fixtures::CHROME_DESKTOP), headers)
+        .collect_with(
+            &body,
+            Some(pulse_testkit::fixtures::CHROME_DESKTOP),
+            headers,
+        )
         .await;
     assert_eq!(resp.status, 202, "collect {path}: {resp:?}");
 }
@@ -240,7 +244,12 @@ async fn visit_from(server: &Server, path: &str, referrer: &str, dnt: bool) {
 async fn recorded(server: &Server) -> std::collections::BTreeMap<String, Value> {
     pulse_testkit::fixtures::recent(&server.realtime("live").await)
         .into_iter()
-        .map(|e| (e["url"].as_str().unwrap().to_owned(), e["referrer_domain"].clone()))
+        .map(|e| {
+            (
+                e["url"].as_str().unwrap().to_owned(),
+                e["referrer_domain"].clone(),
+            )
+        })
         .collect()
 }
 
@@ -297,7 +306,13 @@ async fn patched_respect_dnt_and_domain_apply_to_the_next_event_and_survive_a_re
         (&json!(false), &json!("example.org")),
         "{site}"
     );
-    visit_from(&server, "/dnt-after-restart", "https://www.example.org/", true).await;
+    visit_from(
+        &server,
+        "/dnt-after-restart",
+        "https://www.example.org/",
+        true,
+    )
+    .await;
     let seen = recorded(&server).await;
     assert_eq!(
         seen.get("/dnt-after-restart"),

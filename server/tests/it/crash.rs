@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pulse_testkit::fixtures::{
-    counts_of, recent, sample, segment_files, Failures, CHROME_DESKTOP, CURL, FIREFOX_DESKTOP, GOOGLEBOT,
-    SAFARI_IPHONE,
+    counts_of, recent, sample, segment_files, Failures, CHROME_DESKTOP, CURL, FIREFOX_DESKTOP,
+    GOOGLEBOT, SAFARI_IPHONE,
 };
 use pulse_testkit::http::Client;
 use pulse_testkit::server::{assert_exit_zero, assert_killed, send, Opts, Server};
@@ -708,7 +708,11 @@ async fn sigterm_during_a_long_replay_exits_zero_with_every_202_logged_once() {
     proc.wait_ready(READY_DEADLINE).await;
     proc.site(SITE, "example.com").await;
     proc.site(DURING_SITE, "example.net").await;
-    assert_exit_zero(proc.stop(), "SIGTERM before filling the log", &proc.stderr());
+    assert_exit_zero(
+        proc.stop(),
+        "SIGTERM before filling the log",
+        &proc.stderr(),
+    );
     let now_ms = pulse_testkit::fixtures::now_secs() * 1000;
     write_numbered_log(tmp.path(), 0..LONG_REPLAY_EVENTS, now_ms);
     // The log's events count as acknowledged: each must come back exactly once.
@@ -750,7 +754,10 @@ async fn sigterm_during_a_long_replay_exits_zero_with_every_202_logged_once() {
     println!("SIGTERM during a replay of {LONG_REPLAY_EVENTS} events: exited in {stop_time:?}");
 
     let logged = check_log_exactly_once(tmp.path(), &ledger, "SIGTERM during a long replay");
-    assert_eq!(logged, extra.end, "every event sent was acknowledged and logged once");
+    assert_eq!(
+        logged, extra.end,
+        "every event sent was acknowledged and logged once"
+    );
     proc.respawn();
     let replay = proc.wait_ready(READY_DEADLINE).await;
     assert_eq!(replay_count(&replay, "events"), logged, "{replay}");
@@ -884,7 +891,9 @@ fn record_offsets(bytes: &[u8]) -> Vec<usize> {
 
 /// The segment file whose name is sequence number `first_seq`.
 fn segment_named(data_dir: &Path, first_seq: u64) -> std::path::PathBuf {
-    data_dir.join("segments").join(format!("{first_seq:020}.seg"))
+    data_dir
+        .join("segments")
+        .join(format!("{first_seq:020}.seg"))
 }
 
 /// Replay on the test clock after retention has deleted the oldest segments, with a sealed
@@ -958,13 +967,18 @@ async fn replay_after_retention_skips_and_salvages_the_same_events_at_every_star
     });
     // The segments of /c, /d and /e, and from the second start on the (empty) one each start
     // opens.
-    for (start, segments_read) in [("the first start after the damage", 3), ("a second start", 4)]
-    {
+    for (start, segments_read) in [
+        ("the first start after the damage", 3),
+        ("a second start", 4),
+    ] {
         proc.opts_mut().test_clock_ms = Some(restart_ms);
         proc.respawn();
         let replay = proc.wait_ready(READY_DEADLINE).await;
         for (field, expected) in expected_replay.as_object().unwrap() {
-            assert_eq!(&replay[field], expected, "{start}: replay.{field} in {replay}");
+            assert_eq!(
+                &replay[field], expected,
+                "{start}: replay.{field} in {replay}"
+            );
         }
         assert_eq!(replay["segments_read"], segments_read, "{start}: {replay}");
         let data = proc.realtime(SITE).await;
