@@ -1436,13 +1436,65 @@ async fn admin_token_guards_everything_but_collect_health_and_static_files() {
             failures.push(format!("{path} without a token: {resp:?}"));
         }
     }
-    for path in ["/", "/s.js"] {
+    // The dashboard and the tracker as embedded (the page with its files' hashed paths filled
+    // in), without the token.
+    let assets: [(&str, &str, fn(&str) -> bool); 2] = [
+        ("/", "text/html", |body| {
+            fills_the_template(include_str!("../../src/assets/index.html"), body)
+        }),
+        ("/s.js", "javascript", |body| {
+            body == include_str!("../../src/assets/s.js")
+        }),
+    ];
+    for (path, content_type, is_the_file) in assets {
         let resp = send(bare("GET", path)).await;
-        if resp.status == 401 {
-            failures.push(format!("static {path} must not need the token: {resp:?}"));
+        let served_type = resp.header("content-type").unwrap_or_default();
+        if resp.status != 200 || !served_type.contains(content_type) || !is_the_file(&resp.text()) {
+            failures.push(format!(
+                "static {path} without a token: want 200 {content_type} with the embedded file, \
+                 got {} {served_type:?} and {} bytes",
+                resp.status,
+                resp.body.len()
+            ));
         }
     }
     failures.assert_none();
+}
+
+/// Whether `served` is the dashboard `template` with each `{{app.css}}` and `{{app.js}}`
+/// replaced by a content-hashed path (`/assets/app.<hex>.css`, `.js`) and nothing else changed.
+fn fills_the_template(template: &str, served: &str) -> bool {
+    let mut rest = served;
+    let mut parts = template.split("{{");
+    let Some(first) = parts.next() else {
+        return false;
+    };
+    let Some(after) = rest.strip_prefix(first) else {
+        return false;
+    };
+    rest = after;
+    for part in parts {
+        let Some((name, literal)) = part.split_once("}}") else {
+            return false;
+        };
+        let Some(extension) = name.strip_prefix("app.") else {
+            return false;
+        };
+        let Some(hashed) = rest.strip_prefix("/assets/app.") else {
+            return false;
+        };
+        let hex_len = hashed.chars().take_while(char::is_ascii_hexdigit).count();
+        let Some(after) = hashed[hex_len..]
+            .strip_prefix('.')
+            .and_then(|tail| tail.strip_prefix(extension))
+            .and_then(|tail| tail.strip_prefix(literal))
+            .filter(|_| hex_len > 0)
+        else {
+            return false;
+        };
+        rest = after;
+    }
+    rest.is_empty()
 }
 
 #[tokio::test]
