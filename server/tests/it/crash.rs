@@ -138,6 +138,7 @@ async fn client_loop(
     client: Client,
     user_agent: &'static str,
     numbers: Arc<AtomicU64>,
+    acked_events: Arc<AtomicU64>,
     mut rng: Rng,
 ) -> Ledger {
     let mut ledger = Ledger::default();
@@ -156,7 +157,10 @@ async fn client_loop(
             .json(&body)
             .header("user-agent", user_agent);
         match request.send().await {
-            Ok(resp) if resp.status == 202 => ledger.acked.extend(&batch),
+            Ok(resp) if resp.status == 202 => {
+                ledger.acked.extend(&batch);
+                acked_events.fetch_add(count, Ordering::Relaxed);
+            }
             Ok(resp) => {
                 *ledger.other_statuses.entry(resp.status).or_default() += 1;
                 if resp.status == 503 {
@@ -172,8 +176,14 @@ async fn client_loop(
     }
 }
 
-/// Starts `CLIENTS` client tasks against `proc`.
-fn start_clients(proc: &Server, numbers: &Arc<AtomicU64>, rng: &mut Rng) -> JoinSet<Ledger> {
+/// Starts `CLIENTS` client tasks against `proc`; `acked_events` counts the events they get a
+/// 202 for.
+fn start_clients(
+    proc: &Server,
+    numbers: &Arc<AtomicU64>,
+    acked_events: &Arc<AtomicU64>,
+    rng: &mut Rng,
+) -> JoinSet<Ledger> {
     let mut tasks = JoinSet::new();
     for i in 0..CLIENTS {
         let ua = HUMAN_UAS[usize::try_from(i).unwrap() % HUMAN_UAS.len()];
@@ -181,10 +191,25 @@ fn start_clients(proc: &Server, numbers: &Arc<AtomicU64>, rng: &mut Rng) -> Join
             proc.client().clone(),
             ua,
             Arc::clone(numbers),
+            Arc::clone(acked_events),
             rng.fork(),
         ));
     }
     tasks
+}
+
+/// Waits until `acked_events` reaches `at_least` (the clients' 202s), panicking after
+/// `READY_DEADLINE`.
+async fn wait_for_acks(acked_events: &AtomicU64, at_least: u64, context: &str) {
+    let end = Instant::now() + READY_DEADLINE;
+    while acked_events.load(Ordering::Relaxed) < at_least {
+        assert!(
+            Instant::now() < end,
+            "{context}: only {} events acknowledged within {READY_DEADLINE:?}, {at_least} wanted",
+            acked_events.load(Ordering::Relaxed)
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
 }
 
 /// Waits for every client task (each ends at its first transport error) and merges what they
@@ -314,6 +339,9 @@ fn check_log_exactly_once(data_dir: &Path, ledger: &Ledger, context: &str) -> u6
 // ---------------------------------------------------------------------------------------------
 
 const SYNC: [&str; 2] = ["--durability", "sync"];
+/// Events each kill round must have acknowledged before its SIGKILL: the kill lands on live
+/// traffic, every round.
+const MIN_ACKS_PER_ROUND: u64 = 25;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_events_survive_sigkill_exactly_once() {
@@ -351,8 +379,16 @@ async fn acknowledged_events_survive_sigkill_exactly_once() {
             proc.site(SITE, "example.com").await;
         }
 
-        let tasks = start_clients(&proc, &numbers, &mut rng);
-        let delay = Duration::from_millis(rng.range(20, 250));
+        // Every kill hits a server under load: it has acknowledged events of this round first.
+        let acked_events = Arc::new(AtomicU64::new(0));
+        let tasks = start_clients(&proc, &numbers, &acked_events, &mut rng);
+        wait_for_acks(
+            &acked_events,
+            MIN_ACKS_PER_ROUND,
+            &format!("{context}, round {round}"),
+        )
+        .await;
+        let delay = Duration::from_millis(rng.range(0, 250));
         tokio::time::sleep(delay).await;
         let status = tokio::task::block_in_place(|| proc.kill_9());
         assert_killed(
@@ -375,8 +411,8 @@ async fn acknowledged_events_survive_sigkill_exactly_once() {
         ledger.sent.len()
     );
     assert!(
-        ledger.acked.len() >= rounds as usize,
-        "{context}: too few events were acknowledged ({}) for the test to mean anything; \
+        ledger.acked.len() as u64 >= rounds * MIN_ACKS_PER_ROUND,
+        "{context}: fewer than {MIN_ACKS_PER_ROUND} events a round were acknowledged ({}); \
          answers other than 202: {:?}",
         ledger.acked.len(),
         ledger.other_statuses
@@ -557,7 +593,7 @@ async fn sigterm_under_load_exits_zero_and_keeps_every_acknowledged_event() {
 
     let numbers = Arc::new(AtomicU64::new(0));
     let mut ledger = Ledger::default();
-    let tasks = start_clients(&proc, &numbers, &mut rng);
+    let tasks = start_clients(&proc, &numbers, &Arc::new(AtomicU64::new(0)), &mut rng);
     let delay = Duration::from_millis(rng.range(150, 400));
     tokio::time::sleep(delay).await;
     let status = tokio::task::block_in_place(|| proc.stop());
