@@ -1467,7 +1467,8 @@ async fn admin_token_guards_everything_but_collect_health_and_static_files() {
     }
     // The dashboard and the tracker as embedded (the page with its files' hashed paths filled
     // in), without the token.
-    let assets: [(&str, &str, fn(&str) -> bool); 2] = [
+    type IsTheFile = fn(&str) -> bool;
+    let assets: [(&str, &str, IsTheFile); 2] = [
         ("/", "text/html", |body| {
             fills_the_template(include_str!("../../src/assets/index.html"), body)
         }),

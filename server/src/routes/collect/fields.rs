@@ -393,7 +393,18 @@ mod tests {
     /// Characters worth drawing often: those with short escapes, controls without one, and
     /// characters beyond the BMP (surrogate pairs when escaped).
     const TRICKY_CHARS: [char; 12] = [
-        '"', '\\', '/', '\u{8}', '\u{c}', '\n', '\r', '\t', '\u{0}', '\u{1f}', '😀', '\u{10FFFF}',
+        '"',
+        '\\',
+        '/',
+        '\u{8}',
+        '\u{c}',
+        '\n',
+        '\r',
+        '\t',
+        '\u{0}',
+        '\u{1f}',
+        '😀',
+        '\u{10FFFF}',
     ];
 
     proptest::proptest! {
