@@ -19,6 +19,32 @@ use tokio::sync::oneshot;
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
+/// The committed User-Agent samples (`testdata/`).
+fn testdata_dir() -> &'static std::path::Path {
+    std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata"))
+}
+
+/// The committed samples, asserting they were read rather than replaced by the built-in ones.
+fn sample_user_agents() -> UserAgents {
+    let agents = UserAgents::from_dir_or_builtin(testdata_dir());
+    assert_ne!(
+        agents.source, "built-in sample",
+        "testdata/*-user-agents.txt were not read"
+    );
+    agents
+}
+
+/// The non-empty lines of `testdata/<name>`, trimmed: what the harness must load from it.
+fn sample_lines(name: &str) -> Vec<String> {
+    std::fs::read_to_string(testdata_dir().join(name))
+        .unwrap()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_owned)
+        .collect()
+}
+
 /// A server on the test's runtime; dropping `stop` (or sending on it) shuts it down.
 struct Server {
     addr: SocketAddr,
@@ -193,9 +219,15 @@ async fn harness_counts_match_the_server_at_a_fixed_rate_and_in_batches() {
     config.custom_share = 0.2;
     config.visitors = 120;
     config.realtime_poll = Some(Duration::from_millis(20));
-    let report = run(&config, UserAgents::builtin(), std::future::pending())
+    // The committed samples, so a sample the server would classify otherwise fails the counts.
+    let report = run(&config, sample_user_agents(), std::future::pending())
         .await
         .unwrap();
+    assert!(
+        report.user_agents.contains("testdata"),
+        "the run used {}",
+        report.user_agents
+    );
     check_against_server(&server, "harness-rate", &report, 300).await;
     assert!(report.elapsed_secs >= 0.45, "paced at 600/s: {report:#?}");
     assert!(report.counts.custom_events_accepted > 0);
@@ -258,22 +290,26 @@ fn the_builtin_user_agents_are_classified_as_labelled() {
 }
 
 #[test]
-fn the_testdata_user_agent_files_load_or_fall_back() {
-    let dir = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata"));
-    let agents = UserAgents::from_dir_or_builtin(dir);
-    // The committed samples are read, not the built-in fallback.
-    assert_ne!(agents.source, "built-in sample");
+fn the_testdata_user_agent_files_load_line_for_line_or_fall_back() {
+    let agents = sample_user_agents();
+    assert_eq!(agents.browsers, sample_lines("browser-user-agents.txt"));
+    assert_eq!(agents.bots, sample_lines("bot-user-agents.txt"));
     assert!(
-        agents.browsers.len() > BUILTIN_BROWSERS.len(),
-        "{}",
-        agents.browsers.len()
+        agents.browsers.len() > BUILTIN_BROWSERS.len() && agents.bots.len() > BUILTIN_BOTS.len()
     );
-    assert!(
-        agents.bots.len() > BUILTIN_BOTS.len(),
-        "{}",
-        agents.bots.len()
-    );
+
+    // Without both files the harness says it uses its built-in sample.
     let missing = UserAgents::from_dir_or_builtin(std::path::Path::new("/nonexistent"));
     assert_eq!(missing.browsers.len(), BUILTIN_BROWSERS.len());
     assert_eq!(missing.source, "built-in sample");
+    let half = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        testdata_dir().join("browser-user-agents.txt"),
+        half.path().join("browser-user-agents.txt"),
+    )
+    .unwrap();
+    assert_eq!(
+        UserAgents::from_dir_or_builtin(half.path()).source,
+        "built-in sample"
+    );
 }

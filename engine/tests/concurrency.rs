@@ -1,16 +1,20 @@
 //! Concurrency: writer threads ingest while reader threads query the same website.
 //!
 //! Readers must always see a consistent list (newest first, no duplicates, only events that were
-//! really ingested); after the writers join, the ring must hold exactly the last `ring_capacity`
-//! arrivals of each class, and the counts must equal a model computed from what was sent.
+//! really ingested), and every reader must have seen a non-empty list in a query during which a
+//! writer ingested (writers go on past their quota until each reader has, so the test cannot pass
+//! with readers that ran only before or after them); after the writers join, the ring must hold
+//! exactly the last `ring_capacity` arrivals of each class, and the counts must equal a model
+//! computed from what was sent.
 
 // Test and bench code: a failed unwrap is a failed check, which is what we want here.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
+use std::time::{Duration, Instant};
 
 use pulse_engine::{
     Browser, DeviceType, Engine, EngineLimits, Event, EventKind, Ingested, Timestamp, VisitorId,
@@ -20,6 +24,8 @@ use pulse_engine::{
 const WRITERS: u64 = 4;
 const READERS: usize = 2;
 const T0: i64 = 1_780_000_000_000;
+/// How long writers go on past their quota waiting for every reader to see them write.
+const OVERLAP_DEADLINE: Duration = Duration::from_secs(30);
 
 fn site() -> WebsiteId {
     WebsiteId::new("busy").unwrap()
@@ -51,16 +57,28 @@ fn run(events_per_writer: u64, ring_capacity: usize) {
     let engine = Arc::new(Engine::new(limits).unwrap());
     engine.add_website(site()).unwrap();
     let done = Arc::new(AtomicBool::new(false));
+    // Events ingested so far, and readers that saw a non-empty list in a query during which
+    // that number grew.
+    let pushed = Arc::new(AtomicU64::new(0));
+    let overlapped = Arc::new(AtomicU64::new(0));
     let now = T0 + (events_per_writer * 7 + WRITERS * 3) as i64;
 
     let readers: Vec<_> = (0..READERS)
         .map(|r| {
             let engine = Arc::clone(&engine);
             let done = Arc::clone(&done);
+            let (pushed, overlapped) = (Arc::clone(&pushed), Arc::clone(&overlapped));
             thread::spawn(move || {
                 let mut queries = 0_u64;
+                let mut saw_writes = false;
                 while !done.load(Ordering::Acquire) || queries == 0 {
+                    let before = pushed.load(Ordering::Acquire);
                     let answer = engine.realtime(&site(), now, r % 2 == 0).unwrap();
+                    let during = pushed.load(Ordering::Acquire) > before;
+                    if during && !saw_writes && !answer.recent_events.is_empty() {
+                        saw_writes = true;
+                        overlapped.fetch_add(1, Ordering::AcqRel);
+                    }
                     let mut seen = HashSet::new();
                     for pair in answer.recent_events.windows(2) {
                         let key = |e: &pulse_engine::RecentEvent| (e.event.ts, e.arrival);
@@ -83,13 +101,26 @@ fn run(events_per_writer: u64, ring_capacity: usize) {
     let writers: Vec<_> = (0..WRITERS)
         .map(|w| {
             let engine = Arc::clone(&engine);
+            let (pushed, overlapped) = (Arc::clone(&pushed), Arc::clone(&overlapped));
             thread::spawn(move || {
                 let mut arrivals = Vec::new();
-                for i in 0..events_per_writer {
+                let mut quota_done_at = None;
+                for i in 0.. {
+                    if i >= events_per_writer {
+                        if overlapped.load(Ordering::Acquire) == READERS as u64 {
+                            break;
+                        }
+                        let since = *quota_done_at.get_or_insert_with(Instant::now);
+                        assert!(
+                            since.elapsed() < OVERLAP_DEADLINE,
+                            "readers saw no events while writers wrote"
+                        );
+                    }
                     match engine.ingest(event(w, i), None).unwrap() {
                         Ingested::Windowed { arrival } => arrivals.push(arrival),
                         other => panic!("event {w}:{i} was {other:?}"),
                     }
+                    pushed.fetch_add(1, Ordering::AcqRel);
                 }
                 arrivals
             })
@@ -97,17 +128,25 @@ fn run(events_per_writer: u64, ring_capacity: usize) {
         .collect();
 
     let mut arrivals: Vec<(u64, u64)> = Vec::new();
+    let mut written = [0_u64; WRITERS as usize];
     for (w, writer) in writers.into_iter().enumerate() {
-        arrivals.extend(writer.join().unwrap().into_iter().map(|a| (a, w as u64)));
+        let mine = writer.join().unwrap();
+        written[w] = mine.len() as u64;
+        arrivals.extend(mine.into_iter().map(|a| (a, w as u64)));
     }
     done.store(true, Ordering::Release);
     for reader in readers {
         assert!(reader.join().unwrap() > 0);
     }
+    assert_eq!(
+        overlapped.load(Ordering::Acquire),
+        READERS as u64,
+        "every reader saw a non-empty list while writers wrote"
+    );
 
     // Arrival numbers are unique and gap-free across all writers.
     arrivals.sort_unstable();
-    let total = WRITERS * events_per_writer;
+    let total: u64 = written.iter().sum();
     assert_eq!(arrivals.len() as u64, total);
     assert!(arrivals
         .iter()
@@ -147,11 +186,17 @@ fn run(events_per_writer: u64, ring_capacity: usize) {
     // Counts equal the model: every event is inside the window.
     let humans = engine.realtime(&site(), now, false).unwrap();
     let all = engine.realtime(&site(), now, true).unwrap();
-    let distinct_per_writer = events_per_writer.min(37);
-    assert_eq!(humans.total_in_window, (WRITERS - 1) * events_per_writer);
+    let distinct = |w: usize| written[w].min(37);
+    assert_eq!(humans.total_in_window, total - written[0]);
     assert_eq!(all.total_in_window, total);
-    assert_eq!(humans.active_visitors, (WRITERS - 1) * distinct_per_writer);
-    assert_eq!(all.active_visitors, WRITERS * distinct_per_writer);
+    assert_eq!(
+        humans.active_visitors,
+        (1..WRITERS as usize).map(distinct).sum::<u64>()
+    );
+    assert_eq!(
+        all.active_visitors,
+        (0..WRITERS as usize).map(distinct).sum::<u64>()
+    );
 }
 
 #[test]

@@ -102,14 +102,23 @@ impl<S: TimeSource> EventClock<S> {
 static CLOCK: LazyLock<EventClock<SystemClocks>> =
     LazyLock::new(|| EventClock::new(SystemClocks::new()));
 
-/// Milliseconds since the Unix epoch, from the process's `EventClock`: never decreases.
+/// Milliseconds since the Unix epoch, from the process's `EventClock`: never decreases. (In a
+/// test build started with `--test-clock`, the instant the test set: `test_clock.rs`.)
 pub fn now_ms() -> i64 {
+    #[cfg(feature = "test-clock")]
+    if let Some(now_ms) = crate::test_clock::now_ms() {
+        return now_ms;
+    }
     CLOCK.now_ms()
 }
 
 /// How far the server's "now" runs ahead of the system clock (after the system clock stepped
 /// back), for `/metrics`.
 pub fn ahead_of_wall_ms() -> i64 {
+    #[cfg(feature = "test-clock")]
+    if crate::test_clock::now_ms().is_some() {
+        return 0;
+    }
     CLOCK.ahead_of_wall_ms()
 }
 

@@ -136,6 +136,18 @@ pub struct Config {
     /// Log format on stderr.
     #[arg(long, env = "PULSE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// Tests only (`test-clock` builds): start with "now" standing still at this unix
+    /// millisecond; `POST /api/test/clock` moves it. Flag only, never an environment variable.
+    #[cfg(feature = "test-clock")]
+    #[arg(long, hide = true, value_name = "UNIX_MS")]
+    pub test_clock: Option<i64>,
+
+    /// Tests only (`test-clock` builds): the active window in seconds instead of 30 minutes
+    /// (also the salts' carry-over after midnight and the log's replay horizon).
+    #[cfg(feature = "test-clock")]
+    #[arg(long, hide = true, value_name = "SECS")]
+    pub test_window_secs: Option<u32>,
 }
 
 impl Config {
@@ -153,8 +165,18 @@ impl Config {
     pub fn engine_limits(&self, plan: &MemoryPlan) -> EngineLimits {
         plan.engine_limits(EngineLimits {
             ring_capacity: self.ring_capacity,
+            window_secs: self.window_secs(),
             ..EngineLimits::default()
         })
+    }
+
+    /// The active window: 30 minutes, or `--test-window-secs` in a test build.
+    fn window_secs(&self) -> u32 {
+        #[cfg(feature = "test-clock")]
+        if let Some(secs) = self.test_window_secs {
+            return secs;
+        }
+        EngineLimits::DEFAULT_WINDOW_SECS
     }
 
     /// The admin token, trimmed of surrounding whitespace (a token read from a file often ends

@@ -143,6 +143,9 @@ impl IntoResponse for ApiError {
 pub enum ServerError {
     #[error("refusing to listen on {addr} without an admin token: set --admin-token or PULSE_ADMIN_TOKEN, or listen on a loopback address")]
     TokenRequired { addr: std::net::SocketAddr },
+    #[cfg(feature = "test-clock")]
+    #[error("refusing --test-clock on {addr}: a test clock listens on loopback only")]
+    TestClockExposed { addr: std::net::SocketAddr },
     #[error("refusing the admin token: {reason}; set --admin-token (PULSE_ADMIN_TOKEN) to a value without spaces")]
     AdminToken { reason: &'static str },
     #[error("data directory {path}: {source}")]

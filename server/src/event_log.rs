@@ -213,6 +213,9 @@ pub struct LogStatus {
     first_seq: AtomicU64,
     /// Set while `stall` holds a reason; read on every submit, so it is an atomic.
     stalled: AtomicBool,
+    /// Set when shutdown begins: a replay still running stops counting in the engine (nobody
+    /// will ask it again) and only reads the log to its end, to append the queue after it.
+    stopping: AtomicBool,
     stall: Mutex<Option<Arc<LogStall>>>,
     fatal_notify: Notify,
     ready_notify: Notify,
@@ -463,6 +466,7 @@ impl EventLog {
     /// Asks the log thread to write and fsync everything queued, then waits for it to stop.
     /// Blocking: call it from a blocking context.
     pub fn shutdown(&self) {
+        self.status.stopping.store(true, Ordering::Relaxed);
         let _ = self.sender.send(Message::Shutdown);
         let handle = self
             .thread
@@ -542,7 +546,14 @@ fn run_log_thread(
     };
     let mut future = FutureEvents::default();
     let mut superseded: u64 = 0;
+    let mut uncounted: u64 = 0;
     let report = replay(&options.dir, replay_options, |logged| {
+        if status.stopping.load(Ordering::Relaxed) {
+            // Shutting down: the log must still be read to its end (torn tails, damage, the next
+            // sequence number), but counting in memory would only delay the exit.
+            uncounted += 1;
+            return;
+        }
         let start = options.log_starts.get(logged.entry.website());
         if start.is_some_and(|&start| logged.seq < start) {
             // Logged for a deleted website whose id was used again: never counted.
@@ -586,6 +597,12 @@ fn run_log_thread(
         ms = report.duration.as_millis() as u64,
         "replay done"
     );
+    if uncounted > 0 {
+        tracing::info!(
+            events = uncounted,
+            "shutdown began during replay: the rest of the log was read but not counted"
+        );
+    }
     if superseded > 0 {
         tracing::info!(
             events = superseded,

@@ -25,7 +25,8 @@
 //! - `memory`: `MemoryPlan`, how `--memory-limit` is divided. `metrics`: the Prometheus
 //!   registry (`prometheus-client`), metric names, labels and the scrape encoding.
 //!   `rate_limit`: per-IP token buckets in fixed memory.
-//! - `geoip`: optional country lookup. `clock`: now and RFC 3339.
+//! - `geoip`: optional country lookup. `clock`: now and RFC 3339. `test_clock` (feature
+//!   `test-clock`, tests only): a "now" tests set over HTTP.
 //! - `atomic_file`: crash-safe small-file replacement. `error`: `ApiError`, `ServerError`.
 
 use std::future::Future;
@@ -63,6 +64,8 @@ pub mod rate_limit;
 pub mod routes;
 pub mod salts;
 pub mod state;
+#[cfg(feature = "test-clock")]
+pub mod test_clock;
 pub mod url_normaliser;
 pub mod user_agent;
 pub mod wire_errors;
@@ -90,6 +93,12 @@ const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(5);
 /// Refuses configurations that would expose the admin API without a token.
 pub fn check_exposure(config: &Config) -> Result<(), ServerError> {
     let has_token = config.admin_token()?.is_some();
+    #[cfg(feature = "test-clock")]
+    if config.test_clock.is_some() && !config.listen.ip().is_loopback() {
+        return Err(ServerError::TestClockExposed {
+            addr: config.listen,
+        });
+    }
     if !has_token && !config.listen.ip().is_loopback() {
         return Err(ServerError::TokenRequired {
             addr: config.listen,

@@ -62,6 +62,10 @@ async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     init_logging(config.log_format);
     pulse_server::check_exposure(&config)?;
+    #[cfg(feature = "test-clock")]
+    if let Some(start_ms) = config.test_clock {
+        pulse_server::test_clock::start(start_ms);
+    }
     let shutdown = shutdown_signal()?;
     let listener = TcpListener::bind(config.listen)
         .await

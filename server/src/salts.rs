@@ -285,6 +285,44 @@ mod tests {
         assert_eq!(files(store.dir()), [format!("{}.salt", DAY + 1)]);
     }
 
+    /// A data directory left at 23:59 with one visitor's id under yesterday's salt.
+    fn left_before_midnight(data: &Path, ip: IpAddr) -> pulse_engine::VisitorId {
+        let midnight = (DAY + 1) * Timestamp::DAY_MS;
+        let store = SaltStore::open(data, at(midnight - 60_000), CARRY_MS).unwrap();
+        store
+            .identify(at(midnight - 60_000), ip, "UA")
+            .unwrap()
+            .visitor
+    }
+
+    #[test]
+    fn open_inside_the_carry_over_keeps_yesterdays_salt_and_carries_its_ids() {
+        let data = tempfile::tempdir().unwrap();
+        let ip: IpAddr = "198.51.100.9".parse().unwrap();
+        let yesterday_id = left_before_midnight(data.path(), ip);
+        let midnight = (DAY + 1) * Timestamp::DAY_MS;
+        let inside = at(midnight + CARRY_MS - 1);
+        let store = SaltStore::open(data.path(), inside, CARRY_MS).unwrap();
+        assert_eq!(
+            files(store.dir()),
+            [format!("{DAY}.salt"), format!("{}.salt", DAY + 1)]
+        );
+        let identity = store.identify(inside, ip, "UA").unwrap();
+        assert_eq!(identity.carried_from, Some(yesterday_id));
+    }
+
+    #[test]
+    fn open_after_the_carry_over_deletes_yesterdays_salt() {
+        let data = tempfile::tempdir().unwrap();
+        let ip: IpAddr = "198.51.100.9".parse().unwrap();
+        left_before_midnight(data.path(), ip);
+        let midnight = (DAY + 1) * Timestamp::DAY_MS;
+        let after = at(midnight + CARRY_MS);
+        let store = SaltStore::open(data.path(), after, CARRY_MS).unwrap();
+        assert_eq!(files(store.dir()), [format!("{}.salt", DAY + 1)]);
+        assert_eq!(store.identify(after, ip, "UA").unwrap().carried_from, None);
+    }
+
     #[test]
     fn stale_and_foreign_files_are_deleted_on_open() {
         let data = tempfile::tempdir().unwrap();

@@ -3,6 +3,11 @@
 //! model keeps every event and every touch (a visitor seen without an event) in a `Vec` and
 //! answers each query by scanning it. It does not choose the operations: the property test
 //! draws them with proptest, the fuzz target from its input.
+//!
+//! The model is always exact. While the engine says a count is `approximate` (a crowd pushed a
+//! small visitor budget over), its visitor count must be within 2% of the model's — widened by
+//! the estimate's one-tick window edge — and everything else must still be identical; once it
+//! says exact again, every answer must be identical again.
 
 // Test code: a failed unwrap is a failed check, which is what we want here.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -51,6 +56,18 @@ pub enum Op {
         delta_ms: i64,
         include_bots: bool,
     },
+    /// `visitors` distinct human visitors, none of them among the `PEOPLE`, one pageview each
+    /// at the current time: enough of them push a small visitor budget into approximate counts.
+    Crowd { site: usize, visitors: u32 },
+}
+
+/// What a run saw, for checks beyond "every answer matched".
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunSummary {
+    /// Answers the engine marked approximate (each checked within 2% of the model).
+    pub approximate_answers: u64,
+    /// Whether each website's last answer was approximate.
+    pub last_approximate: [bool; SITES],
 }
 
 #[derive(Debug, Clone)]
@@ -63,6 +80,9 @@ struct ModelEvent {
     /// `None` for a touch: it counts its visitor and nothing else.
     target: Option<&'static str>,
     arrival: u64,
+    /// Its position among its website's events of its class: the ring keeps the last
+    /// `ring_capacity` of them.
+    class_seq: u64,
 }
 
 /// The naive reference: every windowed event and touch in a Vec, scanned on each query.
@@ -71,6 +91,8 @@ struct Model {
     events: Vec<ModelEvent>,
     clock: [i64; SITES],
     next_arrival: [u64; SITES],
+    /// Events ingested per website and class (humans, bots).
+    class_events: [[u64; 2]; SITES],
 }
 
 /// What both sides must agree on for one query.
@@ -89,11 +111,17 @@ impl Model {
             events: Vec::new(),
             clock: [i64::MIN; SITES],
             next_arrival: [0; SITES],
+            class_events: [[0; 2]; SITES],
         }
     }
 
     fn window_ms(&self) -> i64 {
         self.limits.window_ms()
+    }
+
+    /// The approximate count's time resolution: 1/1000 of the window (`approx.rs`).
+    fn tick_ms(&self) -> i64 {
+        (self.window_ms() / 1000).max(1)
     }
 
     /// Records an event (`target` set) or a touch (`None`); false when it is outside the window.
@@ -125,8 +153,12 @@ impl Model {
             }
         }
         let arrival = self.next_arrival[site];
+        // A touch takes no arrival number and no place in the ring.
+        let mut class_seq = 0;
         if target.is_some() {
             self.next_arrival[site] += 1;
+            class_seq = self.class_events[site][usize::from(is_bot)];
+            self.class_events[site][usize::from(is_bot)] += 1;
         }
         self.events.push(ModelEvent {
             site,
@@ -135,6 +167,7 @@ impl Model {
             is_bot,
             target,
             arrival,
+            class_seq,
         });
         true
     }
@@ -143,6 +176,11 @@ impl Model {
         self.clock[site] = self.clock[site].max(now);
         let as_of = self.clock[site];
         let cutoff = as_of - self.window_ms();
+        // The clock never goes back, so what left the window never counts again (kept one
+        // estimate tick longer for `check_query`); each event knows its place in the ring
+        // (`class_seq`), so dropping one changes nothing else.
+        let keep_after = cutoff - self.tick_ms();
+        self.events.retain(|e| e.site != site || e.ts > keep_after);
         let counted = |e: &&ModelEvent| {
             e.site == site && (include_bots || !e.is_bot) && e.ts > cutoff && e.ts <= as_of
         };
@@ -162,18 +200,16 @@ impl Model {
             .count() as u64;
 
         // The rings keep the last `ring_capacity` arrivals of each class.
-        let retained = |is_bot: bool| {
-            let class: Vec<&ModelEvent> = self
-                .events
-                .iter()
-                .filter(|e| e.site == site && e.is_bot == is_bot && e.target.is_some())
-                .collect();
-            let skip = class.len().saturating_sub(self.limits.ring_capacity);
-            class.into_iter().skip(skip)
-        };
-        let mut recent: Vec<&ModelEvent> = retained(false)
-            .chain(retained(true).filter(|_| include_bots))
+        let class_events = self.class_events[site];
+        let capacity = self.limits.ring_capacity as u64;
+        let retained =
+            |e: &&ModelEvent| e.class_seq + capacity >= class_events[usize::from(e.is_bot)];
+        let mut recent: Vec<&ModelEvent> = self
+            .events
+            .iter()
+            .filter(|e| e.target.is_some())
             .filter(counted)
+            .filter(retained)
             .collect();
         recent.sort_by_key(|e| std::cmp::Reverse((e.ts, e.arrival)));
         recent.truncate(self.limits.recent_limit);
@@ -189,6 +225,28 @@ impl Model {
     }
 }
 
+impl Model {
+    /// Distinct visitors of `site` with an event in `(from_ms, as_of_ms]`.
+    fn visitors_since(&self, site: usize, include_bots: bool, from_ms: i64, as_of_ms: i64) -> u64 {
+        let mut visitors: Vec<(u64, bool)> = self
+            .events
+            .iter()
+            .filter(|e| {
+                e.site == site && (include_bots || !e.is_bot) && e.ts > from_ms && e.ts <= as_of_ms
+            })
+            .map(|e| (e.id, e.is_bot))
+            .collect();
+        visitors.sort_unstable();
+        visitors.dedup();
+        visitors.len() as u64
+    }
+}
+
+/// A crowd visitor's id: distinct for every `n` (multiplying by an odd constant is a bijection).
+fn crowd_id(n: u64) -> u64 {
+    n.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
 pub fn site_id(site: usize) -> WebsiteId {
     WebsiteId::new(&format!("site-{site}")).unwrap()
 }
@@ -200,9 +258,11 @@ pub fn salt_for(day: i64) -> DailySalt {
     }
 }
 
-fn engine_answer(engine: &Engine, site: usize, now: i64, include_bots: bool) -> Answer {
+/// The engine's answer and whether it called its visitor count approximate.
+fn engine_answer(engine: &Engine, site: usize, now: i64, include_bots: bool) -> (Answer, bool) {
     let answer = engine.realtime(&site_id(site), now, include_bots).unwrap();
-    Answer {
+    let approximate = answer.approximate;
+    let answer = Answer {
         as_of_ms: answer.as_of_ms,
         active_visitors: answer.active_visitors,
         total_in_window: answer.total_in_window,
@@ -211,12 +271,49 @@ fn engine_answer(engine: &Engine, site: usize, now: i64, include_bots: bool) -> 
             .iter()
             .map(|r| (r.event.ts.unix_ms(), r.arrival, r.event.target.to_string()))
             .collect(),
-    }
+    };
+    (answer, approximate)
 }
 
-/// Runs `ops` against both the engine and the model from `start_ms`, comparing every answer.
-pub fn run(limits: EngineLimits, start_ms: i64, ops: &[Op]) -> Result<(), String> {
+/// Compares the engine's answer for `site` at `now` with the model's: identical when exact;
+/// when approximate, identical but for the visitor count, which must be within 2% of the
+/// model's — below, of the exact count; above, of the count with the window one estimate tick
+/// (1/1000 of the window) longer, the estimate's documented edge.
+fn check_query(
+    engine: &Engine,
+    model: &mut Model,
+    summary: &mut RunSummary,
+    site: usize,
+    now: i64,
+    include_bots: bool,
+) -> Result<(), String> {
+    let (mut answer, approximate) = engine_answer(engine, site, now, include_bots);
+    let expected = model.realtime(site, now, include_bots);
+    summary.last_approximate[site] = approximate;
+    if approximate {
+        summary.approximate_answers += 1;
+        let from_ms = expected.as_of_ms - model.window_ms() - model.tick_ms();
+        let widened = model.visitors_since(site, include_bots, from_ms, expected.as_of_ms);
+        let low = (expected.active_visitors as f64 * 0.98).floor() as u64;
+        let high = (widened as f64 * 1.02).ceil() as u64;
+        if !(low..=high).contains(&answer.active_visitors) {
+            return Err(format!(
+                "approximate active_visitors {} of site {site} at {now} is not within 2% of the \
+                 model's {} (or {widened} with the window one tick longer)",
+                answer.active_visitors, expected.active_visitors
+            ));
+        }
+        answer.active_visitors = expected.active_visitors;
+    }
+    same(answer, expected)
+}
+
+/// Runs `ops` against both the engine and the model from `start_ms`, comparing every answer
+/// (see `check_query`), and says what it saw.
+pub fn run(limits: EngineLimits, start_ms: i64, ops: &[Op]) -> Result<RunSummary, String> {
     let engine = Engine::new(limits).unwrap();
+    let mut summary = RunSummary::default();
+    let mut crowd_next: u64 = 0;
     for site in 0..SITES {
         engine.add_website(site_id(site)).unwrap();
     }
@@ -306,8 +403,14 @@ pub fn run(limits: EngineLimits, start_ms: i64, ops: &[Op]) -> Result<(), String
                 include_bots,
             } => {
                 cursor += step_ms;
-                let expected = model.realtime(site, cursor, include_bots);
-                same(engine_answer(&engine, site, cursor, include_bots), expected)?;
+                check_query(
+                    &engine,
+                    &mut model,
+                    &mut summary,
+                    site,
+                    cursor,
+                    include_bots,
+                )?;
             }
             Op::QueryAtEdge {
                 site,
@@ -321,18 +424,50 @@ pub fn run(limits: EngineLimits, start_ms: i64, ops: &[Op]) -> Result<(), String
                 let edge = seen_ts[event_pick % seen_ts.len()] + limits.window_ms();
                 let now = edge + delta_ms;
                 cursor = cursor.max(now);
-                let expected = model.realtime(site, now, include_bots);
-                same(engine_answer(&engine, site, now, include_bots), expected)?;
+                check_query(&engine, &mut model, &mut summary, site, now, include_bots)?;
+            }
+            Op::Crowd { site, visitors } => {
+                let ts_at = Timestamp::from_unix_ms(cursor).unwrap();
+                for _ in 0..visitors {
+                    crowd_next += 1;
+                    let id = crowd_id(crowd_next);
+                    let event = Event {
+                        website: site_id(site),
+                        ts: ts_at,
+                        visitor: VisitorId(id),
+                        kind: EventKind::Pageview,
+                        target: Arc::from(TARGETS[0]),
+                        referrer_domain: None,
+                        is_bot: false,
+                        browser: Browser::Firefox,
+                        device: DeviceType::Mobile,
+                        country: None,
+                    };
+                    let outcome = engine.ingest(event, None).unwrap();
+                    let windowed = model.record(site, cursor, id, None, false, Some(TARGETS[0]));
+                    if matches!(outcome, Ingested::Windowed { .. }) != windowed {
+                        return Err(format!(
+                            "crowd ingest outcome differs at ts {cursor}: engine {outcome:?}"
+                        ));
+                    }
+                }
+                seen_ts.push(cursor);
             }
         }
     }
     for site in 0..SITES {
         for include_bots in [false, true] {
-            let expected = model.realtime(site, cursor, include_bots);
-            same(engine_answer(&engine, site, cursor, include_bots), expected)?;
+            check_query(
+                &engine,
+                &mut model,
+                &mut summary,
+                site,
+                cursor,
+                include_bots,
+            )?;
         }
     }
-    Ok(())
+    Ok(summary)
 }
 
 /// The timestamp and identity of person `person` seen `step_ms` after the cursor (moving it), or

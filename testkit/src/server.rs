@@ -45,6 +45,11 @@ pub struct Opts {
     pub extra_args: Vec<String>,
     /// Further environment variables (`LD_PRELOAD` for libfaketime, …).
     pub extra_env: Vec<(String, String)>,
+    /// `--test-clock`: "now" stands still at this unix millisecond until `Server::set_clock`
+    /// moves it (the binary must be a `test-clock` build, as `cargo test` makes it).
+    pub test_clock_ms: Option<i64>,
+    /// `--test-window-secs`: the active window (and the salts' carry-over) in seconds.
+    pub test_window_secs: Option<u32>,
 }
 
 impl Default for Opts {
@@ -57,6 +62,8 @@ impl Default for Opts {
             via_env: false,
             extra_args: Vec::new(),
             extra_env: Vec::new(),
+            test_clock_ms: None,
+            test_window_secs: None,
         }
     }
 }
@@ -89,6 +96,18 @@ impl Opts {
 
     pub fn env(mut self, key: &str, value: &str) -> Self {
         self.extra_env.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Runs on the test clock, starting at `unix_ms`.
+    pub fn test_clock(mut self, unix_ms: i64) -> Self {
+        self.test_clock_ms = Some(unix_ms);
+        self
+    }
+
+    /// Runs with a `secs`-second window instead of 30 minutes.
+    pub fn test_window_secs(mut self, secs: u32) -> Self {
+        self.test_window_secs = Some(secs);
         self
     }
 
@@ -129,6 +148,13 @@ impl Opts {
             } else {
                 cmd.arg(flag).arg(value);
             }
+        }
+        // Test-only flags are never environment variables, so no deployment can set them.
+        if let Some(unix_ms) = self.test_clock_ms {
+            cmd.arg("--test-clock").arg(unix_ms.to_string());
+        }
+        if let Some(secs) = self.test_window_secs {
+            cmd.arg("--test-window-secs").arg(secs.to_string());
         }
         cmd.args(&self.extra_args);
         cmd.envs(self.extra_env.iter().map(|(k, v)| (k, v)));
@@ -402,6 +428,12 @@ impl Server {
         status
     }
 
+    /// The options the next `respawn` starts with (e.g. a later `test_clock_ms` for a restart at
+    /// another time).
+    pub fn opts_mut(&mut self) -> &mut Opts {
+        &mut self.opts
+    }
+
     /// Starts the process again on the same data directory with the same options, after it was
     /// killed or stopped.
     pub fn respawn(&mut self) {
@@ -614,6 +646,15 @@ impl Server {
     /// `(active_visitors, total_in_window)` with the default bot policy.
     pub async fn counts(&self, id: &str) -> (u64, u64) {
         counts_of(&self.realtime(id).await)
+    }
+
+    /// Moves the test clock (`--test-clock`) forward to `unix_ms` with `POST /api/test/clock`,
+    /// asserting 200.
+    pub async fn set_clock(&self, unix_ms: i64) {
+        let resp = self
+            .post_json("/api/test/clock", &json!({ "now_ms": unix_ms }))
+            .await;
+        assert_eq!(resp.status, 200, "POST /api/test/clock {unix_ms}: {resp:?}");
     }
 
     /// `GET /readyz` as it is: 503 `not_ready` during replay, 200 with the replay report after.

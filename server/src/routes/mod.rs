@@ -62,7 +62,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route(path::REALTIME, get(realtime::realtime))
         .route(path::REALTIME_STREAM, get(stream::stream))
-        .route(path::METRICS, get(scrape::metrics))
+        .route(path::METRICS, get(scrape::metrics));
+    #[cfg(feature = "test-clock")]
+    let admin = admin.route(crate::test_clock::PATH, post(crate::test_clock::set_route));
+    let admin = admin
         // Route layers run last-added first: the token (or loopback) check comes before the
         // body's type is looked at.
         .route_layer(middleware::from_fn(require_json_body))

@@ -468,10 +468,15 @@ async function main() {
   await screenshot(dashboard, "skeleton");
   releaseFirst();
 
-  const loaded = await until("3 active visitors, the pages and the custom events", 15_000, async () => {
+  // The dashboard shows exactly the server's human count, which is below the count with the bot.
+  const counted = async (query) =>
+    (await api(pulse, `/api/websites/${encodeURIComponent(site.id)}/realtime${query}`)).json.data.active_visitors;
+  const [humans, withBots] = [await counted(""), await counted("?include_bots=true")];
+  check(humans >= 3 && withBots === humans + 1, `active visitors: ${humans} humans, ${withBots} with the bot`);
+  const loaded = await until(`${humans} active visitors, the pages and the custom events`, 15_000, async () => {
     const state = await panel(dashboard);
     const ok =
-      Number(state.active) >= 3 &&
+      Number(state.active) === humans &&
       state.dot === "live" &&
       state.mode === "live" &&
       state.skeletons === 0 &&
@@ -617,8 +622,13 @@ async function main() {
   await setTabHidden(pausedPage, true);
   const whileHidden = pausedRequests.length;
   await pausedPage.clock.runFor(5 * 60_000);
-  // Give a request the fake clock might have started time to reach the network layer.
-  await new Promise((r) => setTimeout(r, 500));
+  // A request the page starts now is seen after any the fake minutes started: wait for it.
+  let sentinelSeen = false;
+  pausedPage.on("request", (request) => {
+    if (request.url().includes("/healthz?after-hidden")) sentinelSeen = true;
+  });
+  await pausedPage.evaluate(() => fetch("/healthz?after-hidden").then((r) => r.text()));
+  await until("the request sent after the hidden fake minutes", 5_000, () => sentinelSeen);
   check(
     pausedRequests.length === whileHidden,
     `a hidden tab sent ${pausedRequests.length - whileHidden} realtime request(s) in 5 fake minutes`,

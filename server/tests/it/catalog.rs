@@ -224,3 +224,108 @@ async fn deleting_and_recreating_during_ingest_gives_the_same_answer_after_a_res
         "before the restart: {before}\nafter: {after}"
     );
 }
+
+/// Sends one pageview of `path` with `referrer`, with `DNT: 1` when `dnt`, asserting 202 (an
+/// opted-out event is answered as accepted and not recorded).
+async fn visit_from(server: &Server, path: &str, referrer: &str, dnt: bool) {
+    let body = json!({"website_id": "live", "type": "pageview", "url": path, "referrer": referrer});
+    let headers: &[(&str, &str)] = if dnt { &[("dnt", "1")] } else { &[] };
+    let resp = server
+        .collect_with(
+            &body,
+            Some(pulse_testkit::fixtures::CHROME_DESKTOP),
+            headers,
+        )
+        .await;
+    assert_eq!(resp.status, 202, "collect {path}: {resp:?}");
+}
+
+/// `url → referrer_domain` of every recent event of website `live`.
+async fn recorded(server: &Server) -> std::collections::BTreeMap<String, Value> {
+    pulse_testkit::fixtures::recent(&server.realtime("live").await)
+        .into_iter()
+        .map(|e| {
+            (
+                e["url"].as_str().unwrap().to_owned(),
+                e["referrer_domain"].clone(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn patched_respect_dnt_and_domain_apply_to_the_next_event_and_survive_a_restart() {
+    let mut server = start(Opts::default());
+    server.site("live", "example.com").await;
+    visit_from(&server, "/dnt-kept-out", "https://shop.example.org/", true).await;
+    visit_from(&server, "/other-before", "https://shop.example.org/", false).await;
+
+    // The PATCH lands while other traffic keeps arriving; the events after its 200 follow it.
+    let background = async {
+        for i in 0..EVENTS {
+            visit_from(&server, &format!("/bg{i}"), "", false).await;
+        }
+    };
+    let patch_then_visit = async {
+        let patch = json!({"respect_dnt": false, "domain": "example.org"});
+        let resp = server.patch_json("/api/websites/live", &patch).await;
+        assert_eq!(resp.status, 200, "PATCH: {resp:?}");
+        visit_from(&server, "/dnt-counted", "https://shop.example.org/", true).await;
+        visit_from(&server, "/old-domain", "https://www.example.com/x", false).await;
+    };
+    tokio::join!(background, patch_then_visit);
+    let seen = recorded(&server).await;
+    assert!(
+        !seen.contains_key("/dnt-kept-out"),
+        "an opted-out visit before the PATCH was recorded: {seen:?}"
+    );
+    assert_eq!(
+        seen.get("/other-before"),
+        Some(&json!("shop.example.org")),
+        "before the PATCH example.org is another site: {seen:?}"
+    );
+    assert_eq!(
+        seen.get("/dnt-counted"),
+        Some(&Value::Null),
+        "after PATCH respect_dnt=false a DNT visit is recorded, and after PATCH \
+         domain=example.org its subdomain is a self-referral: {seen:?}"
+    );
+    assert_eq!(
+        seen.get("/old-domain"),
+        Some(&json!("example.com")),
+        "after the PATCH the old domain is another site: {seen:?}"
+    );
+    let (_, total) = server.counts("live").await;
+    assert_eq!(total, EVENTS + 3, "every recorded event is counted once");
+
+    // After a restart the file alone rebuilds the patched website.
+    assert!(server.restart().success(), "SIGTERM before the restart");
+    let site = server.get("/api/websites/live").await.json();
+    assert_eq!(
+        (&site["data"]["respect_dnt"], &site["data"]["domain"]),
+        (&json!(false), &json!("example.org")),
+        "{site}"
+    );
+    visit_from(
+        &server,
+        "/dnt-after-restart",
+        "https://www.example.org/",
+        true,
+    )
+    .await;
+    let seen = recorded(&server).await;
+    assert_eq!(
+        seen.get("/dnt-after-restart"),
+        Some(&Value::Null),
+        "after the restart DNT is still ignored and example.org is still the site: {seen:?}"
+    );
+    let resp = server
+        .patch_json("/api/websites/live", &json!({"respect_dnt": true}))
+        .await;
+    assert_eq!(resp.status, 200, "PATCH back: {resp:?}");
+    visit_from(&server, "/dnt-kept-out-again", "", true).await;
+    assert!(
+        !recorded(&server).await.contains_key("/dnt-kept-out-again"),
+        "PATCH respect_dnt=true after a restart applies to the next event"
+    );
+}

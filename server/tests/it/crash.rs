@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pulse_testkit::fixtures::{
-    recent, sample, segment_files, Failures, CHROME_DESKTOP, CURL, FIREFOX_DESKTOP, GOOGLEBOT,
-    SAFARI_IPHONE,
+    counts_of, recent, sample, segment_files, Failures, CHROME_DESKTOP, CURL, FIREFOX_DESKTOP,
+    GOOGLEBOT, SAFARI_IPHONE,
 };
 use pulse_testkit::http::Client;
 use pulse_testkit::server::{assert_exit_zero, assert_killed, send, Opts, Server};
@@ -138,6 +138,7 @@ async fn client_loop(
     client: Client,
     user_agent: &'static str,
     numbers: Arc<AtomicU64>,
+    acked_events: Arc<AtomicU64>,
     mut rng: Rng,
 ) -> Ledger {
     let mut ledger = Ledger::default();
@@ -156,7 +157,10 @@ async fn client_loop(
             .json(&body)
             .header("user-agent", user_agent);
         match request.send().await {
-            Ok(resp) if resp.status == 202 => ledger.acked.extend(&batch),
+            Ok(resp) if resp.status == 202 => {
+                ledger.acked.extend(&batch);
+                acked_events.fetch_add(count, Ordering::Relaxed);
+            }
             Ok(resp) => {
                 *ledger.other_statuses.entry(resp.status).or_default() += 1;
                 if resp.status == 503 {
@@ -172,8 +176,14 @@ async fn client_loop(
     }
 }
 
-/// Starts `CLIENTS` client tasks against `proc`.
-fn start_clients(proc: &Server, numbers: &Arc<AtomicU64>, rng: &mut Rng) -> JoinSet<Ledger> {
+/// Starts `CLIENTS` client tasks against `proc`; `acked_events` counts the events they get a
+/// 202 for.
+fn start_clients(
+    proc: &Server,
+    numbers: &Arc<AtomicU64>,
+    acked_events: &Arc<AtomicU64>,
+    rng: &mut Rng,
+) -> JoinSet<Ledger> {
     let mut tasks = JoinSet::new();
     for i in 0..CLIENTS {
         let ua = HUMAN_UAS[usize::try_from(i).unwrap() % HUMAN_UAS.len()];
@@ -181,10 +191,25 @@ fn start_clients(proc: &Server, numbers: &Arc<AtomicU64>, rng: &mut Rng) -> Join
             proc.client().clone(),
             ua,
             Arc::clone(numbers),
+            Arc::clone(acked_events),
             rng.fork(),
         ));
     }
     tasks
+}
+
+/// Waits until `acked_events` reaches `at_least` (the clients' 202s), panicking after
+/// `READY_DEADLINE`.
+async fn wait_for_acks(acked_events: &AtomicU64, at_least: u64, context: &str) {
+    let end = Instant::now() + READY_DEADLINE;
+    while acked_events.load(Ordering::Relaxed) < at_least {
+        assert!(
+            Instant::now() < end,
+            "{context}: only {} events acknowledged within {READY_DEADLINE:?}, {at_least} wanted",
+            acked_events.load(Ordering::Relaxed)
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
 }
 
 /// Waits for every client task (each ends at its first transport error) and merges what they
@@ -314,6 +339,9 @@ fn check_log_exactly_once(data_dir: &Path, ledger: &Ledger, context: &str) -> u6
 // ---------------------------------------------------------------------------------------------
 
 const SYNC: [&str; 2] = ["--durability", "sync"];
+/// Events each kill round must have acknowledged before its SIGKILL: the kill lands on live
+/// traffic, every round.
+const MIN_ACKS_PER_ROUND: u64 = 25;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_events_survive_sigkill_exactly_once() {
@@ -351,8 +379,16 @@ async fn acknowledged_events_survive_sigkill_exactly_once() {
             proc.site(SITE, "example.com").await;
         }
 
-        let tasks = start_clients(&proc, &numbers, &mut rng);
-        let delay = Duration::from_millis(rng.range(20, 250));
+        // Every kill hits a server under load: it has acknowledged events of this round first.
+        let acked_events = Arc::new(AtomicU64::new(0));
+        let tasks = start_clients(&proc, &numbers, &acked_events, &mut rng);
+        wait_for_acks(
+            &acked_events,
+            MIN_ACKS_PER_ROUND,
+            &format!("{context}, round {round}"),
+        )
+        .await;
+        let delay = Duration::from_millis(rng.range(0, 250));
         tokio::time::sleep(delay).await;
         let status = tokio::task::block_in_place(|| proc.kill_9());
         assert_killed(
@@ -375,8 +411,8 @@ async fn acknowledged_events_survive_sigkill_exactly_once() {
         ledger.sent.len()
     );
     assert!(
-        ledger.acked.len() >= rounds as usize,
-        "{context}: too few events were acknowledged ({}) for the test to mean anything; \
+        ledger.acked.len() as u64 >= rounds * MIN_ACKS_PER_ROUND,
+        "{context}: fewer than {MIN_ACKS_PER_ROUND} events a round were acknowledged ({}); \
          answers other than 202: {:?}",
         ledger.acked.len(),
         ledger.other_statuses
@@ -557,7 +593,7 @@ async fn sigterm_under_load_exits_zero_and_keeps_every_acknowledged_event() {
 
     let numbers = Arc::new(AtomicU64::new(0));
     let mut ledger = Ledger::default();
-    let tasks = start_clients(&proc, &numbers, &mut rng);
+    let tasks = start_clients(&proc, &numbers, &Arc::new(AtomicU64::new(0)), &mut rng);
     let delay = Duration::from_millis(rng.range(150, 400));
     tokio::time::sleep(delay).await;
     let status = tokio::task::block_in_place(|| proc.stop());
@@ -594,6 +630,180 @@ async fn sigterm_under_load_exits_zero_and_keeps_every_acknowledged_event() {
         "{context}: realtime after restart counts another number of events than the log holds"
     );
     assert_exit_zero(proc.stop(), &context, &proc.stderr());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Replay under pressure: SIGTERM and collect during a long replay
+// ---------------------------------------------------------------------------------------------
+
+/// Events in the log the pressure test replays.
+const LONG_REPLAY_EVENTS: u64 = 500_000;
+/// Events per request of the collects sent during the replay (the most a batch may hold).
+const FILL_BATCH: u64 = 50;
+/// Concurrent connections sending them.
+const FILL_LANES: u64 = 4;
+/// The website the collects during the replay go to (the log holds only `SITE`'s events).
+const DURING_SITE: &str = "during";
+
+/// Writes `numbers` as numbered pageviews of `SITE`, stamped `ts_ms` from distinct visitors, as
+/// the log of an empty `data_dir`'s website (which must start at sequence 0), the way the log
+/// thread writes them. Over HTTP 500k events take ~50 s of a debug server; this takes a second.
+fn write_numbered_log(data_dir: &Path, numbers: std::ops::Range<u64>, ts_ms: i64) {
+    use pulse_engine::{Browser, DeviceType, Event, EventKind, Timestamp, VisitorId, WebsiteId};
+    let dir = data_dir.join("segments");
+    for stale in segment_files(data_dir) {
+        std::fs::remove_file(stale).unwrap();
+    }
+    let limits = pulse_snapshot::SegmentLimits::default();
+    let mut writer = pulse_snapshot::SegmentWriter::create(&dir, 0, ts_ms, limits).unwrap();
+    let website = WebsiteId::new(SITE).unwrap();
+    let ts = Timestamp::from_unix_ms(ts_ms).unwrap();
+    let numbers: Vec<u64> = numbers.collect();
+    for chunk in numbers.chunks(4096) {
+        let entries: Vec<pulse_snapshot::LogEntry> = chunk
+            .iter()
+            .map(|n| pulse_snapshot::LogEntry::Event {
+                event: Arc::new(Event {
+                    website: website.clone(),
+                    ts,
+                    visitor: VisitorId(*n),
+                    kind: EventKind::Pageview,
+                    target: format!("/n/{n}").into(),
+                    referrer_domain: None,
+                    is_bot: false,
+                    browser: Browser::Chrome,
+                    device: DeviceType::Desktop,
+                    country: None,
+                }),
+                carried_from: None,
+            })
+            .collect();
+        writer.append(&entries, ts_ms).unwrap();
+    }
+    writer.sync().unwrap();
+}
+
+/// Sends the numbered events `numbers` of website `DURING_SITE` to `proc` in batches of
+/// `FILL_BATCH` over `FILL_LANES` connections and returns what was answered: every answer must
+/// be 202.
+async fn send_numbered(proc: &Server, numbers: std::ops::Range<u64>) -> Ledger {
+    let mut tasks = JoinSet::new();
+    for lane in 0..FILL_LANES {
+        let client = proc.client().clone();
+        let numbers = numbers.clone();
+        tasks.spawn(async move {
+            let mut ledger = Ledger::default();
+            let firsts = numbers.clone().step_by(FILL_BATCH as usize);
+            for first in firsts.skip(lane as usize).step_by(FILL_LANES as usize) {
+                let batch: Vec<u64> = (first..(first + FILL_BATCH).min(numbers.end)).collect();
+                let body = Value::Array(
+                    batch
+                        .iter()
+                        .map(|n| {
+                            json!({"website_id": DURING_SITE, "type": "pageview",
+                                "url": format!("/n/{n}")})
+                        })
+                        .collect(),
+                );
+                ledger.sent.extend(&batch);
+                let resp = send(
+                    client
+                        .post("/api/collect")
+                        .json(&body)
+                        .header("user-agent", CHROME_DESKTOP),
+                )
+                .await;
+                assert_eq!(resp.status, 202, "collect from /n/{first}: {resp:?}");
+                ledger.acked.extend(&batch);
+            }
+            ledger
+        });
+    }
+    let mut ledger = Ledger::default();
+    join_clients(tasks, &mut ledger).await;
+    ledger
+}
+
+/// Where in `stderr` the first line containing `needle` starts, panicking when there is none.
+fn log_position(stderr: &str, needle: &str) -> usize {
+    stderr
+        .find(needle)
+        .unwrap_or_else(|| panic!("no {needle:?} in the server's log:\n{stderr}"))
+}
+
+/// What happens to collect while `/readyz` is still 503 (README, Durability): the batch is
+/// queued and answered 202 at once, counted in memory straight away, and written to the log
+/// after the replay, behind every replayed event. And a SIGTERM during the replay lets the
+/// replay finish, writes the queue, fsyncs and exits 0 — a start-up is never cut short into
+/// a log that would replay differently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_long_replay_exits_zero_with_every_202_logged_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let opts = Opts::default().args(&["--rate-limit-per-ip", "0"]);
+    let mut proc = start_in(opts, tmp.path());
+    proc.wait_ready(READY_DEADLINE).await;
+    proc.site(SITE, "example.com").await;
+    proc.site(DURING_SITE, "example.net").await;
+    assert_exit_zero(
+        proc.stop(),
+        "SIGTERM before filling the log",
+        &proc.stderr(),
+    );
+    let now_ms = pulse_testkit::fixtures::now_secs() * 1000;
+    write_numbered_log(tmp.path(), 0..LONG_REPLAY_EVENTS, now_ms);
+    // The log's events count as acknowledged: each must come back exactly once.
+    let mut ledger = Ledger::default();
+    ledger.sent.extend(0..LONG_REPLAY_EVENTS);
+    ledger.acked.extend(0..LONG_REPLAY_EVENTS);
+
+    // The restart replays 500k events: collect and SIGTERM arrive meanwhile.
+    proc.respawn();
+    let resp = proc.client().get("/readyz").send().await.unwrap();
+    assert_eq!(
+        resp.status, 503,
+        "a replay of {LONG_REPLAY_EVENTS} events should still be running: {resp:?}"
+    );
+    let extra = LONG_REPLAY_EVENTS..LONG_REPLAY_EVENTS + 10 * FILL_BATCH;
+    let during = send_numbered(&proc, extra.clone()).await;
+    ledger.merge(during);
+    let during = proc.realtime(DURING_SITE).await;
+    let resp = proc.client().get("/readyz").send().await.unwrap();
+    assert_eq!(
+        resp.status, 503,
+        "the collects must have been answered during the replay: {resp:?}"
+    );
+    assert_eq!(
+        counts_of(&during),
+        (1, extra.end - extra.start),
+        "events accepted during the replay are counted at once: {during}"
+    );
+    let stopping = Instant::now();
+    let status = tokio::task::block_in_place(|| proc.stop());
+    let stop_time = stopping.elapsed();
+    let stderr = proc.stderr();
+    assert_exit_zero(status, "SIGTERM during the replay", &stderr);
+    assert!(
+        log_position(&stderr, "shutdown signal received") < log_position(&stderr, "replay done"),
+        "the SIGTERM should have arrived during the replay:\n{stderr}"
+    );
+    log_position(&stderr, "the rest of the log was read but not counted");
+    println!("SIGTERM during a replay of {LONG_REPLAY_EVENTS} events: exited in {stop_time:?}");
+
+    let logged = check_log_exactly_once(tmp.path(), &ledger, "SIGTERM during a long replay");
+    assert_eq!(
+        logged, extra.end,
+        "every event sent was acknowledged and logged once"
+    );
+    proc.respawn();
+    let replay = proc.wait_ready(READY_DEADLINE).await;
+    assert_eq!(replay_count(&replay, "events"), logged, "{replay}");
+    let (_, total) = counts_of(&proc.realtime(SITE).await);
+    let (_, total_during) = counts_of(&proc.realtime(DURING_SITE).await);
+    assert_eq!(
+        (total, total_during),
+        (LONG_REPLAY_EVENTS, extra.end - extra.start),
+        "realtime after the replay counts every logged event"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -700,6 +910,145 @@ async fn a_corrupt_sealed_segment_is_reported_on_readyz_and_moved_aside() {
     let again = proc.realtime_q(SITE, "?include_bots=true").await;
     assert_eq!(again["pagination"], data["pagination"], "{again}");
     assert_exit_zero(proc.stop(), "third run", &proc.stderr());
+}
+
+/// Offsets of the records of a segment file's bytes (after its header), read from their length
+/// fields.
+fn record_offsets(bytes: &[u8]) -> Vec<usize> {
+    let mut offsets = Vec::new();
+    let mut at = usize::try_from(SEGMENT_HEADER_BYTES).unwrap();
+    while at + 4 <= bytes.len() {
+        offsets.push(at);
+        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
+        at += usize::try_from(RECORD_FRAME_BYTES).unwrap() + len as usize;
+    }
+    offsets
+}
+
+/// The segment file whose name is sequence number `first_seq`.
+fn segment_named(data_dir: &Path, first_seq: u64) -> std::path::PathBuf {
+    data_dir
+        .join("segments")
+        .join(format!("{first_seq:020}.seg"))
+}
+
+/// Replay on the test clock after retention has deleted the oldest segments, with a sealed
+/// segment older than the window (skipped whole) and a corrupt record in the middle of a segment
+/// inside the window: the deleted prefix is not a gap, the skipped segment is not read, the
+/// damaged one is salvaged around its bad record and kept aside, and a second start replays the
+/// same; a start with a window reaching past the deleted segments reads from the oldest kept one
+/// and reports only the corrupt record's number as a gap, not the deleted ones. Sequence numbers:
+/// a=0 b=1 (deleted), b2=2 (skipped), c=3, d1=4 d2=5 (corrupt) d3=6, e=7.
+#[tokio::test]
+async fn replay_after_retention_skips_and_salvages_the_same_events_at_every_start() {
+    const MINUTE_MS: i64 = 60_000;
+    const DAY_MS: i64 = 86_400_000;
+    let t0: i64 = 1_780_000_000_000;
+    let tmp = tempfile::tempdir().unwrap();
+    // Segments roll on the first append a minute after they started; one day of retention; each
+    // 202 waits for its own write, so every event is one record.
+    let args = [
+        "--durability",
+        "sync",
+        "--segment-max-age-secs",
+        "60",
+        "--retention-days",
+        "1",
+    ];
+    let mut proc = start_in(Opts::default().args(&args).test_clock(t0), tmp.path());
+    proc.wait_ready(READY_DEADLINE).await;
+    proc.site(SITE, "example.com").await;
+    collect_one(&proc, "/a").await;
+    proc.set_clock(t0 + 2 * MINUTE_MS).await;
+    collect_one(&proc, "/b").await;
+    proc.set_clock(t0 + 4 * MINUTE_MS).await;
+    collect_one(&proc, "/b2").await;
+    // A day later: the roll deletes the segments whose successor is older than a day.
+    let t1 = t0 + DAY_MS + 10 * MINUTE_MS;
+    proc.set_clock(t1).await;
+    collect_one(&proc, "/c").await;
+    assert!(
+        !segment_named(tmp.path(), 0).exists() && !segment_named(tmp.path(), 1).exists(),
+        "retention should have deleted the segments of /a and /b: {:?}",
+        segment_files(tmp.path())
+    );
+    assert!(segment_named(tmp.path(), 2).exists(), "the segment of /b2");
+    let t2 = t1 + 120 * MINUTE_MS;
+    proc.set_clock(t2).await;
+    for path in ["/d1", "/d2", "/d3"] {
+        collect_one(&proc, path).await;
+    }
+    proc.set_clock(t2 + 2 * MINUTE_MS).await;
+    collect_one(&proc, "/e").await;
+    assert_exit_zero(proc.stop(), "first run", &proc.stderr());
+
+    let damaged = segment_named(tmp.path(), 4);
+    let mut bytes = std::fs::read(&damaged).unwrap();
+    let records = record_offsets(&bytes);
+    assert_eq!(records.len(), 3, "/d1, /d2 and /d3 should be three records");
+    bytes[records[1] + usize::try_from(RECORD_FRAME_BYTES).unwrap() + 4] ^= 0xFF;
+    std::fs::write(&damaged, &bytes).unwrap();
+
+    let restart_ms = t2 + 3 * MINUTE_MS;
+    let expected_replay = json!({
+        // The segments of /b2 (all before the window: skipped) and of /c (read: its successor
+        // started inside the window, so it may hold events of it).
+        "segments_skipped": 1,
+        "events": 4,
+        "corrupt_segments": 1,
+        // /d2's sequence number is missing; the deleted 0 and 1 before the first segment are not.
+        "sequence_gaps": 1,
+        "torn_tail_bytes": 0,
+        "future_events": 0,
+    });
+    // The segments of /c, /d and /e, and from the second start on the (empty) one each start
+    // opens.
+    for (start, segments_read) in [
+        ("the first start after the damage", 3),
+        ("a second start", 4),
+    ] {
+        proc.opts_mut().test_clock_ms = Some(restart_ms);
+        proc.respawn();
+        let replay = proc.wait_ready(READY_DEADLINE).await;
+        for (field, expected) in expected_replay.as_object().unwrap() {
+            assert_eq!(
+                &replay[field], expected,
+                "{start}: replay.{field} in {replay}"
+            );
+        }
+        assert_eq!(replay["segments_read"], segments_read, "{start}: {replay}");
+        let data = proc.realtime(SITE).await;
+        assert_eq!(
+            recent_urls(&data),
+            ["/d1", "/d3", "/e"],
+            "{start}: the window holds the salvaged and the later events: {data}"
+        );
+        assert_eq!(data["pagination"]["total_in_window"], 3, "{start}: {data}");
+        let mut broken = damaged.clone().into_os_string();
+        broken.push(".broken");
+        assert_eq!(
+            std::fs::read(&broken).unwrap(),
+            bytes,
+            "{start}: the damaged segment is kept aside as it was"
+        );
+        assert_exit_zero(proc.stop(), start, &proc.stderr());
+    }
+
+    // A window reaching back past the deleted segments: every kept segment is read from the
+    // oldest (which starts at sequence 2), and only /d2's number is a gap.
+    proc.opts_mut().test_window_secs = Some(2 * 86_400);
+    proc.respawn();
+    let replay = proc.wait_ready(READY_DEADLINE).await;
+    assert_eq!(
+        (
+            &replay["segments_skipped"],
+            &replay["events"],
+            &replay["sequence_gaps"]
+        ),
+        (&json!(0), &json!(5), &json!(1)),
+        "a start with a two-day window: {replay}"
+    );
+    assert_exit_zero(proc.stop(), "the two-day window", &proc.stderr());
 }
 
 #[tokio::test]

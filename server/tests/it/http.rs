@@ -1318,7 +1318,12 @@ async fn no_ip_or_user_agent_reaches_disk_or_logs() {
          Gecko) Chrome/124.0.0.0 Safari/537.36 PulseTestAgent/9.9 unique-xyz";
     const IPS: [&str; 2] = ["203.0.113.77", "198.51.100.23"];
 
-    let mut server = start(Opts::default().trusted_proxies("127.0.0.1/32"));
+    // At `trace`, every log call site of the server and its crates is on.
+    let mut server = start(
+        Opts::default()
+            .trusted_proxies("127.0.0.1/32")
+            .env("PULSE_LOG", "trace"),
+    );
     server.site("s", "example.com").await;
     let requests: [(&str, (&str, &str)); 4] = [
         (UA, ("x-forwarded-for", IPS[0])),
@@ -1337,21 +1342,45 @@ async fn no_ip_or_user_agent_reaches_disk_or_logs() {
     assert_eq!(active, 4, "2 IPs x 2 User-Agents");
     assert_eq!(server.stop().code(), Some(0));
 
-    let needles = [IPS[0], IPS[1], "PulseTestAgent", "unique-xyz"];
+    // As text, and as the raw bytes a binary format would hold: each address's 4 octets in
+    // network and in little-endian order, and as an IPv4-mapped IPv6 address.
+    let mut needles: Vec<(String, Vec<u8>)> = ["PulseTestAgent", "unique-xyz"]
+        .iter()
+        .chain(&IPS)
+        .map(|text| ((*text).to_owned(), text.as_bytes().to_vec()))
+        .collect();
+    for ip in IPS {
+        let ip: std::net::Ipv4Addr = ip.parse().unwrap();
+        let octets = ip.octets();
+        let mut reversed = octets;
+        reversed.reverse();
+        needles.push((format!("{ip} as 4 bytes"), octets.to_vec()));
+        needles.push((format!("{ip} as 4 bytes, little-endian"), reversed.to_vec()));
+        needles.push((
+            format!("{ip} as 16 bytes (IPv4-mapped)"),
+            ip.to_ipv6_mapped().octets().to_vec(),
+        ));
+    }
     let files = files_under(server.data_dir());
     assert!(!files.is_empty(), "the data dir is empty");
     let mut failures = Failures::default();
     for (path, bytes) in &files {
-        for needle in needles {
-            if contains(bytes, needle.as_bytes()) {
-                failures.push(format!("{} contains {needle:?}", path.display()));
+        for (name, needle) in &needles {
+            if contains(bytes, needle) {
+                failures.push(format!("{} contains {name}", path.display()));
             }
         }
     }
+    // Every log call site is enabled at `trace` (the `operator` tests check `PULSE_LOG` is
+    // honoured), so a `debug!` or `trace!` that ever carries an address or a header fails here.
     let logs = server.stderr();
-    for needle in needles {
-        if logs.contains(needle) {
-            failures.push(format!("the server's logs (stderr) contain {needle:?}"));
+    let stdout = server.stdout_lines().join("\n");
+    for (name, needle) in &needles {
+        if contains(logs.as_bytes(), needle) {
+            failures.push(format!("the server's logs (stderr) contain {name}"));
+        }
+        if contains(stdout.as_bytes(), needle) {
+            failures.push(format!("the server's stdout contains {name}"));
         }
     }
     failures.assert_none();
@@ -1436,13 +1465,66 @@ async fn admin_token_guards_everything_but_collect_health_and_static_files() {
             failures.push(format!("{path} without a token: {resp:?}"));
         }
     }
-    for path in ["/", "/s.js"] {
+    // The dashboard and the tracker as embedded (the page with its files' hashed paths filled
+    // in), without the token.
+    type IsTheFile = fn(&str) -> bool;
+    let assets: [(&str, &str, IsTheFile); 2] = [
+        ("/", "text/html", |body| {
+            fills_the_template(include_str!("../../src/assets/index.html"), body)
+        }),
+        ("/s.js", "javascript", |body| {
+            body == include_str!("../../src/assets/s.js")
+        }),
+    ];
+    for (path, content_type, is_the_file) in assets {
         let resp = send(bare("GET", path)).await;
-        if resp.status == 401 {
-            failures.push(format!("static {path} must not need the token: {resp:?}"));
+        let served_type = resp.header("content-type").unwrap_or_default();
+        if resp.status != 200 || !served_type.contains(content_type) || !is_the_file(&resp.text()) {
+            failures.push(format!(
+                "static {path} without a token: want 200 {content_type} with the embedded file, \
+                 got {} {served_type:?} and {} bytes",
+                resp.status,
+                resp.body.len()
+            ));
         }
     }
     failures.assert_none();
+}
+
+/// Whether `served` is the dashboard `template` with each `{{app.css}}` and `{{app.js}}`
+/// replaced by a content-hashed path (`/assets/app.<hex>.css`, `.js`) and nothing else changed.
+fn fills_the_template(template: &str, served: &str) -> bool {
+    let mut rest = served;
+    let mut parts = template.split("{{");
+    let Some(first) = parts.next() else {
+        return false;
+    };
+    let Some(after) = rest.strip_prefix(first) else {
+        return false;
+    };
+    rest = after;
+    for part in parts {
+        let Some((name, literal)) = part.split_once("}}") else {
+            return false;
+        };
+        let Some(extension) = name.strip_prefix("app.") else {
+            return false;
+        };
+        let Some(hashed) = rest.strip_prefix("/assets/app.") else {
+            return false;
+        };
+        let hex_len = hashed.chars().take_while(char::is_ascii_hexdigit).count();
+        let Some(after) = hashed[hex_len..]
+            .strip_prefix('.')
+            .and_then(|tail| tail.strip_prefix(extension))
+            .and_then(|tail| tail.strip_prefix(literal))
+            .filter(|_| hex_len > 0)
+        else {
+            return false;
+        };
+        rest = after;
+    }
+    rest.is_empty()
 }
 
 #[tokio::test]

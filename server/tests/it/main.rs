@@ -14,6 +14,7 @@
 //! - `overload`: memory limit, `/metrics`, rate limit and a full write queue (issue 6).
 //! - `catalog`: website writes during ingest; file, list and engine agree across a restart.
 //! - `clock`: the system clock stepped back under a running server (libfaketime).
+//! - `midnight`: on the test clock, the carry-over across midnight, restarts and salt deletion.
 //! - `disk`: a disk that fills up, free space below the reserve, segments deleted underneath.
 //! - `operator`: data directory permissions, logs on a pipe, `RUST_LOG`.
 //! - `tidy`: house rules over the source tree (no server started).
@@ -44,6 +45,7 @@ mod crash;
 mod disk;
 mod http;
 mod malformed;
+mod midnight;
 #[cfg(unix)]
 mod operator;
 #[cfg(target_os = "linux")]

@@ -1,7 +1,11 @@
 //! Overload tests of the `pulse` binary (issue 6): a flood of distinct visitors against a small
 //! `--memory-limit` (peak RSS from /proc against the limit plus a documented overhead, only 202,
 //! 429 or 503 answers, realtime answering throughout and flagging `approximate`, every
-//! acknowledged event in the log after a restart), `/metrics` counters moving by exactly the
+//! acknowledged event in the log after a restart), the way back from approximate to exact on the
+//! test clock with a 60 s window (a shadow window that outgrows its share is dropped — at record
+//! time or by the maintenance timer's rebalancing, whichever comes first — and retried a window
+//! later, and `approximate` leaves the answer once a retried shadow has held a full window),
+//! `/metrics` counters moving by exactly the
 //! traffic sent, the per-IP rate limit answering 429 with `Retry-After`, and a full write queue
 //! answering 503 `queue_full` instead of 202. The flood speaks raw HTTP/1.1 over a few keep-alive
 //! connections, so a reset or a malformed answer is seen as such and the client stays cheap next
@@ -615,6 +619,137 @@ async fn a_flood_of_distinct_visitors_stays_within_the_memory_limit() {
     println!(
         "flood: {logged} events in the log; whole test {:?}",
         started.elapsed()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1b. The way back: approximate turning exact again (test clock, short window)
+// ---------------------------------------------------------------------------------------------
+
+/// The short window of the way-back test, in seconds.
+const WAY_BACK_WINDOW_SECS: u32 = 60;
+const WAY_BACK_WINDOW_MS: i64 = WAY_BACK_WINDOW_SECS as i64 * 1000;
+/// Distinct visitors of each flood: well past the ~29k exact visitors `FLOOD_LIMIT` holds.
+const WAY_BACK_FLOOD: u64 = 50_000;
+/// Events per collect request (the most a batch may hold).
+const WAY_BACK_BATCH: u64 = 50;
+/// Any instant will do; the test clock stands still between steps.
+const WAY_BACK_T0_MS: i64 = 1_780_000_000_000;
+
+/// Sends one pageview for each client visitor id `v{n}` of `visitors`, 50 to a request over
+/// four concurrent connections, asserting every answer is 202.
+async fn send_client_visitors(proc: &Server, visitors: Range<u64>) {
+    let mut tasks = JoinSet::new();
+    let starts: Vec<u64> = visitors.clone().step_by(WAY_BACK_BATCH as usize).collect();
+    for lane in 0..4 {
+        let client = proc.client().clone();
+        let mine: Vec<u64> = starts.iter().copied().skip(lane).step_by(4).collect();
+        let end = visitors.end;
+        tasks.spawn(async move {
+            for first in mine {
+                let batch: Vec<Value> = (first..(first + WAY_BACK_BATCH).min(end))
+                    .map(|n| {
+                        serde_json::json!({"website_id": SITE, "type": "pageview",
+                            "url": "/", "visitor_id": format!("v{n}")})
+                    })
+                    .collect();
+                let resp = pulse_testkit::server::send(
+                    client
+                        .post("/api/collect")
+                        .json(&Value::Array(batch))
+                        .header("user-agent", CHROME_DESKTOP),
+                )
+                .await;
+                assert_eq!(resp.status, 202, "collect from v{first}: {resp:?}");
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+}
+
+/// `(active_visitors, approximate)` of `SITE` at the test clock's now.
+async fn visitors_now(proc: &Server) -> (u64, bool) {
+    let (active, _, approximate) = realtime_counts(&proc.realtime(SITE).await);
+    (active, approximate)
+}
+
+#[tokio::test]
+async fn approximate_turns_exact_again_after_a_dropped_shadow_window_is_retried() {
+    let args = ["--memory-limit", FLOOD_LIMIT, "--rate-limit-per-ip", "0"];
+    let t0 = WAY_BACK_T0_MS;
+    let window = WAY_BACK_WINDOW_MS;
+    let proc = crate::start(
+        Opts::default()
+            .args(&args)
+            .test_clock(t0)
+            .test_window_secs(WAY_BACK_WINDOW_SECS),
+    );
+    proc.wait_ready(READY_DEADLINE).await;
+    proc.site(SITE, "example.com").await;
+
+    // A flood past the budget: approximate, within 2%.
+    send_client_visitors(&proc, 0..WAY_BACK_FLOOD).await;
+    let (active, approximate) = visitors_now(&proc).await;
+    assert!(
+        approximate && relative_error(active, WAY_BACK_FLOOD) <= 0.02,
+        "after {WAY_BACK_FLOOD} visitors: active_visitors {active}, approximate {approximate}"
+    );
+
+    // The flood leaves the window: the estimate is small, so a shadow window starts at t1.
+    let t1 = t0 + window + 1_000;
+    proc.set_clock(t1).await;
+    assert_eq!(
+        visitors_now(&proc).await,
+        (0, true),
+        "the flood has left the window; the count stays approximate until a shadow window \
+         has held one full window"
+    );
+
+    // A second flood while the shadow fills: it outgrows the share and is dropped.
+    let t2 = t1 + 10_000;
+    proc.set_clock(t2).await;
+    send_client_visitors(&proc, WAY_BACK_FLOOD..2 * WAY_BACK_FLOOD).await;
+    proc.set_clock(t1 + window).await;
+    let (active, approximate) = visitors_now(&proc).await;
+    assert!(
+        approximate && relative_error(active, WAY_BACK_FLOOD) <= 0.02,
+        "one window after the shadow started, a shadow that outgrew its share must have been \
+         dropped, not promoted: active_visitors {active}, approximate {approximate}"
+    );
+
+    // The second flood leaves the window and the retry is due: a new shadow starts at t3.
+    let t3 = t2 + window + 1_000;
+    proc.set_clock(t3).await;
+    assert_eq!(visitors_now(&proc).await, (0, true), "at t3");
+    proc.set_clock(t3 + 5_000).await;
+    let few = 2 * WAY_BACK_FLOOD..2 * WAY_BACK_FLOOD + 25;
+    send_client_visitors(&proc, few.clone()).await;
+    proc.set_clock(t3 + window - 1).await;
+    let (_, approximate) = visitors_now(&proc).await;
+    assert!(
+        approximate,
+        "a millisecond before the new shadow has held a full window the count is still approximate"
+    );
+
+    // One full window later the shadow takes over: exact, and `approximate` is gone.
+    proc.set_clock(t3 + window).await;
+    let data = proc.realtime(SITE).await;
+    assert!(
+        data.get("approximate").is_none(),
+        "after the retried shadow held a full window the answer must be exact: {data}"
+    );
+    assert_eq!(
+        data["active_visitors"].as_u64(),
+        Some(few.end - few.start),
+        "the exact count after the switch back: {data}"
+    );
+    let metrics = proc.scrape().await;
+    assert_eq!(
+        metrics.value("pulse_approximate_websites", &[]),
+        0.0,
+        "pulse_approximate_websites after the switch back"
     );
 }
 

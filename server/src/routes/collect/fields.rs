@@ -342,26 +342,87 @@ mod tests {
         }
     }
 
-    proptest::proptest! {
-        /// Whatever string a client encodes, and however it escapes it, `string_field` reads
-        /// back exactly that string: the borrowed fast path and the unescaping path agree.
-        #[test]
-        fn string_fields_read_back_what_was_encoded(value in "\\PC{0,40}", escape_all in proptest::bool::ANY) {
-            let encoded = if escape_all {
-                value.chars().map(|c| format!("\\u{:04x}", u32::from(c).min(0xFFFF))).collect::<String>()
-            } else {
-                serde_json::to_string(&value).unwrap()
+    /// `value` as a JSON string literal, each character written as `choices` says: as itself
+    /// (where JSON allows it), as a short escape (`\n`, `\t`, `\"`, `\/`, …, where one exists),
+    /// or as `\uXXXX` in either hex case — a UTF-16 surrogate pair beyond the BMP.
+    fn json_string_of(value: &str, choices: &[u8]) -> String {
+        use std::fmt::Write;
+        let mut out = String::from("\"");
+        for (i, c) in value.chars().enumerate() {
+            let choice = choices.get(i).copied().unwrap_or(0);
+            let short = match c {
+                '"' => Some("\\\""),
+                '\\' => Some("\\\\"),
+                '/' => Some("\\/"),
+                '\u{8}' => Some("\\b"),
+                '\u{c}' => Some("\\f"),
+                '\n' => Some("\\n"),
+                '\r' => Some("\\r"),
+                '\t' => Some("\\t"),
+                _ => None,
             };
-            let encoded = if escape_all {
-                // Characters outside the BMP need surrogate pairs; keep those as JSON encodes them.
-                if value.chars().all(|c| u32::from(c) <= 0xFFFF) {
-                    format!("\"{encoded}\"")
-                } else {
-                    serde_json::to_string(&value).unwrap()
+            let must_escape = c < ' ' || c == '"' || c == '\\';
+            match (choice % 3, short) {
+                (0, _) if !must_escape => out.push(c),
+                (0 | 1, Some(escape)) => out.push_str(escape),
+                _ => {
+                    for unit in c.encode_utf16(&mut [0; 2]) {
+                        if choice & 4 == 0 {
+                            write!(out, "\\u{unit:04x}").unwrap();
+                        } else {
+                            write!(out, "\\u{unit:04X}").unwrap();
+                        }
+                    }
                 }
-            } else {
-                encoded
-            };
+            }
+        }
+        out.push('"');
+        out
+    }
+
+    #[test]
+    fn the_property_encoder_writes_short_escapes_and_surrogate_pairs() {
+        assert_eq!(
+            json_string_of("\n\t😀/é", &[0, 1, 1, 1, 5]),
+            "\"\\n\\t\\ud83d\\ude00\\/\\u00E9\""
+        );
+        let raw: Box<RawValue> = serde_json::from_str(&json_string_of("a😀", &[2, 4])).unwrap();
+        assert_eq!(raw.get(), "\"\\u0061\\uD83D\\uDE00\"");
+    }
+
+    /// Characters worth drawing often: those with short escapes, controls without one, and
+    /// characters beyond the BMP (surrogate pairs when escaped).
+    const TRICKY_CHARS: [char; 12] = [
+        '"',
+        '\\',
+        '/',
+        '\u{8}',
+        '\u{c}',
+        '\n',
+        '\r',
+        '\t',
+        '\u{0}',
+        '\u{1f}',
+        '😀',
+        '\u{10FFFF}',
+    ];
+
+    proptest::proptest! {
+        /// Whatever string a client encodes, and however it escapes each character, `string_field`
+        /// reads back exactly that string: the borrowed fast path and the unescaping path agree.
+        #[test]
+        fn string_fields_read_back_what_was_encoded(
+            chars in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::prelude::any::<char>(),
+                    proptest::sample::select(&TRICKY_CHARS[..]),
+                ],
+                0..40,
+            ),
+            choices in proptest::collection::vec(proptest::prelude::any::<u8>(), 40),
+        ) {
+            let value: String = chars.into_iter().collect();
+            let encoded = json_string_of(&value, &choices);
             let raw: Box<RawValue> = serde_json::from_str(&encoded).unwrap();
             let read = string_field(Some(&raw), "f", usize::MAX).unwrap();
             proptest::prop_assert_eq!(read.as_deref(), Some(value.as_str()));
