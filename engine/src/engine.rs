@@ -12,6 +12,7 @@ use dashmap::DashMap;
 use crate::budget::MemoryBudget;
 use crate::error::EngineError;
 use crate::event::{Event, VisitorId, WebsiteId};
+use crate::export::WebsiteExport;
 use crate::limits::EngineLimits;
 use crate::website::{Ingested, Realtime, WebsiteState};
 
@@ -71,6 +72,56 @@ impl Engine {
     /// Websites tracked now.
     pub fn website_count(&self) -> usize {
         self.websites.len()
+    }
+
+    /// The ids of the websites tracked now, in no particular order.
+    pub fn website_ids(&self) -> Vec<WebsiteId> {
+        self.websites.iter().map(|e| e.key().clone()).collect()
+    }
+
+    /// A copy of `id`'s whole state at one instant (see `WebsiteState::export`): its writer
+    /// lock is held for the copy, so ingest and queries of that website wait for it.
+    pub fn export_website(&self, id: &WebsiteId) -> Result<WebsiteExport, EngineError> {
+        Ok(self.website(id)?.export())
+    }
+
+    /// Replaces the state of the registered website `id` with `export`, as if every event behind
+    /// it had been ingested. Meant for start-up, before traffic: an event ingested into the old
+    /// state meanwhile is lost with it.
+    pub fn import_website(&self, id: &WebsiteId, export: WebsiteExport) -> Result<(), EngineError> {
+        if !self.websites.contains_key(id) {
+            return Err(EngineError::UnknownWebsite);
+        }
+        let wrong_site = export
+            .recent
+            .humans
+            .slots
+            .iter()
+            .chain(&export.recent.bots.slots)
+            .any(|slot| slot.event.website != *id);
+        if wrong_site {
+            return Err(EngineError::InvalidExport("a recent event of another website"));
+        }
+        let state = Arc::new(WebsiteState::import(
+            self.limits,
+            Arc::clone(&self.budget),
+            export,
+        )?);
+        let replaced = match self.websites.get_mut(id) {
+            Some(mut entry) => Some(std::mem::replace(entry.value_mut(), Arc::clone(&state))),
+            None => None,
+        };
+        match replaced {
+            Some(old) => {
+                self.budget.update(old.window_bytes(), 0);
+                Ok(())
+            }
+            None => {
+                // Removed while the state was built: give its bytes back.
+                self.budget.update(state.window_bytes(), 0);
+                Err(EngineError::UnknownWebsite)
+            }
+        }
     }
 
     fn website(&self, id: &WebsiteId) -> Result<Arc<WebsiteState>, EngineError> {
