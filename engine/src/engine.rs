@@ -100,7 +100,9 @@ impl Engine {
             .chain(&export.recent.bots.slots)
             .any(|slot| slot.event.website != *id);
         if wrong_site {
-            return Err(EngineError::InvalidExport("a recent event of another website"));
+            return Err(EngineError::InvalidExport(
+                "a recent event of another website",
+            ));
         }
         let state = Arc::new(WebsiteState::import(
             self.limits,
@@ -157,22 +159,26 @@ impl Engine {
     /// still exceeded — switches the largest exact windows to approximate counts until it fits.
     /// The server calls this on a timer so idle websites give their memory back.
     pub fn advance_to(&self, now_ms: i64) {
-        let websites: Vec<Arc<WebsiteState>> = self
+        let websites: Vec<(WebsiteId, Arc<WebsiteState>)> = self
             .websites
             .iter()
-            .map(|e| Arc::clone(e.value()))
+            .map(|e| (e.key().clone(), Arc::clone(e.value())))
             .collect();
-        for website in &websites {
+        for (_, website) in &websites {
             website.advance_to(now_ms);
         }
         let over = || self.budget.used_bytes() > self.budget.limit_bytes();
         if !over() {
             return;
         }
-        let mut by_size: Vec<(usize, &Arc<WebsiteState>)> =
-            websites.iter().map(|w| (w.window_bytes(), w)).collect();
-        by_size.sort_by_key(|(bytes, _)| std::cmp::Reverse(*bytes));
-        for (_, website) in by_size {
+        // Largest first, ties by id: the map's order is random per process, and the same events
+        // must degrade the same websites in every run (a restart from a checkpoint included).
+        let mut by_size: Vec<(usize, &WebsiteId, &Arc<WebsiteState>)> = websites
+            .iter()
+            .map(|(id, w)| (w.window_bytes(), id, w))
+            .collect();
+        by_size.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
+        for (_, _, website) in by_size {
             while over() && website.shed_memory() {}
             if !over() {
                 break;

@@ -241,12 +241,16 @@ impl EventRing {
     pub fn import(capacity: usize, export: RingExport) -> Result<Self, EngineError> {
         let ring = Self::new(capacity);
         if export.slots.len() > ring.slots.len() {
-            return Err(EngineError::InvalidExport("more recent events than the ring holds"));
+            return Err(EngineError::InvalidExport(
+                "more recent events than the ring holds",
+            ));
         }
         let mut bound = i64::MIN;
         for slot in &export.slots {
             if slot.bound_ts < bound || slot.bound_ts < slot.event.ts.unix_ms() {
-                return Err(EngineError::InvalidExport("recent event bounds out of order"));
+                return Err(EngineError::InvalidExport(
+                    "recent event bounds out of order",
+                ));
             }
             bound = slot.bound_ts;
         }

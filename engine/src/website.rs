@@ -183,7 +183,9 @@ impl WebsiteState {
         let classes_ok = recent.humans.slots.iter().all(|s| !s.event.is_bot)
             && recent.bots.slots.iter().all(|s| s.event.is_bot);
         if !classes_ok {
-            return Err(EngineError::InvalidExport("a recent event is in the wrong ring"));
+            return Err(EngineError::InvalidExport(
+                "a recent event is in the wrong ring",
+            ));
         }
         let mut writer = Writer {
             clock_ms: counts.clock_ms,

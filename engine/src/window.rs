@@ -392,7 +392,9 @@ impl VisitorWindow {
             || export.visitors.len() as u64 > export.slab_capacity
             || export.visitors.len() as u64 > export.table_capacity
         {
-            return Err(invalid("visitor window larger than its slab or the window's limit"));
+            return Err(invalid(
+                "visitor window larger than its slab or the window's limit",
+            ));
         }
         if !export.wheel_allocated && !export.visitors.is_empty() {
             return Err(invalid("visitor window holds visitors without a wheel"));

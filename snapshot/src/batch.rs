@@ -194,9 +194,14 @@ pub fn peek_first_seq(payload: &[u8]) -> Option<u64> {
 pub fn peek_header(payload: &[u8]) -> Option<(u64, u32)> {
     match payload {
         [KIND_EVENT_BATCH, rest @ ..] => {
-            let seq = rest.first_chunk::<8>().map(|seq| u64::from_le_bytes(*seq))?;
+            let seq = rest
+                .first_chunk::<8>()
+                .map(|seq| u64::from_le_bytes(*seq))?;
             let count = rest.get(8..12)?;
-            Some((seq, u32::from_le_bytes([count[0], count[1], count[2], count[3]])))
+            Some((
+                seq,
+                u32::from_le_bytes([count[0], count[1], count[2], count[3]]),
+            ))
         }
         _ => None,
     }

@@ -31,6 +31,7 @@
 //! next `load_newest` removes. A new component of the engine's state adds a field to the body:
 //! bump `FORMAT_VERSION` with it, so older files are refused rather than misread.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -38,8 +39,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pulse_engine::{
-    EngineLimits, Event, RecentExport, RingExport, RingSlot, WebsiteCounts, WebsiteExport,
-    WebsiteId,
+    Engine, EngineError, EngineLimits, Event, RecentExport, RingExport, RingSlot, WebsiteCounts,
+    WebsiteExport, WebsiteId,
 };
 use serde::{Deserialize, Serialize};
 
@@ -85,6 +86,76 @@ pub struct WebsiteCheckpoint {
     pub seq: u64,
     /// Its state.
     pub state: WebsiteExport,
+}
+
+/// What `Checkpoint::restore` put in the engine, and where replay must take over.
+#[derive(Debug, Clone, Default)]
+pub struct Restored {
+    /// Websites whose state came from the checkpoint.
+    pub websites: usize,
+    /// Websites of the checkpoint left out: deleted since, or deleted and created again.
+    pub left_out: usize,
+    /// Per website, the first sequence number replay must count: its `log_start` or, for a
+    /// restored website, the checkpoint's sequence number for it if that is later.
+    pub starts: HashMap<WebsiteId, u64>,
+    /// Replay need not hand out events below this (`ReplayOptions::skip_below_seq`): the
+    /// smallest of `starts`.
+    pub replay_from_seq: u64,
+    /// The largest sequence number a restored website stands at: the log must continue at or
+    /// after it, or a new event could be numbered as one the checkpoint already holds.
+    pub max_seq: u64,
+}
+
+impl Checkpoint {
+    /// Puts each website's state into `engine`, whose websites are registered already (empty),
+    /// and says from which sequence number replay must count each website's events.
+    /// `log_starts` holds every registered website's first sequence number
+    /// (events below it belong to a deleted website of the same id).
+    ///
+    /// A website is restored only if it is registered and its state was taken after its
+    /// `log_start`: otherwise it was deleted since (and perhaps created again), and its events are
+    /// the log's to replay from its start. A state taken exactly at `log_start` may be the
+    /// deleted website's (nothing was logged between the copy and the new website's creation),
+    /// and the new one held no event then, so it is left out too. On an error nothing stays restored (every website the
+    /// call touched is empty again), so the caller can fall back to a full replay.
+    pub fn restore(
+        self,
+        engine: &Engine,
+        log_starts: &HashMap<WebsiteId, u64>,
+    ) -> Result<Restored, EngineError> {
+        let mut restored = Restored {
+            starts: log_starts.clone(),
+            ..Restored::default()
+        };
+        let mut touched: Vec<WebsiteId> = Vec::new();
+        for website in self.websites {
+            let usable = log_starts
+                .get(&website.id)
+                .is_some_and(|&start| website.seq > start);
+            if !usable {
+                restored.left_out += 1;
+                continue;
+            }
+            if let Err(error) = engine.import_website(&website.id, website.state) {
+                for id in touched.iter().chain([&website.id]) {
+                    // Emptied again: removing and adding back a registered website cannot fail
+                    // for want of room, and one that is gone has nothing to empty.
+                    if engine.remove_website(id).is_ok() {
+                        let _ = engine.add_website(id.clone());
+                    }
+                }
+                return Err(error);
+            }
+            touched.push(website.id.clone());
+            restored.websites += 1;
+            restored.max_seq = restored.max_seq.max(website.seq);
+            if let Some(start) = restored.starts.get_mut(&website.id) {
+                *start = (*start).max(website.seq);
+            }
+        }
+        restored.replay_from_seq = restored.starts.values().copied().min().unwrap_or(self.seq);
+        Ok(restored)
+    }
 }
 
 /// Why a checkpoint file was not used. The caller logs it and replays the whole log.
@@ -285,9 +356,8 @@ pub fn decode(bytes: &[u8], limits: &EngineLimits) -> Result<Checkpoint, Refusal
     if crc32c::crc32c(body) != body_crc {
         return Err(damaged("body checksum mismatch"));
     }
-    let (decoded, read): (Body, usize) =
-        bincode::serde::decode_from_slice(body, bincode_config())
-            .map_err(|e| Refusal::Damaged(format!("body: {e}")))?;
+    let (decoded, read): (Body, usize) = bincode::serde::decode_from_slice(body, bincode_config())
+        .map_err(|e| Refusal::Damaged(format!("body: {e}")))?;
     if read != body.len() {
         return Err(damaged("trailing bytes after the body"));
     }
@@ -495,7 +565,10 @@ mod tests {
             window_secs: 60,
             ..EngineLimits::default()
         };
-        assert!(matches!(decode(&bytes, &other), Err(Refusal::Limits { .. })));
+        assert!(matches!(
+            decode(&bytes, &other),
+            Err(Refusal::Limits { .. })
+        ));
         let mut future = bytes.clone();
         future[8..10].copy_from_slice(&2_u16.to_le_bytes());
         let crc = crc32c::crc32c(&future[..80]);

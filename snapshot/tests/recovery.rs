@@ -379,8 +379,14 @@ fn events_a_checkpoint_holds_are_skipped_by_segment_and_by_record() {
     };
     let report = replay(dir.path(), options, |e| events.push(e)).unwrap();
     check_events(&events, 4..10);
-    assert_eq!((report.records, report.events, report.next_seq), (10, 6, 10));
-    assert!(report.gaps.is_empty() && report.broken.is_empty(), "{report:?}");
+    assert_eq!(
+        (report.records, report.events, report.next_seq),
+        (10, 6, 10)
+    );
+    assert!(
+        report.gaps.is_empty() && report.broken.is_empty(),
+        "{report:?}"
+    );
 }
 
 #[test]
