@@ -19,6 +19,7 @@
 //!   hosts.
 //! - `user_agent`: bot, browser and device classification in one pass.
 //! - `event_log`: `EventLog`, the write queue, replay and the writer thread (`Durability`).
+//! - `checkpoints`: restoring the newest checkpoint at start-up and writing one periodically.
 //! - `salts`: daily salts on disk. `catalog`: the websites — their file, the snapshot readers
 //!   load without locks, and the engine's set, changed together by one service.
 //! - `memory`: `MemoryPlan`, how `--memory-limit` is divided. `metrics`: the Prometheus
@@ -48,6 +49,7 @@ pub mod atomic_file;
 pub mod auth;
 pub mod body;
 pub mod catalog;
+pub mod checkpoints;
 pub mod client_ip;
 pub mod clock;
 pub mod config;
@@ -139,6 +141,10 @@ async fn serve(
         .max_headers(MAX_HEADERS);
 
     let maintenance = tokio::spawn(maintain(Arc::clone(&state)));
+    let checkpoints = state
+        .checkpoints
+        .interval
+        .map(|interval| tokio::spawn(checkpoints::run(Arc::clone(&state), interval)));
     let reaper = tokio::spawn(reap(Arc::clone(&pool)));
     tokio::pin!(shutdown);
     loop {
@@ -193,6 +199,9 @@ async fn serve(
     }
     maintenance.abort();
     reaper.abort();
+    if let Some(task) = checkpoints {
+        task.abort();
+    }
     Ok(())
 }
 

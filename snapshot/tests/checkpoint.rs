@@ -3,6 +3,9 @@
 //! on exactly as the original would — over random ingests, late events, expiries, a midnight
 //! carry-over, approximate counts under a memory budget, and websites deleted and created again.
 
+// Test code: a failed unwrap is a failed check.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -278,13 +281,14 @@ proptest! {
         let start = start.min(ops.len());
         let mut checkpoint_seq = None;
         let mut exports: Vec<WebsiteCheckpoint> = Vec::new();
-        let export_due = |i: usize, site_index: usize| i == start + delays[site_index];
+        // Each website is copied `delay` ops after the checkpoint starts (at the end at the latest).
+        let export_due = |i: usize, delay: usize| (start + delay).min(ops.len()) == i;
         for i in 0..=ops.len() {
             if i == start {
                 checkpoint_seq = Some(writer.next_seq());
             }
-            for s in 0..SITES.len() {
-                if export_due(i, s) || (i == ops.len() && start + delays[s] > ops.len()) {
+            for (s, delay) in delays.iter().enumerate() {
+                if export_due(i, *delay) {
                     exports.push(WebsiteCheckpoint {
                         id: site(s),
                         seq: writer.next_seq(),
