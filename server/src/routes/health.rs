@@ -29,7 +29,7 @@ fn checkpoint_details(status: &LogStatus) -> serde_json::Value {
             "file": loaded.path.file_name().map(|n| n.to_string_lossy().into_owned()),
             "seq": loaded.seq,
             "websites": loaded.websites,
-            "duration_ms": loaded.duration.as_millis() as u64,
+            "load_ms": loaded.duration.as_millis() as u64,
             "ignored": stats.refused(),
         }),
         None => json!({ "loaded": false, "ignored": stats.refused() }),

@@ -440,6 +440,9 @@ async fn a_flood_of_distinct_visitors_stays_within_the_memory_limit() {
         "127.0.0.1/32",
         "--rate-limit-per-ip",
         "0",
+        // The restart below must replay every acknowledged event, none held by a checkpoint.
+        "--checkpoint-interval-secs",
+        "0",
     ];
     let mut proc = start_in(Opts::default().args(&args), dir.path());
     proc.wait_ready(READY_DEADLINE).await;
