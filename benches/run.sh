@@ -35,6 +35,10 @@
 #                                       stalled-body connections from 127.0.0.2: collect p99 and
 #                                       errors of each (the adversary's counts in
 #                                       soak_adversary_connections)
+#      streams_baseline, streams_ingest single-event --max ingest without, then with
+#                                       PULSE_BENCH_STREAMS (1000) live streams open on the
+#                                       website (`stream-holder`): server RSS and CPU of each;
+#                                       RSS idle before and with the streams open (streams_idle)
 # 3. With PULSE_BENCH_BASE=<commit>: benches/ab.sh, single-event ingest of `pulse` at that commit
 #    against this checkout's and the ceiling, interleaved over PULSE_BENCH_AB_ROUNDS rounds.
 # Each prints one summary line and writes JSON to target/bench-results/<UTC stamp>/<name>.json
@@ -47,7 +51,7 @@
 # pulse-adversary flags, e.g. "--idle 1000"), PULSE_BENCH_SKIP_CRITERION (unset; 1 skips step 1),
 # PULSE_BENCH_ONLY (unset; space-separated scenario names to run, e.g. "soak"; skips step 1),
 # PULSE_BENCH_BASE (unset; a commit to A/B single-event ingest against, step 3),
-# PULSE_BENCH_AB_ROUNDS (5), CARGO_BUILD_JOBS (2).
+# PULSE_BENCH_AB_ROUNDS (5), PULSE_BENCH_STREAMS (1000), CARGO_BUILD_JOBS (2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -58,6 +62,7 @@ RESTART_EVENTS=${PULSE_BENCH_RESTART_EVENTS:-1000000}
 RESTART_SIZES=${PULSE_BENCH_RESTART_SIZES:-"1000000 10000000 20000000"}
 VISITORS=${PULSE_BENCH_VISITORS:-1000000}
 SOAK_RATE=${PULSE_BENCH_SOAK_RATE:-2000}
+STREAMS=${PULSE_BENCH_STREAMS:-1000}
 export CARGO_BUILD_JOBS=${CARGO_BUILD_JOBS:-2}
 
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
@@ -167,7 +172,7 @@ fi
 # --- 2. HTTP ----------------------------------------------------------------------------------
 step "build (release)"
 cargo build --release -p pulse-server -p pulse-benches --bin pulse --bin pulse-load \
-  --bin http-ceiling --bin patch-burst --bin pulse-adversary
+  --bin http-ceiling --bin patch-burst --bin pulse-adversary --bin stream-holder
 
 ceiling() { # batch
   start_server "ceiling_$1" "" 127.0.0.1:0 http-ceiling || return 1
@@ -429,6 +434,37 @@ soak() {
   return $rc
 }
 
+streams() {
+  # 2 GiB: the stream share (2%) holds 1,000 streams of 24 KiB and the pool (4096) twice that.
+  # Everything comes from 127.0.0.1, a trusted proxy here, so the per-address cap is not in play.
+  start_server streams "$TMP/streams" 127.0.0.1:0 pulse --memory-limit 2GiB \
+    --max-connections 4096 || return 1
+  "$BIN/pulse-load" --addr "$SERVER_ADDR" --wait-ready --timeout-secs 30 >/dev/null || return 1
+  load streams_baseline --create-website --max --batch 1 --connections "$CONNS" \
+    --duration "$SECS" --realtime-poll-ms 0 || return 1
+  local before with rc=0 holder
+  before=$(awk '/^VmRSS:/ { print $2 }' "/proc/$SERVER_PID/status")
+  "$BIN/stream-holder" --addr "$SERVER_ADDR" --website load-test --streams "$STREAMS" \
+    --duration-secs $((SECS + 6)) --json "$TMP/streams_holder.json" >"$TMP/holder.out" &
+  holder=$!
+  CHILDREN+=("$holder")
+  sleep 3 # the holder opens its streams
+  with=$(awk '/^VmRSS:/ { print $2 }' "/proc/$SERVER_PID/status")
+  load streams_ingest --max --batch 1 --connections "$CONNS" --duration "$SECS" \
+    --realtime-poll-ms 0 || rc=1
+  wait "$holder" || rc=1
+  cat "$TMP/holder.out"
+  record streams_holder "$TMP/streams_holder.json"
+  printf '{"label":"streams_idle","streams":%s,"rss_kib_before":%s,"rss_kib_with_streams":%s,"rss_bytes_per_stream":%s}\n' \
+    "$(json_num "$TMP/streams_holder.json" streams_opened)" "$before" "$with" \
+    "$(awk -v a="$before" -v b="$with" -v n="$STREAMS" 'BEGIN { printf "%.0f", (b - a) * 1024 / n }')" \
+    >"$TMP/streams_idle.json"
+  record streams_idle "$TMP/streams_idle.json"
+  echo "[streams_idle] server RSS $before -> $with KiB with $STREAMS streams open"
+  stop_server streams || rc=1
+  return $rc
+}
+
 scenario ceiling_single ceiling_single
 scenario ceiling_batch50 ceiling_batch50
 scenario ingest_single ingest_single
@@ -442,6 +478,7 @@ scenario checkpoint_1m_visitors checkpoint_1m_visitors
 scenario bytes_per_visitor bytes_per_visitor
 scenario collect_patch_burst collect_patch_burst
 scenario soak soak
+scenario streams streams
 
 # --- 3. A/B against an older commit (only with PULSE_BENCH_BASE) ------------------------------
 # Builds `pulse` at that commit in a temporary worktree (its own target dir under target/, so a

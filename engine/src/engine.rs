@@ -1,5 +1,5 @@
-//! `Engine`: the set of websites and the two calls everything else uses, `ingest` and
-//! `realtime`.
+//! `Engine`: the set of websites and the calls everything else uses: `ingest` (an event),
+//! `touch` (a visitor seen without an event) and `realtime`.
 //!
 //! Websites live in a sharded `DashMap`; a call looks its website up, clones the `Arc` and lets
 //! the shard go before doing any work, so adding or removing websites never waits on traffic.
@@ -11,10 +11,10 @@ use dashmap::DashMap;
 
 use crate::budget::MemoryBudget;
 use crate::error::EngineError;
-use crate::event::{Event, VisitorId, WebsiteId};
+use crate::event::{Event, Touch, VisitorId, WebsiteId};
 use crate::export::WebsiteExport;
 use crate::limits::EngineLimits;
-use crate::website::{Ingested, Realtime, WebsiteState};
+use crate::website::{Ingested, Realtime, Touched, WebsiteState};
 
 /// Every website's realtime state, the shared memory budget and the limits: what `ingest` and
 /// `realtime` act on.
@@ -143,6 +143,22 @@ impl Engine {
         let event = event.into();
         let website = self.website(&event.website)?;
         Ok(website.ingest(event, carried_from))
+    }
+
+    /// Counts a touch's visitor as active at its timestamp without recording an event (see
+    /// `WebsiteState::touch`). `carried_from` is as for `ingest`.
+    pub fn touch(
+        &self,
+        touch: &Touch,
+        carried_from: Option<VisitorId>,
+    ) -> Result<Touched, EngineError> {
+        let website = self.website(&touch.website)?;
+        Ok(website.touch(
+            touch.visitor,
+            touch.is_bot,
+            touch.ts.unix_ms(),
+            carried_from,
+        ))
     }
 
     /// Active visitors, events in the window and the most recent events of `website` at `now_ms`.
@@ -393,6 +409,151 @@ mod tests {
     fn a_slow_flood_with_an_event_in_every_few_milliseconds_stays_within_the_visitor_budget() {
         // One visitor every 7 ms: 200k distinct milliseconds for the event tally to hold.
         slow_flood_within_budget(1);
+    }
+
+    fn touch(website: &str, ts: i64, visitor: u64, is_bot: bool) -> Touch {
+        Touch {
+            website: site(website),
+            ts: Timestamp::from_unix_ms(ts).unwrap(),
+            visitor: VisitorId(visitor),
+            is_bot,
+        }
+    }
+
+    #[test]
+    fn a_touch_of_a_new_visitor_counts_it_without_an_event() {
+        let engine = Engine::new(EngineLimits::default()).unwrap();
+        engine.add_website(site("a")).unwrap();
+        let now = 1_700_000_000_000;
+        engine.ingest(event("a", now, 1, false, "/"), None).unwrap();
+        assert_eq!(
+            engine.touch(&touch("a", now + 1, 2, false), None),
+            Ok(Touched::Counted)
+        );
+        let answer = engine.realtime(&site("a"), now + 1, false).unwrap();
+        assert_eq!(answer.active_visitors, 2, "the touched visitor is active");
+        assert_eq!(answer.total_in_window, 1, "a touch is not an event");
+        assert_eq!(answer.recent_events.len(), 1, "a touch is not listed");
+        assert_eq!(answer.as_of_ms, now + 1);
+        // The next event still gets the next arrival number: the touch took none.
+        assert_eq!(
+            engine.ingest(event("a", now + 2, 1, false, "/b"), None),
+            Ok(Ingested::Windowed { arrival: 1 })
+        );
+    }
+
+    #[test]
+    fn a_touch_keeps_a_visitor_active_past_its_last_event() {
+        let engine = Engine::new(EngineLimits::default()).unwrap();
+        engine.add_website(site("a")).unwrap();
+        let window_ms = EngineLimits::default().window_ms();
+        let t0 = 1_700_000_000_000;
+        engine.ingest(event("a", t0, 1, false, "/"), None).unwrap();
+        engine
+            .touch(&touch("a", t0 + 60_000, 1, false), None)
+            .unwrap();
+        // Past the event's window, within the touch's: still one visitor, no event left.
+        let later = engine.realtime(&site("a"), t0 + window_ms, false).unwrap();
+        assert_eq!(
+            (later.active_visitors, later.total_in_window),
+            (1, 0),
+            "{later:?}"
+        );
+        assert!(later.recent_events.is_empty());
+        let gone = engine
+            .realtime(&site("a"), t0 + 60_000 + window_ms, false)
+            .unwrap();
+        assert_eq!(gone.active_visitors, 0);
+    }
+
+    #[test]
+    fn a_late_touch_never_moves_a_visitors_last_seen_time_back() {
+        let engine = Engine::new(EngineLimits::default()).unwrap();
+        engine.add_website(site("a")).unwrap();
+        let window_ms = EngineLimits::default().window_ms();
+        let t0 = 1_700_000_000_000;
+        engine
+            .ingest(event("a", t0 + 60_000, 1, false, "/"), None)
+            .unwrap();
+        assert_eq!(
+            engine.touch(&touch("a", t0, 1, false), None),
+            Ok(Touched::Counted)
+        );
+        let answer = engine
+            .realtime(&site("a"), t0 + 60_000 + window_ms - 1, false)
+            .unwrap();
+        assert_eq!(answer.active_visitors, 1);
+    }
+
+    #[test]
+    fn a_touch_at_or_before_the_cutoff_changes_nothing() {
+        let engine = Engine::new(EngineLimits::default()).unwrap();
+        engine.add_website(site("a")).unwrap();
+        let now = 1_700_000_000_000;
+        engine.ingest(event("a", now, 1, false, "/"), None).unwrap();
+        let cutoff = now - EngineLimits::default().window_ms();
+        assert_eq!(
+            engine.touch(&touch("a", cutoff, 2, false), None),
+            Ok(Touched::OutsideWindow)
+        );
+        let answer = engine.realtime(&site("a"), now, true).unwrap();
+        assert_eq!((answer.active_visitors, answer.total_in_window), (1, 1));
+    }
+
+    #[test]
+    fn a_bot_touch_counts_only_when_bots_are_included() {
+        let engine = Engine::new(EngineLimits::default()).unwrap();
+        engine.add_website(site("a")).unwrap();
+        let now = 1_700_000_000_000;
+        engine.touch(&touch("a", now, 7, true), None).unwrap();
+        let humans = engine.realtime(&site("a"), now, false).unwrap();
+        assert_eq!(humans.active_visitors, 0);
+        let all = engine.realtime(&site("a"), now, true).unwrap();
+        assert_eq!((all.active_visitors, all.total_in_window), (1, 0));
+        assert_eq!(
+            engine.touch(&touch("nope", now, 7, true), None),
+            Err(EngineError::UnknownWebsite)
+        );
+    }
+
+    #[test]
+    fn touches_count_in_an_approximate_website_and_are_charged_to_the_budget() {
+        let limits = EngineLimits {
+            visitor_memory_bytes: 512 * 1024,
+            ..EngineLimits::default()
+        };
+        let engine = Engine::new(limits).unwrap();
+        engine.add_website(site("big")).unwrap();
+        let now = 1_700_000_000_000;
+        let before = engine.budget().used_bytes();
+        for v in 0..1_000 {
+            engine.touch(&touch("big", now, v, false), None).unwrap();
+        }
+        assert!(
+            engine.budget().used_bytes() > before,
+            "an exact window grown by touches is charged"
+        );
+        for v in 1_000..60_000 {
+            engine
+                .touch(&touch("big", now + (v % 1000) as i64, v, false), None)
+                .unwrap();
+        }
+        engine.advance_to(now + 1000);
+        assert!(engine.budget().used_bytes() <= engine.budget().limit_bytes());
+        let answer = engine.realtime(&site("big"), now + 1000, false).unwrap();
+        assert!(answer.approximate);
+        let error = (answer.active_visitors as f64 - 60_000.0).abs() / 60_000.0;
+        assert!(error <= 0.02, "estimate {}", answer.active_visitors);
+        // Once approximate, touches of new visitors still reach the estimate.
+        for v in 60_000..90_000 {
+            engine
+                .touch(&touch("big", now + 1000, v, false), None)
+                .unwrap();
+        }
+        let answer = engine.realtime(&site("big"), now + 1000, false).unwrap();
+        let error = (answer.active_visitors as f64 - 90_000.0).abs() / 90_000.0;
+        assert!(error <= 0.02, "estimate {}", answer.active_visitors);
+        assert_eq!(answer.total_in_window, 0);
     }
 
     #[test]

@@ -263,6 +263,22 @@ pub struct Event {
     pub country: Option<CountryCode>,
 }
 
+/// A visitor seen on a website without an event (Plausible's engagement ping: the page is still
+/// open). It counts the visitor as active at `ts`, exactly as an event's visitor would, and is
+/// never an event: it is not listed among recent events, not in any event count, and takes no
+/// arrival number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Touch {
+    /// The website the visitor was seen on.
+    pub website: WebsiteId,
+    /// When, as the server stamped it.
+    pub ts: Timestamp,
+    /// Who, pseudonymously.
+    pub visitor: VisitorId,
+    /// Whether the User-Agent was classified as a bot (the visitor is counted in that class).
+    pub is_bot: bool,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

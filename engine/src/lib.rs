@@ -3,7 +3,7 @@
 //! time-dependent call takes `now` or a timestamp from the caller.
 //!
 //! # Layout
-//! - `event`: `Event`, `WebsiteId`, `VisitorId`, `Timestamp` and the small enums of a row.
+//! - `event`: `Event`, `Touch`, `WebsiteId`, `VisitorId`, `Timestamp` and the small enums of a row.
 //! - `identity`: `Salt`, `SaltSchedule`, `visitor_id()` — cookie-less ids and the midnight carry.
 //! - `limits`: `EngineLimits`, every bound and default in one place.
 //! - `ring`: `EventRing`, recent events that readers copy without blocking the writer.
@@ -14,7 +14,7 @@
 //! - `tally`: `EventTally`, the exact sliding count of events.
 //! - `export`: `WebsiteExport` and its parts, a website's state as plain data (checkpoints).
 //! - `website`: `WebsiteState`, one website's rings and windows behind one writer lock.
-//! - `engine`: `Engine`, the websites and the `ingest` / `realtime` calls.
+//! - `engine`: `Engine`, the websites and the `ingest` / `touch` / `realtime` calls.
 //! - `error`: `EngineError`.
 
 #![deny(missing_docs)]
@@ -38,7 +38,7 @@ pub use budget::MemoryBudget;
 pub use engine::Engine;
 pub use error::EngineError;
 pub use event::{
-    Browser, CountryCode, DeviceType, Event, EventKind, Timestamp, VisitorId, WebsiteId,
+    Browser, CountryCode, DeviceType, Event, EventKind, Timestamp, Touch, VisitorId, WebsiteId,
 };
 pub use export::{
     ApproximateExport, ClassExport, HllExport, RecentExport, RingExport, RingSlot, ShadowExport,
@@ -51,5 +51,5 @@ pub use limits::EngineLimits;
 pub use ring::{EventRing, RecentEvent};
 pub use tally::EventTally;
 pub use visitors::VisitorCount;
-pub use website::{Ingested, Realtime, WebsiteState};
+pub use website::{Ingested, Realtime, Touched, WebsiteState};
 pub use window::{Recorded, VisitorWindow};

@@ -2,6 +2,9 @@
 //! and per class a `VisitorCount` and an `EventTally` — and the one lock that orders its writes.
 //! It reports every change of its memory to the shared `MemoryBudget`.
 //!
+//! Two writes: `ingest` (an event: ring, tally and visitor count) and `touch` (a visitor seen
+//! without an event: the visitor count only).
+//!
 //! Writers (ingest, and queries advancing the clock) take the website's writer lock for a few
 //! hundred nanoseconds; ring readers take no lock at all. Websites share nothing, so traffic on one
 //! never waits for another. This module does not know how websites are found or created.
@@ -38,14 +41,26 @@ pub enum Ingested {
     },
 }
 
+/// What happened to a touch (a visitor seen without an event).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Touched {
+    /// The visitor is counted as active at the touch's timestamp: added when it was not in the
+    /// window, its last-seen time moved forward when it was (never backwards).
+    Counted,
+    /// The touch is at or before the window's cutoff: nothing changed.
+    OutsideWindow,
+    /// The visitor window is at its hard size limit; the visitor is not counted.
+    VisitorWindowFull,
+}
+
 /// A realtime answer for one website.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Realtime {
     /// The instant the answer is for: the query's `now`, or the newest event's timestamp if
     /// that is later.
     pub as_of_ms: i64,
-    /// Distinct visitors with an event in the window ending at `as_of_ms` (humans only unless
-    /// bots were included).
+    /// Distinct visitors with an event or a touch in the window ending at `as_of_ms` (humans
+    /// only unless bots were included).
     pub active_visitors: u64,
     /// True when `active_visitors` is an estimate (the website's exact window did not fit the
     /// memory budget); the events and their count stay exact.
@@ -247,6 +262,49 @@ impl WebsiteState {
             Ingested::VisitorWindowFull { arrival }
         } else {
             Ingested::Windowed { arrival }
+        }
+    }
+
+    /// Counts `visitor` (of the bot class when `is_bot`) as seen at `ts_ms`, as an event of it
+    /// would, and changes nothing else: no ring entry, no event count, no arrival number.
+    /// `carried_from` is the midnight carry-over, as for `ingest`.
+    ///
+    /// A visitor not in the window is added: a touch says it is on the site right now, and the
+    /// active-visitor count answers exactly that. Everything else follows `ingest`: the clock
+    /// moves to `ts_ms` (a future stamp included), a stamp at or before the cutoff changes
+    /// nothing, and the memory budget is charged and may turn the count approximate.
+    pub fn touch(
+        &self,
+        visitor: VisitorId,
+        is_bot: bool,
+        ts_ms: i64,
+        carried_from: Option<VisitorId>,
+    ) -> Touched {
+        let window_ms = self.limits.window_ms();
+        let mut writer = self.lock();
+        writer.advance_to(ts_ms, &self.budget);
+        if ts_ms <= writer.clock_ms - window_ms {
+            writer.report(&self.budget);
+            return Touched::OutsideWindow;
+        }
+        let class = if is_bot {
+            &mut writer.bots
+        } else {
+            &mut writer.humans
+        };
+        let recorded = class
+            .visitors
+            .record(visitor, ts_ms, carried_from, &self.budget);
+        writer.report(&self.budget);
+        let cutoff_ms = writer.clock_ms - window_ms;
+        drop(writer);
+        // The clock may have moved: the rings give up what left the window, as on `ingest`.
+        self.human_ring.evict_expired(cutoff_ms);
+        self.bot_ring.evict_expired(cutoff_ms);
+        if recorded == Recorded::Full {
+            Touched::VisitorWindowFull
+        } else {
+            Touched::Counted
         }
     }
 

@@ -1,9 +1,10 @@
 //! Property test: the engine against a naive reference model.
 //!
-//! The model keeps every event in a `Vec` and answers each query by scanning it. Random sequences
-//! of ingests and queries run over several websites, human and bot visitors, late (out-of-order)
-//! events, queries placed on the exact millisecond a window edge passes, and a midnight crossing
-//! with salt rotation and the carry-over of yesterday's ids. Every answer must be identical.
+//! The model keeps every event and touch in a `Vec` and answers each query by scanning it. Random
+//! sequences of ingests, touches (a visitor seen without an event) and queries run over several
+//! websites, human and bot visitors, late (out-of-order) events and touches, queries placed on
+//! the exact millisecond a window edge passes, and a midnight crossing with salt rotation and
+//! the carry-over of yesterday's ids. Every answer must be identical.
 
 // Test code: a failed unwrap is a failed check, which is what we want here.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -26,8 +27,11 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(0_i64),
     ];
     prop_oneof![
-        6 => (0..SITES, 0..PEOPLE, step, 0..TARGETS.len()).prop_map(
+        6 => (0..SITES, 0..PEOPLE, step.clone(), 0..TARGETS.len()).prop_map(
             |(site, person, step_ms, target)| Op::Ingest { site, person, step_ms, target }
+        ),
+        2 => (0..SITES, 0..PEOPLE, step).prop_map(
+            |(site, person, step_ms)| Op::Touch { site, person, step_ms }
         ),
         2 => (0..SITES, 0..400_000_i64, any::<bool>()).prop_map(
             |(site, step_ms, include_bots)| Op::Query { site, step_ms, include_bots }

@@ -1,6 +1,6 @@
-//! Fuzz target `engine_model`: arbitrary sequences of ingests and queries across websites,
-//! compared answer by answer with the naive reference model that the engine's property test
-//! uses too (`pulse_testkit::model`).
+//! Fuzz target `engine_model`: arbitrary sequences of ingests, touches and queries across
+//! websites, compared answer by answer with the naive reference model that the engine's
+//! property test uses too (`pulse_testkit::model`).
 
 #![no_main]
 
@@ -16,6 +16,11 @@ enum FuzzOp {
         person: u8,
         step_ms: i32,
         target: u8,
+    },
+    Touch {
+        site: u8,
+        person: u8,
+        step_ms: i32,
     },
     Query {
         site: u8,
@@ -65,6 +70,15 @@ fuzz_target!(|input: Input| {
                 step_ms: i64::from(step_ms) % 2_100_000,
                 target: usize::from(target) % TARGETS.len(),
             },
+            FuzzOp::Touch {
+                site,
+                person,
+                step_ms,
+            } => Op::Touch {
+                site: usize::from(site) % SITES,
+                person: person % PEOPLE,
+                step_ms: i64::from(step_ms) % 2_100_000,
+            },
             FuzzOp::Query {
                 site,
                 step_ms,
@@ -97,6 +111,15 @@ fuzz_target!(|input: Input| {
                 person,
                 step_ms: step_ms % 180_000,
                 target,
+            },
+            Op::Touch {
+                site,
+                person,
+                step_ms,
+            } if step_ms < -180_000 => Op::Touch {
+                site,
+                person,
+                step_ms: step_ms % 180_000,
             },
             other => other,
         })

@@ -1,5 +1,6 @@
-//! Fuzz target `record_roundtrip`: arbitrary event batches are encoded, framed, read back and
-//! decoded; what comes out must equal what went in.
+//! Fuzz target `record_roundtrip`: arbitrary mixes of events and touches are encoded (one record
+//! per run of one kind, as the segment writer does), framed, read back and decoded; what comes
+//! out must equal what went in, under one gap-free sequence.
 
 #![no_main]
 
@@ -8,7 +9,7 @@ use std::sync::Arc;
 use arbitrary::Unstructured;
 use libfuzzer_sys::fuzz_target;
 use pulse_engine::{
-    Browser, CountryCode, DeviceType, Event, EventKind, Timestamp, VisitorId, WebsiteId,
+    Browser, CountryCode, DeviceType, Event, EventKind, Timestamp, Touch, VisitorId, WebsiteId,
 };
 use pulse_snapshot::{batch, record, LogEntry};
 
@@ -19,10 +20,21 @@ fn entry(u: &mut Unstructured<'_>) -> arbitrary::Result<LogEntry> {
         .map_err(|_| arbitrary::Error::IncorrectFormat)?;
     let ts = Timestamp::from_unix_ms(u.int_in_range(0..=Timestamp::MAX_MS)?)
         .map_err(|_| arbitrary::Error::IncorrectFormat)?;
+    if u.ratio(1, 4)? {
+        return Ok(LogEntry::Touch {
+            touch: Touch {
+                website,
+                ts,
+                visitor: VisitorId(u.arbitrary()?),
+                is_bot: u.arbitrary()?,
+            },
+            carried_from: u.arbitrary::<Option<u64>>()?.map(VisitorId),
+        });
+    }
     let target: String = u.arbitrary()?;
     let referrer: Option<String> = u.arbitrary()?;
     let country: Option<[u8; 2]> = u.arbitrary()?;
-    Ok(LogEntry {
+    Ok(LogEntry::Event {
         event: Arc::new(Event {
             website,
             ts,
@@ -57,15 +69,22 @@ fuzz_target!(|data: &[u8]| {
             Err(_) => break,
         }
     }
-    let mut payload = Vec::new();
-    batch::encode(first_seq, &entries, &mut payload);
-    let mut framed = Vec::new();
-    record::frame(&payload, &mut framed).unwrap_or_else(|_| unreachable!("small batch"));
-    let (read, span) =
-        record::read(&framed).unwrap_or_else(|e| panic!("framed record unreadable: {e}"));
-    assert_eq!(span, framed.len());
     let mut decoded = Vec::new();
-    batch::decode(read, &mut None, |e| decoded.push(e)).unwrap_or_else(|e| panic!("decode: {e}"));
+    let mut start = 0;
+    while start < entries.len() {
+        let mut payload = Vec::new();
+        let taken = batch::encode(first_seq + start as u64, &entries[start..], &mut payload);
+        assert!(taken > 0, "encode took nothing from a non-empty slice");
+        let mut framed = Vec::new();
+        record::frame(&payload, &mut framed).unwrap_or_else(|_| unreachable!("small batch"));
+        let (read, span) =
+            record::read(&framed).unwrap_or_else(|e| panic!("framed record unreadable: {e}"));
+        assert_eq!(span, framed.len());
+        let (_, count) = batch::decode(read, &mut None, |e| decoded.push(e))
+            .unwrap_or_else(|e| panic!("decode: {e}"));
+        assert_eq!(count as usize, taken);
+        start += taken;
+    }
     assert_eq!(decoded.len(), entries.len());
     for (i, (got, want)) in decoded.iter().zip(&entries).enumerate() {
         assert_eq!(got.seq, first_seq + i as u64);

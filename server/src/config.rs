@@ -141,6 +141,15 @@ pub struct Config {
     #[arg(long, env = "PULSE_QUEUE_CAPACITY", default_value_t = 65_536)]
     pub queue_capacity: usize,
 
+    /// Milliseconds between the `: keepalive` comments of a live stream (hidden: tests shorten it).
+    #[arg(
+        long,
+        env = "PULSE_STREAM_HEARTBEAT_MS",
+        default_value_t = 15_000,
+        hide = true
+    )]
+    pub stream_heartbeat_ms: u64,
+
     /// Log format on stderr.
     #[arg(long, env = "PULSE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

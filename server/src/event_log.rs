@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use clap::ValueEnum;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
-use pulse_engine::{Engine, Event, WebsiteId};
+use pulse_engine::{Engine, Event, Timestamp, Touch, WebsiteId};
 use pulse_snapshot::{
     replay, LogEntry, ReplayOptions, ReplayReport, SegmentLimits, SegmentWriter, SnapshotError,
 };
@@ -37,12 +37,18 @@ use crate::checkpoints::{self, CheckpointStats};
 use crate::clock;
 use crate::metrics::Metrics;
 
-/// Estimated bytes one queued entry holds (the event, its strings and the `Arc` headers).
+/// Estimated bytes one queued entry holds (the event, its strings and the `Arc` headers; a
+/// touch is the entry alone).
 fn entry_bytes(entry: &LogEntry) -> usize {
-    std::mem::size_of::<Event>()
-        + entry.event.target.len()
-        + entry.event.referrer_domain.as_ref().map_or(0, |r| r.len())
-        + 64
+    match entry {
+        LogEntry::Event { event, .. } => {
+            std::mem::size_of::<Event>()
+                + event.target.len()
+                + event.referrer_domain.as_ref().map_or(0, |r| r.len())
+                + 64
+        }
+        LogEntry::Touch { .. } => std::mem::size_of::<LogEntry>(),
+    }
 }
 
 /// When an accepted event reaches the disk.
@@ -151,19 +157,35 @@ struct FutureEvents {
 }
 
 impl FutureEvents {
-    fn counted_as_of(&mut self, event: Arc<Event>, now_ms: i64) -> Arc<Event> {
-        let ahead_ms = event.ts.unix_ms().saturating_sub(now_ms);
+    /// `now` when `ts` is too far in the future (counted as one such entry), else `None`.
+    fn moved_to_now(&mut self, ts: Timestamp, now_ms: i64) -> Option<Timestamp> {
+        let ahead_ms = ts.unix_ms().saturating_sub(now_ms);
         if ahead_ms <= FUTURE_TOLERANCE_MS {
-            return event;
+            return None;
         }
-        let Ok(now) = pulse_engine::Timestamp::from_unix_ms(now_ms) else {
-            return event;
-        };
+        let now = Timestamp::from_unix_ms(now_ms).ok()?;
         self.events += 1;
         self.max_ahead_ms = self.max_ahead_ms.max(ahead_ms);
-        let mut moved = Event::clone(&event);
-        moved.ts = now;
-        Arc::new(moved)
+        Some(now)
+    }
+
+    fn counted_as_of(&mut self, event: Arc<Event>, now_ms: i64) -> Arc<Event> {
+        match self.moved_to_now(event.ts, now_ms) {
+            None => event,
+            Some(now) => {
+                let mut moved = Event::clone(&event);
+                moved.ts = now;
+                Arc::new(moved)
+            }
+        }
+    }
+
+    /// A touch stamped in the future is counted as of now, as an event is.
+    fn touch_as_of(&mut self, mut touch: Touch, now_ms: i64) -> Touch {
+        if let Some(now) = self.moved_to_now(touch.ts, now_ms) {
+            touch.ts = now;
+        }
+        touch
     }
 }
 
@@ -605,7 +627,7 @@ fn run_log_thread(
     let mut future = FutureEvents::default();
     let mut superseded: u64 = 0;
     let report = replay(&options.dir, replay_options, |logged| {
-        let website = &logged.entry.event.website;
+        let website = logged.entry.website();
         if starts.get(website).is_some_and(|&start| logged.seq < start) {
             if options
                 .log_starts
@@ -618,9 +640,23 @@ fn run_log_thread(
             // Otherwise the checkpoint holds it already.
             return;
         }
-        let event = future.counted_as_of(logged.entry.event, now_ms);
-        // Events of websites deleted since they were logged have nowhere to go.
-        let _ = engine.ingest(event, logged.entry.carried_from);
+        // Entries of websites deleted since they were logged have nowhere to go.
+        match logged.entry {
+            LogEntry::Event {
+                event,
+                carried_from,
+            } => {
+                let event = future.counted_as_of(event, now_ms);
+                let _ = engine.ingest(event, carried_from);
+            }
+            LogEntry::Touch {
+                touch,
+                carried_from,
+            } => {
+                let touch = future.touch_as_of(touch, now_ms);
+                let _ = engine.touch(&touch, carried_from);
+            }
+        }
     })
     .map_err(LogFailure::Replay)?;
     if future.events > 0 {

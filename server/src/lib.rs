@@ -9,8 +9,9 @@
 //! - `config`: `Config` (flags and `PULSE_*` variables), `HttpLimits`.
 //! - `state`: `AppState`, what handlers share.
 //! - `routes`: the router, its paths and request metrics, and one module per route (`collect`,
-//!   `realtime`, `websites`, `health`, `scrape` — `GET /metrics`, `assets` — the embedded
-//!   dashboard and `/s.js` tracker).
+//!   `realtime`, `stream` — realtime as Server-Sent Events, `websites`, `health`, `scrape` —
+//!   `GET /metrics`, `assets` — the embedded dashboard and `/s.js` tracker).
+//! - `live`: `LiveHub`, the live streams' shared renderings, pacing and bound.
 //! - `auth`: the admin token check; `admin_access`: without a token, loopback `Host` and same
 //!   origin only, and JSON bodies always. `body`: bounded, timed body reading against a budget.
 //! - `connections`: `ConnectionPool`, the admitted connections and the rules for shedding them.
@@ -57,6 +58,7 @@ pub mod connections;
 pub mod error;
 pub mod event_log;
 pub mod geoip;
+pub mod live;
 pub mod memory;
 pub mod metrics;
 pub mod rate_limit;
@@ -146,6 +148,7 @@ async fn serve(
         .interval
         .map(|interval| tokio::spawn(checkpoints::run(Arc::clone(&state), interval)));
     let reaper = tokio::spawn(reap(Arc::clone(&pool)));
+    let live = tokio::spawn(routes::stream::publish_live(Arc::clone(&state)));
     tokio::pin!(shutdown);
     loop {
         // Accept first, whatever the pool holds: the pool decides, knowing the new client,
@@ -189,6 +192,8 @@ async fn serve(
     drop(listener);
     tracing::info!("shutting down: draining connections");
     // Connections that have not sent a complete request go at once; the rest finish theirs.
+    // Live streams end now (their responses never would): shutdown does not wait on them.
+    state.live.close();
     pool.shut_down();
     let _ = stop.send(true);
     if tokio::time::timeout(DRAIN_TIMEOUT, pool.drained())
@@ -199,6 +204,7 @@ async fn serve(
     }
     maintenance.abort();
     reaper.abort();
+    live.abort();
     if let Some(task) = checkpoints {
         task.abort();
     }

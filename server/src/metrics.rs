@@ -104,6 +104,8 @@ pub enum Component {
     Rings,
     WriteQueue,
     RequestBodies,
+    /// What the open live streams hold against their share (`STREAM_BYTES` each).
+    LiveStreams,
 }
 
 impl Component {
@@ -113,6 +115,7 @@ impl Component {
             Self::Rings => "rings",
             Self::WriteQueue => "write_queue",
             Self::RequestBodies => "request_bodies",
+            Self::LiveStreams => "live_streams",
         }
     }
 }

@@ -1,5 +1,5 @@
 //! `AppState`: what every request handler shares — the engine, the websites, the salts, the
-//! proxy and auth settings, the optional GeoIP database, and readiness.
+//! proxy and auth settings, the optional GeoIP database, the live streams' hub, and readiness.
 //!
 //! Built once at start-up from `Config` (opening the data directory); it does not know HTTP.
 
@@ -18,6 +18,7 @@ use crate::connections::{ConnectionPool, PoolLimits, EVICTABLE_AFTER, PRESSURE_I
 use crate::error::ServerError;
 use crate::event_log::EventLog;
 use crate::geoip::GeoIp;
+use crate::live::LiveHub;
 use crate::memory::MemoryPlan;
 use crate::metrics::Metrics;
 use crate::rate_limit::RateLimiter;
@@ -48,6 +49,8 @@ pub struct AppState {
     pub open_connections: AtomicUsize,
     /// The admitted connections and the rules for shedding them (`connections.rs`).
     pub connections: Arc<ConnectionPool>,
+    /// The live streams' topics and subscribers (`live.rs`).
+    pub live: LiveHub,
 }
 
 impl AppState {
@@ -114,6 +117,10 @@ impl AppState {
                 pressure_idle: http.header_timeout.min(PRESSURE_IDLE),
                 evictable_after: EVICTABLE_AFTER,
             })),
+            live: LiveHub::new(
+                memory.max_streams,
+                std::time::Duration::from_millis(config.stream_heartbeat_ms),
+            ),
         })
     }
 }

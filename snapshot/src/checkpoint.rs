@@ -210,13 +210,15 @@ impl RingBody {
         let entries: Vec<LogEntry> = ring
             .slots
             .iter()
-            .map(|slot| LogEntry {
+            .map(|slot| LogEntry::Event {
                 event: Arc::clone(&slot.event),
                 carried_from: None,
             })
             .collect();
         let mut events = Vec::new();
-        batch::encode(0, &entries, &mut events);
+        // All of one kind (events), so one payload takes them all.
+        let taken = batch::encode(0, &entries, &mut events);
+        debug_assert_eq!(taken, entries.len());
         Self {
             max_ts: ring.max_ts,
             arrivals: ring.slots.iter().map(|s| s.arrival).collect(),
@@ -227,11 +229,18 @@ impl RingBody {
 
     fn into_ring(self) -> Result<RingExport, Refusal> {
         let mut events: Vec<Arc<Event>> = Vec::with_capacity(self.arrivals.len());
+        let mut touches = 0;
         let mut website_cache = None;
         batch::decode(&self.events, &mut website_cache, |logged| {
-            events.push(logged.entry.event);
+            match logged.entry {
+                LogEntry::Event { event, .. } => events.push(event),
+                LogEntry::Touch { .. } => touches += 1,
+            }
         })
         .map_err(|e| Refusal::Damaged(format!("recent events: {e}")))?;
+        if touches > 0 {
+            return Err(Refusal::Damaged("recent events hold touches".into()));
+        }
         if events.len() != self.arrivals.len() || events.len() != self.bounds.len() {
             return Err(Refusal::Damaged(
                 "recent events and their arrivals differ in number".into(),

@@ -1,5 +1,5 @@
 //! The log's code tables, pure: the byte each engine enum value is written as, the bits of an
-//! event's flags byte and the payload kind. These tables are the format. The engine's
+//! entry's flags byte and the payload kinds. These tables are the format. The engine's
 //! declaration order means nothing on disk: every code is spelled out below, encoding is an
 //! exhaustive `match` (a new engine variant does not compile until it has a code), and decoding
 //! treats an unknown code as corruption, never as a default. A code, once written to a log, is
@@ -13,6 +13,10 @@ use crate::error::RecordError;
 
 /// Payload kind of a batch of events, the first byte of every record payload.
 pub const KIND_EVENT_BATCH: u8 = 1;
+/// Payload kind of a batch of touches (visitors seen without an event, `pulse_engine::Touch`).
+pub const KIND_TOUCH_BATCH: u8 = 2;
+/// Every payload kind the format defines; any other first byte is corruption.
+pub const RECORD_KINDS: [u8; 2] = [KIND_EVENT_BATCH, KIND_TOUCH_BATCH];
 
 /// Flag bit: the event comes from a bot.
 pub const FLAG_BOT: u8 = 1;
@@ -24,8 +28,11 @@ pub const FLAG_REFERRER: u8 = 4;
 pub const FLAG_COUNTRY: u8 = 8;
 /// Flag bit: the visitor's id under yesterday's salt follows the country.
 pub const FLAG_CARRIED: u8 = 16;
-/// Every flag bit the format defines; a flags byte with any other bit set is corruption.
+/// Every flag bit an event defines; an event's flags byte with any other bit set is corruption.
 pub const KNOWN_FLAGS: u8 = FLAG_BOT | FLAG_CUSTOM | FLAG_REFERRER | FLAG_COUNTRY | FLAG_CARRIED;
+/// Every flag bit a touch defines (the bits of the same name as an event's, nothing else); a
+/// touch's flags byte with any other bit set is corruption.
+pub const KNOWN_TOUCH_FLAGS: u8 = FLAG_BOT | FLAG_CARRIED;
 
 /// An engine enum the log stores as one byte under an explicit code.
 pub trait LogCode: Sized + Copy {
@@ -160,6 +167,26 @@ mod tests {
             assert_eq!(kind_from_flags(flags), kind);
             assert_eq!(kind_from_flags(flags | (KNOWN_FLAGS & !FLAG_CUSTOM)), kind);
         }
+    }
+
+    #[test]
+    fn record_kinds_are_the_written_codes_and_distinct() {
+        // Written to disk: these values are the format and never change or get reused.
+        assert_eq!(KIND_EVENT_BATCH, 1);
+        assert_eq!(KIND_TOUCH_BATCH, 2);
+        let mut kinds = RECORD_KINDS;
+        kinds.sort_unstable();
+        kinds.windows(2).for_each(|w| assert_ne!(w[0], w[1]));
+        assert!(
+            !RECORD_KINDS.contains(&0),
+            "a zeroed tail must never read as a kind"
+        );
+    }
+
+    #[test]
+    fn touch_flags_are_event_flags_of_the_same_meaning() {
+        assert_eq!(KNOWN_TOUCH_FLAGS & !KNOWN_FLAGS, 0);
+        assert_eq!(KNOWN_TOUCH_FLAGS, FLAG_BOT | FLAG_CARRIED);
     }
 
     #[test]

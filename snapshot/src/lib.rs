@@ -6,7 +6,8 @@
 //!
 //! # Layout
 //! - `record`: framing, `[len u32][crc32c u32][payload]`, pure.
-//! - `batch`: the payload — a batch of events with sequence numbers (`LogEntry`, `LoggedEvent`).
+//! - `batch`: the payload — a batch of events or of touches with sequence numbers (`LogEntry`,
+//!   `LoggedEvent`).
 //! - `codes`: the explicit byte of every enum value and flag the payload stores.
 //! - `segment`: file naming, the 32-byte header, listing segments.
 //! - `writer`: `SegmentWriter` — append, sync, roll, retention.

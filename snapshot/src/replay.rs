@@ -1,5 +1,6 @@
 //! Replay: read every segment at start-up, hand each event to the caller, and repair or isolate
-//! damage — `replay(dir, options, visit) → ReplayReport`.
+//! damage — `replay(dir, options, visit) → ReplayReport`. "Event" here is any log entry: an
+//! event or a touch (`LogEntry`); both take sequence numbers and are replayed in order.
 //!
 //! The rules (after etcd's WAL, and unlike journals that treat any decode error as "the tail"):
 //! - A bad record at the end of the newest segment, with nothing valid after it, is a torn write
@@ -84,7 +85,7 @@ pub struct ReplayReport {
     pub segments_skipped: usize,
     /// Valid records replayed.
     pub records: u64,
-    /// Events replayed (handed to `visit`).
+    /// Entries (events and touches) replayed (handed to `visit`).
     pub events: u64,
     /// The sequence number the next event written must get.
     pub next_seq: u64,

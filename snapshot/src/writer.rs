@@ -1,5 +1,6 @@
-//! `SegmentWriter`: appends batches of events to the newest segment, rolls to a new segment by
-//! size and age, fsyncs on request, and deletes whole segments past retention.
+//! `SegmentWriter`: appends batches of log entries (events and touches) to the newest segment,
+//! rolls to a new segment by size and age, fsyncs on request, and deletes whole segments past
+//! retention.
 //!
 //! Every new file is created with its header, fsynced, and followed by an fsync of the directory,
 //! so a crash never leaves a segment that the directory does not know about. A sealed segment is
@@ -257,10 +258,11 @@ impl SegmentWriter {
         let mut start = 0;
         let mut seq = self.next_seq;
         while start < entries.len() {
-            // Take as many entries as fit one record.
+            // Take as many entries of one kind (events or touches) as fit one record.
+            let kind = entries[start].record_kind();
             let mut end = start;
             let mut size = BATCH_HEADER_BYTES;
-            while end < entries.len() {
+            while end < entries.len() && entries[end].record_kind() == kind {
                 let next = batch::encoded_len(&entries[end]);
                 if end > start && size + next > MAX_RECORD_BYTES {
                     break;
@@ -269,7 +271,8 @@ impl SegmentWriter {
                 end += 1;
             }
             self.payload.clear();
-            batch::encode(seq, &entries[start..end], &mut self.payload);
+            // Every entry in `start..end` has one kind, so `encode` takes them all.
+            let end = start + batch::encode(seq, &entries[start..end], &mut self.payload);
             record::frame(&self.payload, &mut self.buf).map_err(|_| {
                 SnapshotError::RecordTooLarge {
                     len: self.payload.len(),

@@ -1,7 +1,8 @@
 //! Checkpoints against the log: a restart from a checkpoint plus the log after it must answer
 //! exactly as a replay of the whole log does, and a website restored from a checkpoint must go
-//! on exactly as the original would — over random ingests, late events, expiries, a midnight
-//! carry-over, approximate counts under a memory budget, and websites deleted and created again.
+//! on exactly as the original would — over random ingests and touches, late events, expiries, a
+//! midnight carry-over, approximate counts under a memory budget, and websites deleted and created
+//! again.
 
 // Test code: a failed unwrap is a failed check.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -13,8 +14,8 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use pulse_engine::{
-    Browser, DeviceType, Engine, EngineLimits, Event, EventKind, Realtime, Timestamp, VisitorId,
-    WebsiteExport, WebsiteId,
+    Browser, DeviceType, Engine, EngineLimits, Event, EventKind, Realtime, Timestamp, Touch,
+    VisitorId, WebsiteExport, WebsiteId,
 };
 use pulse_snapshot::checkpoint::{self, Checkpoint, WebsiteCheckpoint};
 use pulse_snapshot::{replay, LogEntry, ReplayOptions, SegmentLimits, SegmentWriter};
@@ -32,7 +33,8 @@ fn site(i: usize) -> WebsiteId {
 
 #[derive(Debug, Clone)]
 enum Op {
-    /// An event `step_ms` after the previous instant (negative: late).
+    /// An event `step_ms` after the previous instant (negative: late); page 4 is a touch (a
+    /// visitor seen without an event).
     Ingest {
         site: usize,
         step_ms: i64,
@@ -53,7 +55,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => 1_700_000..2_000_000_i64,
     ];
     prop_oneof![
-        20 => (0..SITES.len(), step.clone(), 0..40_u64, proptest::bool::weighted(0.2), 0..4_u8)
+        20 => (0..SITES.len(), step.clone(), 0..40_u64, proptest::bool::weighted(0.2), 0..5_u8)
             .prop_map(|(site, step_ms, person, bot, page)| Op::Ingest {
                 site,
                 step_ms,
@@ -113,7 +115,18 @@ impl Clock {
         } else {
             (person, None)
         };
-        LogEntry {
+        if page == 4 {
+            return LogEntry::Touch {
+                touch: Touch {
+                    website: crate::site(site),
+                    ts: Timestamp::from_unix_ms(ts).unwrap(),
+                    visitor: VisitorId(visitor),
+                    is_bot: bot,
+                },
+                carried_from,
+            };
+        }
+        LogEntry::Event {
             event: Arc::new(Event {
                 website: crate::site(site),
                 ts: Timestamp::from_unix_ms(ts).unwrap(),
@@ -141,6 +154,20 @@ impl Clock {
             carried_from,
         }
     }
+}
+
+/// Counts `entry` in `engine`, as the server does (an entry of an unknown website is dropped).
+fn count(engine: &Engine, entry: LogEntry) {
+    let _ = match entry {
+        LogEntry::Event {
+            event,
+            carried_from,
+        } => engine.ingest(event, carried_from).map(drop),
+        LogEntry::Touch {
+            touch,
+            carried_from,
+        } => engine.touch(&touch, carried_from).map(drop),
+    };
 }
 
 fn new_engine(limits: EngineLimits) -> Engine {
@@ -214,8 +241,7 @@ proptest! {
         let split = split.min(ops.len());
         let apply = |engine: &Engine, clock: &mut Clock, op: &Op| match *op {
             Op::Ingest { site, step_ms, person, bot, page } => {
-                let entry = clock.entry(site, step_ms, person, bot, page);
-                engine.ingest(entry.event, entry.carried_from).unwrap();
+                count(engine, clock.entry(site, step_ms, person, bot, page));
             }
             Op::Advance { step_ms } => engine.advance_to(clock.step(step_ms)),
             Op::Recreate { site } => {
@@ -301,7 +327,7 @@ proptest! {
                 Op::Ingest { site, step_ms, person, bot, page } => {
                     let entry = clock.entry(site, step_ms, person, bot, page);
                     writer.append(std::slice::from_ref(&entry), clock.now_ms).unwrap();
-                    live.ingest(entry.event, entry.carried_from).unwrap();
+                    count(&live, entry);
                 }
                 Op::Advance { step_ms } => live.advance_to(clock.step(step_ms)),
                 Op::Recreate { site } => {
@@ -321,8 +347,8 @@ proptest! {
 
         let full = new_engine(limits);
         replay(&log_dir, ReplayOptions::default(), |logged| {
-            if logged.seq >= log_starts[&logged.entry.event.website] {
-                let _ = full.ingest(logged.entry.event, logged.entry.carried_from);
+            if logged.seq >= log_starts[logged.entry.website()] {
+                count(&full, logged.entry);
             }
         })
         .unwrap();
@@ -336,8 +362,8 @@ proptest! {
             ..ReplayOptions::default()
         };
         replay(&log_dir, options, |logged| {
-            if logged.seq >= restored.starts[&logged.entry.event.website] {
-                let _ = from_checkpoint.ingest(logged.entry.event, logged.entry.carried_from);
+            if logged.seq >= restored.starts[logged.entry.website()] {
+                count(&from_checkpoint, logged.entry);
             }
         })
         .unwrap();
@@ -351,8 +377,7 @@ fn a_website_deleted_after_its_checkpoint_is_not_restored() {
     let limits = limits(usize::MAX);
     let live = new_engine(limits);
     let mut clock = Clock::at(MIDNIGHT + CARRY_MS);
-    let entry = clock.entry(0, 0, 1, false, 0);
-    live.ingest(entry.event, None).unwrap();
+    count(&live, clock.entry(0, 0, 1, false, 0));
     let checkpoint = Checkpoint {
         seq: 1,
         created_ms: clock.now_ms,

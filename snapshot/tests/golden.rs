@@ -1,19 +1,23 @@
-//! The golden batch: `tests/fixtures/golden/batch.hex` holds, byte for byte, the payload the log
-//! writes for `golden_entries()`, which use every value of every engine enum the log stores and
-//! set and clear every event flag. Encoding must reproduce those bytes and decoding them must
-//! give the entries back, so changing any code in `codes.rs` (or the layout) fails here.
+//! The golden batches: `tests/fixtures/golden/batch.hex` holds, byte for byte, the payload the
+//! log writes for `golden_entries()`, which use every value of every engine enum the log stores
+//! and set and clear every event flag; `touch_batch.hex` holds the touch batch (record kind 2)
+//! for `golden_touches()`, which set and clear every touch flag. Encoding must reproduce those
+//! bytes and decoding them must give the entries back, so changing any code in `codes.rs` (or
+//! the layout) fails here.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::Arc;
 
 use pulse_engine::{
-    Browser, CountryCode, DeviceType, Event, EventKind, Timestamp, VisitorId, WebsiteId,
+    Browser, CountryCode, DeviceType, Event, EventKind, Timestamp, Touch, VisitorId, WebsiteId,
 };
 use pulse_snapshot::LogEntry;
 use pulse_snapshot::{batch, codes};
 
 const FIRST_SEQ: u64 = 1_000;
+/// The touch batch follows the event batch in the log's one sequence.
+const FIRST_TOUCH_SEQ: u64 = 1_010;
 const T0: i64 = 1_780_000_000_000;
 
 /// Which optional parts and flags an entry has.
@@ -39,7 +43,7 @@ fn golden_entry(
     kind: EventKind,
     parts: Parts,
 ) -> LogEntry {
-    LogEntry {
+    LogEntry::Event {
         event: Arc::new(Event {
             website: WebsiteId::new(if n % 2 == 0 { "site-a" } else { "shop_B" }).unwrap(),
             ts: Timestamp::from_unix_ms(T0 + n).unwrap(),
@@ -127,9 +131,47 @@ fn golden_entries() -> Vec<LogEntry> {
     ]
 }
 
-/// The committed payload: hex pairs, with whitespace and `#` comments ignored.
+/// Four touches: flags none, bot, carried, both; websites alternating.
+fn golden_touches() -> Vec<LogEntry> {
+    [(false, false), (true, false), (false, true), (true, true)]
+        .into_iter()
+        .enumerate()
+        .map(|(i, (bot, carried))| {
+            let n = 10 + i as i64;
+            LogEntry::Touch {
+                touch: Touch {
+                    website: WebsiteId::new(if n % 2 == 0 { "site-a" } else { "shop_B" }).unwrap(),
+                    ts: Timestamp::from_unix_ms(T0 + n).unwrap(),
+                    visitor: VisitorId(0x0102_0304_0506_0700 + n as u64),
+                    is_bot: bot,
+                },
+                carried_from: carried.then_some(VisitorId(0xA0A1_A2A3_A4A5_A6A7)),
+            }
+        })
+        .collect()
+}
+
+/// The event of an entry of `golden_entries()`.
+fn event_of(entry: &LogEntry) -> &Event {
+    match entry {
+        LogEntry::Event { event, .. } => event,
+        LogEntry::Touch { .. } => panic!("golden_entries() holds events only"),
+    }
+}
+
+/// The committed event batch.
 fn golden_bytes() -> Vec<u8> {
-    let digits: String = include_str!("fixtures/golden/batch.hex")
+    hex_bytes(include_str!("fixtures/golden/batch.hex"))
+}
+
+/// The committed touch batch.
+fn golden_touch_bytes() -> Vec<u8> {
+    hex_bytes(include_str!("fixtures/golden/touch_batch.hex"))
+}
+
+/// A committed payload: hex pairs, with whitespace and `#` comments ignored.
+fn hex_bytes(text: &str) -> Vec<u8> {
+    let digits: String = text
         .lines()
         .map(|line| line.split('#').next().unwrap_or(""))
         .flat_map(|line| line.chars().filter(|c| !c.is_whitespace()))
@@ -144,8 +186,75 @@ fn golden_bytes() -> Vec<u8> {
 #[test]
 fn encoding_the_golden_entries_gives_the_committed_bytes() {
     let mut payload = Vec::new();
-    batch::encode(FIRST_SEQ, &golden_entries(), &mut payload);
+    assert_eq!(
+        batch::encode(FIRST_SEQ, &golden_entries(), &mut payload),
+        10
+    );
     assert_eq!(payload, golden_bytes());
+}
+
+#[test]
+fn encoding_the_golden_touches_gives_the_committed_bytes() {
+    let mut payload = Vec::new();
+    assert_eq!(
+        batch::encode(FIRST_TOUCH_SEQ, &golden_touches(), &mut payload),
+        4
+    );
+    assert_eq!(payload, golden_touch_bytes());
+}
+
+#[test]
+fn decoding_the_committed_touch_bytes_gives_the_golden_touches() {
+    let mut decoded = Vec::new();
+    let (first_seq, count) =
+        batch::decode(&golden_touch_bytes(), &mut None, |e| decoded.push(e)).unwrap();
+    assert_eq!((first_seq, count), (FIRST_TOUCH_SEQ, 4));
+    let touches = golden_touches();
+    assert_eq!(decoded.len(), touches.len());
+    for (i, (got, want)) in decoded.iter().zip(&touches).enumerate() {
+        assert_eq!(got.seq, FIRST_TOUCH_SEQ + i as u64);
+        assert_eq!(&got.entry, want, "touch {i}");
+    }
+}
+
+/// As for events: a new touch flag grows `KNOWN_TOUCH_FLAGS` and fails here until a golden
+/// touch sets it (and so a new fixture).
+#[test]
+fn golden_touches_set_and_clear_every_touch_flag() {
+    let flags_of = |e: &LogEntry| match e {
+        LogEntry::Touch {
+            touch,
+            carried_from,
+        } => {
+            let mut flags = 0;
+            if touch.is_bot {
+                flags |= codes::FLAG_BOT;
+            }
+            if carried_from.is_some() {
+                flags |= codes::FLAG_CARRIED;
+            }
+            flags
+        }
+        LogEntry::Event { .. } => panic!("golden_touches() holds touches only"),
+    };
+    let touches = golden_touches();
+    for bit in (0..8)
+        .map(|i| 1u8 << i)
+        .filter(|b| codes::KNOWN_TOUCH_FLAGS & b != 0)
+    {
+        assert!(
+            touches.iter().any(|e| flags_of(e) & bit != 0),
+            "{bit:#x} never set"
+        );
+        assert!(
+            touches.iter().any(|e| flags_of(e) & bit == 0),
+            "{bit:#x} never clear"
+        );
+    }
+    assert!(touches
+        .iter()
+        .any(|e| flags_of(e) == codes::KNOWN_TOUCH_FLAGS));
+    assert_eq!(golden_touch_bytes()[0], codes::KIND_TOUCH_BATCH);
 }
 
 #[test]
@@ -170,29 +279,36 @@ fn golden_entries_use_every_enum_value_and_set_and_clear_every_flag() {
     let entries = golden_entries();
     for browser in Browser::ALL {
         assert!(
-            entries.iter().any(|e| e.event.browser == *browser),
+            entries.iter().any(|e| event_of(e).browser == *browser),
             "{browser:?} is missing from the golden batch"
         );
     }
     for device in DeviceType::ALL {
         assert!(
-            entries.iter().any(|e| e.event.device == *device),
+            entries.iter().any(|e| event_of(e).device == *device),
             "{device:?} is missing from the golden batch"
         );
     }
     for kind in EventKind::ALL {
         assert!(
-            entries.iter().any(|e| e.event.kind == *kind),
+            entries.iter().any(|e| event_of(e).kind == *kind),
             "{kind:?} is missing from the golden batch"
         );
     }
     let flags_of = |e: &LogEntry| {
-        let mut flags = codes::kind_flags(e.event.kind);
+        let (event, carried_from) = match e {
+            LogEntry::Event {
+                event,
+                carried_from,
+            } => (event, carried_from),
+            LogEntry::Touch { .. } => panic!("golden_entries() holds events only"),
+        };
+        let mut flags = codes::kind_flags(event.kind);
         for (set, flag) in [
-            (e.event.is_bot, codes::FLAG_BOT),
-            (e.event.referrer_domain.is_some(), codes::FLAG_REFERRER),
-            (e.event.country.is_some(), codes::FLAG_COUNTRY),
-            (e.carried_from.is_some(), codes::FLAG_CARRIED),
+            (event.is_bot, codes::FLAG_BOT),
+            (event.referrer_domain.is_some(), codes::FLAG_REFERRER),
+            (event.country.is_some(), codes::FLAG_COUNTRY),
+            (carried_from.is_some(), codes::FLAG_CARRIED),
         ] {
             if set {
                 flags |= flag;

@@ -9,7 +9,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use pulse_engine::{Browser, DeviceType, Event, EventKind, Timestamp, VisitorId, WebsiteId};
+use pulse_engine::{Browser, DeviceType, Event, EventKind, Timestamp, Touch, VisitorId, WebsiteId};
 use pulse_snapshot::{
     replay, LogEntry, LoggedEvent, ReplayOptions, ReplayReport, SegmentLimits, SegmentWriter,
 };
@@ -17,7 +17,7 @@ use pulse_snapshot::{
 const T0: i64 = 1_780_000_000_000;
 
 fn entry(n: u64) -> LogEntry {
-    LogEntry {
+    LogEntry::Event {
         event: Arc::new(Event {
             website: WebsiteId::new("site").unwrap(),
             ts: Timestamp::from_unix_ms(T0 + n as i64).unwrap(),
@@ -68,6 +68,48 @@ fn check_events(events: &[LoggedEvent], expected: impl IntoIterator<Item = u64>)
     for event in events {
         assert_eq!(event.entry, entry(event.seq), "event {} differs", event.seq);
     }
+}
+
+/// Entry `n` as a touch (a visitor seen without an event).
+fn touch_entry(n: u64) -> LogEntry {
+    LogEntry::Touch {
+        touch: Touch {
+            website: WebsiteId::new(if n % 2 == 0 { "site" } else { "other" }).unwrap(),
+            ts: Timestamp::from_unix_ms(T0 + n as i64).unwrap(),
+            visitor: VisitorId(n % 7),
+            is_bot: n % 3 == 0,
+        },
+        carried_from: (n % 4 == 0).then_some(VisitorId(99)),
+    }
+}
+
+#[test]
+fn touches_and_events_appended_together_replay_in_order_under_one_sequence() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut writer = SegmentWriter::create(dir.path(), 0, T0, SegmentLimits::default()).unwrap();
+    // Runs of each kind: event, 2 touches, 3 events, touch, then a second append.
+    let mixed = |n: u64| {
+        if [1, 2, 6, 8].contains(&n) {
+            touch_entry(n)
+        } else {
+            entry(n)
+        }
+    };
+    let first: Vec<LogEntry> = (0..7).map(mixed).collect();
+    assert_eq!(writer.append(&first, T0).unwrap(), 0);
+    let second: Vec<LogEntry> = (7..10).map(mixed).collect();
+    assert_eq!(writer.append(&second, T0).unwrap(), 7);
+    writer.sync().unwrap();
+    assert_eq!(writer.next_seq(), 10);
+    drop(writer);
+    let (logged, report) = replay_all(dir.path());
+    let got: Vec<(u64, LogEntry)> = logged.into_iter().map(|l| (l.seq, l.entry)).collect();
+    let want: Vec<(u64, LogEntry)> = (0..10).map(|n| (n, mixed(n))).collect();
+    assert_eq!(got, want);
+    assert_eq!((report.events, report.next_seq), (10, 10));
+    // One record per run of one kind: [e][t t][e e e][t] and [e][t][e].
+    assert_eq!(report.records, 7);
+    assert!(report.broken.is_empty() && report.torn_tail.is_none());
 }
 
 #[test]

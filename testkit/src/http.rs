@@ -8,8 +8,9 @@
 //! the load generator's realtime poller, so its latency is not inflated by the load tasks'
 //! scheduling; `Client` builds a request (`header`, `bearer_auth`, `json`, `body`) and sends it
 //! on a fresh connection, for the integration tests. `raw_exchange` writes arbitrary bytes
-//! (malformed or oversized requests) and reports how the server reacted. This module never
-//! panics and knows nothing about Pulse's API.
+//! (malformed or oversized requests) and reports how the server reacted. `Request::open_stream`
+//! reads a Server-Sent Events response as it arrives (`EventStream`: `data:` messages and
+//! comments, one at a time). This module never panics and knows nothing about Pulse's API.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream as StdTcpStream};
@@ -39,6 +40,8 @@ pub enum HttpError {
     Malformed(String),
     #[error("timed out waiting for the server")]
     Timeout,
+    #[error("expected an event stream, got {0:?}")]
+    NotAStream(Box<Response>),
 }
 
 /// A parsed response. `headers` and `body` are filled only when asked for (`want_body`), so the
@@ -485,6 +488,202 @@ impl Request {
     }
 }
 
+/// One Server-Sent Events message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SseMessage {
+    /// The `data:` lines of one event, joined by newlines.
+    Data(String),
+    /// A comment line (`: text`), as heartbeats are sent; the text after the colon, trimmed.
+    Comment(String),
+}
+
+/// A Server-Sent Events response being read as it arrives (`Request::open_stream`).
+#[derive(Debug)]
+pub struct EventStream {
+    reader: tokio::net::tcp::OwnedReadHalf,
+    /// Keeps the connection's write half open while the stream is read.
+    _writer: tokio::net::tcp::OwnedWriteHalf,
+    pub status: u16,
+    /// Every header in order, names lower-cased.
+    pub headers: Vec<(String, String)>,
+    chunked: bool,
+    /// Bytes read but not yet de-chunked.
+    raw: Vec<u8>,
+    /// De-chunked body bytes not yet parsed into messages.
+    body: Vec<u8>,
+    /// The body ended (last chunk, or the server closed the connection).
+    ended: bool,
+}
+
+impl Request {
+    /// Sends the request on a new connection and, if the answer is a 200 `text/event-stream`,
+    /// returns it open for reading; any other answer is read whole and returned as
+    /// `HttpError::NotAStream`.
+    pub async fn open_stream(self) -> Result<EventStream, HttpError> {
+        let timeout = self.timeout;
+        tokio::time::timeout(timeout, self.open_stream_now())
+            .await
+            .unwrap_or(Err(HttpError::Timeout))
+    }
+
+    async fn open_stream_now(self) -> Result<EventStream, HttpError> {
+        let addr = self.addr;
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|source| HttpError::Connect { addr, source })?;
+        stream.set_nodelay(true)?;
+        let (mut reader, mut writer) = stream.into_split();
+        writer.write_all(&self.to_bytes()).await?;
+        let mut raw = Vec::with_capacity(16 * 1024);
+        let (status, headers, chunked, head_len) = loop {
+            if reader.read_buf(&mut raw).await? == 0 {
+                return Err(HttpError::Closed);
+            }
+            let mut parsed_headers = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
+            let mut parsed = httparse::Response::new(&mut parsed_headers);
+            match parsed.parse(&raw) {
+                Ok(httparse::Status::Complete(n)) => {
+                    let headers: Vec<(String, String)> = parsed
+                        .headers
+                        .iter()
+                        .map(|h| {
+                            (
+                                h.name.to_ascii_lowercase(),
+                                String::from_utf8_lossy(h.value).into_owned(),
+                            )
+                        })
+                        .collect();
+                    let chunked = headers.iter().any(|(name, value)| {
+                        name == "transfer-encoding" && value.eq_ignore_ascii_case("chunked")
+                    });
+                    break (parsed.code.unwrap_or(0), headers, chunked, n);
+                }
+                Ok(httparse::Status::Partial) => {}
+                Err(e) => return Err(HttpError::Malformed(e.to_string())),
+            }
+            if raw.len() > MAX_RESPONSE_BYTES {
+                return Err(HttpError::Malformed("response head too large".to_owned()));
+            }
+        };
+        let is_stream = headers
+            .iter()
+            .any(|(name, value)| name == "content-type" && value.starts_with("text/event-stream"));
+        if status != 200 || !is_stream {
+            // Read the rest of an ordinary answer to report it whole.
+            loop {
+                if let Some((response, _)) = parse_response(&raw, true, false)? {
+                    return Err(HttpError::NotAStream(Box::new(response)));
+                }
+                if reader.read_buf(&mut raw).await? == 0 || raw.len() > MAX_RESPONSE_BYTES {
+                    return Err(HttpError::Closed);
+                }
+            }
+        }
+        raw.drain(..head_len);
+        Ok(EventStream {
+            reader,
+            _writer: writer,
+            status,
+            headers,
+            chunked,
+            raw,
+            body: Vec::new(),
+            ended: false,
+        })
+    }
+}
+
+impl EventStream {
+    /// The first header called `name` (any case).
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+    }
+
+    /// The next message, waiting at most `deadline` for it. `Ok(None)`: the stream ended (the
+    /// server finished the response or closed the connection). `Err(Timeout)`: none came.
+    pub async fn next(&mut self, deadline: Duration) -> Result<Option<SseMessage>, HttpError> {
+        let end = tokio::time::Instant::now() + deadline;
+        loop {
+            self.dechunk()?;
+            if let Some(message) = self.take_message() {
+                return Ok(Some(message));
+            }
+            if self.ended {
+                return Ok(None);
+            }
+            match tokio::time::timeout_at(end, self.reader.read_buf(&mut self.raw)).await {
+                Err(_) => return Err(HttpError::Timeout),
+                Ok(Ok(0)) => self.ended = true,
+                Ok(Ok(_)) => {}
+                // A reset at the end is an end too: the server is gone.
+                Ok(Err(_)) => self.ended = true,
+            }
+            if self.raw.len() + self.body.len() > MAX_RESPONSE_BYTES {
+                return Err(HttpError::Malformed(
+                    "an event larger than 4 MiB".to_owned(),
+                ));
+            }
+        }
+    }
+
+    /// Moves complete chunks from `raw` to `body` (everything, when not chunked).
+    fn dechunk(&mut self) -> Result<(), HttpError> {
+        if !self.chunked {
+            self.body.append(&mut self.raw);
+            return Ok(());
+        }
+        loop {
+            let (data_start, size) = match httparse::parse_chunk_size(&self.raw) {
+                Ok(httparse::Status::Complete((start, size))) => (start, size),
+                Ok(httparse::Status::Partial) => return Ok(()),
+                Err(_) => return Err(HttpError::Malformed("bad chunk size".to_owned())),
+            };
+            let size = usize::try_from(size)
+                .ok()
+                .filter(|&s| s <= MAX_RESPONSE_BYTES)
+                .ok_or_else(|| HttpError::Malformed("chunk too large".to_owned()))?;
+            if size == 0 {
+                self.ended = true;
+                self.raw.clear();
+                return Ok(());
+            }
+            if self.raw.len() < data_start + size + 2 {
+                return Ok(());
+            }
+            self.body
+                .extend_from_slice(&self.raw[data_start..data_start + size]);
+            self.raw.drain(..data_start + size + 2);
+        }
+    }
+
+    /// The first complete message in `body` (ended by a blank line), removed from it.
+    fn take_message(&mut self) -> Option<SseMessage> {
+        loop {
+            let end = self.body.windows(2).position(|w| w == b"\n\n")?;
+            let block = String::from_utf8_lossy(&self.body[..end]).into_owned();
+            self.body.drain(..end + 2);
+            let mut data: Vec<&str> = Vec::new();
+            let mut comment = None;
+            for line in block.lines() {
+                if let Some(value) = line.strip_prefix("data:") {
+                    data.push(value.strip_prefix(' ').unwrap_or(value));
+                } else if let Some(text) = line.strip_prefix(':') {
+                    comment = Some(text.trim().to_owned());
+                }
+            }
+            if !data.is_empty() {
+                return Some(SseMessage::Data(data.join("\n")));
+            }
+            if let Some(text) = comment {
+                return Some(SseMessage::Comment(text));
+            }
+        }
+    }
+}
+
 /// How a raw exchange ended.
 #[derive(Debug)]
 pub struct RawOutcome {
@@ -621,6 +820,45 @@ mod tests {
         let not_modified = b"HTTP/1.1 304 Not Modified\r\ncontent-length: 5\r\n\r\n";
         let (response, used) = parse_response(not_modified, true, false).unwrap().unwrap();
         assert_eq!((response.status, used), (304, not_modified.len()));
+    }
+
+    #[tokio::test]
+    async fn event_streams_are_read_message_by_message_across_chunks() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut head = [0_u8; 1024];
+            let _ = socket.read(&mut head).await.unwrap();
+            let body = "data: {\"a\":1}\n\n: keepalive\n\ndata: x\ndata: y\n\n";
+            let mut wire = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+            // Chunks that split messages, and a message split over two chunks.
+            for piece in [&body[..5], &body[5..20], &body[20..]] {
+                wire.extend_from_slice(format!("{:x}\r\n{piece}\r\n", piece.len()).as_bytes());
+            }
+            wire.extend_from_slice(b"0\r\n\r\n");
+            for byte in wire {
+                socket.write_all(&[byte]).await.unwrap();
+            }
+        });
+        let client = Client::new(addr, Duration::from_secs(5));
+        let mut stream = client.get("/s").open_stream().await.unwrap();
+        let wait = Duration::from_secs(5);
+        assert_eq!(stream.status, 200);
+        assert_eq!(
+            stream.next(wait).await.unwrap(),
+            Some(SseMessage::Data("{\"a\":1}".to_owned()))
+        );
+        assert_eq!(
+            stream.next(wait).await.unwrap(),
+            Some(SseMessage::Comment("keepalive".to_owned()))
+        );
+        assert_eq!(
+            stream.next(wait).await.unwrap(),
+            Some(SseMessage::Data("x\ny".to_owned()))
+        );
+        assert_eq!(stream.next(wait).await.unwrap(), None);
+        server.await.unwrap();
     }
 
     #[test]

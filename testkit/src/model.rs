@@ -1,7 +1,8 @@
 //! The reference model of the engine and the runner that compares the two, shared by the
 //! engine's property test (`engine/tests/model.rs`) and the `engine_model` fuzz target. The
-//! model keeps every event in a `Vec` and answers each query by scanning it. It does not choose
-//! the operations: the property test draws them with proptest, the fuzz target from its input.
+//! model keeps every event and every touch (a visitor seen without an event) in a `Vec` and
+//! answers each query by scanning it. It does not choose the operations: the property test
+//! draws them with proptest, the fuzz target from its input.
 
 // Test code: a failed unwrap is a failed check, which is what we want here.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -10,8 +11,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 use pulse_engine::{
-    Browser, DailySalt, DeviceType, Engine, EngineLimits, Event, EventKind, Ingested, Salt,
-    SaltSchedule, Timestamp, VisitorId, WebsiteId,
+    Browser, DailySalt, DeviceType, Engine, EngineLimits, Event, EventKind, Identity, Ingested,
+    Salt, SaltSchedule, Timestamp, Touch, Touched, VisitorId, WebsiteId,
 };
 
 pub const SITES: usize = 3;
@@ -30,13 +31,20 @@ pub enum Op {
         step_ms: i64,
         target: usize,
     },
+    /// A touch (the visitor seen without an event), timed as `Ingest`.
+    Touch {
+        site: usize,
+        person: u8,
+        step_ms: i64,
+    },
     /// A query `step_ms` after the current time.
     Query {
         site: usize,
         step_ms: i64,
         include_bots: bool,
     },
-    /// A query exactly where an earlier event leaves the window, give or take a millisecond.
+    /// A query exactly where an earlier event or touch leaves the window, give or take a
+    /// millisecond.
     QueryAtEdge {
         site: usize,
         event_pick: usize,
@@ -52,11 +60,12 @@ struct ModelEvent {
     /// The visitor id the event counts for now; a midnight carry renames earlier events.
     id: u64,
     is_bot: bool,
-    target: &'static str,
+    /// `None` for a touch: it counts its visitor and nothing else.
+    target: Option<&'static str>,
     arrival: u64,
 }
 
-/// The naive reference: every windowed event in a Vec, scanned on each query.
+/// The naive reference: every windowed event and touch in a Vec, scanned on each query.
 struct Model {
     limits: EngineLimits,
     events: Vec<ModelEvent>,
@@ -87,14 +96,15 @@ impl Model {
         self.limits.window_ms()
     }
 
-    fn ingest(
+    /// Records an event (`target` set) or a touch (`None`); false when it is outside the window.
+    fn record(
         &mut self,
         site: usize,
         ts: i64,
         id: u64,
         carried_from: Option<u64>,
         is_bot: bool,
-        target: &'static str,
+        target: Option<&'static str>,
     ) -> bool {
         self.clock[site] = self.clock[site].max(ts);
         let cutoff = self.clock[site] - self.window_ms();
@@ -115,7 +125,9 @@ impl Model {
             }
         }
         let arrival = self.next_arrival[site];
-        self.next_arrival[site] += 1;
+        if target.is_some() {
+            self.next_arrival[site] += 1;
+        }
         self.events.push(ModelEvent {
             site,
             ts,
@@ -142,14 +154,19 @@ impl Model {
             .collect();
         visitors.sort_unstable();
         visitors.dedup();
-        let total = self.events.iter().filter(counted).count() as u64;
+        let total = self
+            .events
+            .iter()
+            .filter(counted)
+            .filter(|e| e.target.is_some())
+            .count() as u64;
 
         // The rings keep the last `ring_capacity` arrivals of each class.
         let retained = |is_bot: bool| {
             let class: Vec<&ModelEvent> = self
                 .events
                 .iter()
-                .filter(|e| e.site == site && e.is_bot == is_bot)
+                .filter(|e| e.site == site && e.is_bot == is_bot && e.target.is_some())
                 .collect();
             let skip = class.len().saturating_sub(self.limits.ring_capacity);
             class.into_iter().skip(skip)
@@ -166,7 +183,7 @@ impl Model {
             total_in_window: total,
             recent: recent
                 .into_iter()
-                .map(|e| (e.ts, e.arrival, e.target.to_owned()))
+                .map(|e| (e.ts, e.arrival, e.target.unwrap_or_default().to_owned()))
                 .collect(),
         }
     }
@@ -207,7 +224,7 @@ pub fn run(limits: EngineLimits, start_ms: i64, ops: &[Op]) -> Result<(), String
     let start = Timestamp::from_unix_ms(start_ms).unwrap();
     let mut salts = SaltSchedule::new(salt_for(start.utc_day()), None, limits.window_ms());
     let mut cursor = start_ms;
-    let mut ingested_ts: Vec<i64> = Vec::new();
+    let mut seen_ts: Vec<i64> = Vec::new();
 
     for op in ops {
         match *op {
@@ -217,28 +234,14 @@ pub fn run(limits: EngineLimits, start_ms: i64, ops: &[Op]) -> Result<(), String
                 step_ms,
                 target,
             } => {
-                let ts = if step_ms >= 0 {
-                    cursor += step_ms;
-                    cursor
-                } else {
-                    cursor + step_ms
-                };
-                let now = Timestamp::from_unix_ms(cursor).unwrap();
-                if let Some(day) = salts.day_to_rotate(now) {
-                    salts.rotate(salt_for(day));
-                }
-                salts.expire_previous(now);
-                let ts_at = Timestamp::from_unix_ms(ts).unwrap();
-                let ip = IpAddr::V4(Ipv4Addr::new(10, 0, 0, person));
-                let ua = format!("agent-{person}");
-                let Ok(identity) = salts.identify(ts_at, ip, &ua) else {
-                    // No salt is held for that day any more: the server would refuse it too.
+                let Some((ts, identity)) = sighting(&mut salts, &mut cursor, person, step_ms)
+                else {
                     continue;
                 };
                 let is_bot = person >= FIRST_BOT;
                 let event = Event {
                     website: site_id(site),
-                    ts: ts_at,
+                    ts: Timestamp::from_unix_ms(ts).unwrap(),
                     visitor: identity.visitor,
                     kind: EventKind::Pageview,
                     target: Arc::from(TARGETS[target]),
@@ -249,20 +252,53 @@ pub fn run(limits: EngineLimits, start_ms: i64, ops: &[Op]) -> Result<(), String
                     country: None,
                 };
                 let outcome = engine.ingest(event, identity.carried_from).unwrap();
-                let windowed = model.ingest(
+                let windowed = model.record(
                     site,
                     ts,
                     identity.visitor.0,
                     identity.carried_from.map(|v: VisitorId| v.0),
                     is_bot,
-                    TARGETS[target],
+                    Some(TARGETS[target]),
                 );
                 if matches!(outcome, Ingested::Windowed { .. }) != windowed {
                     return Err(format!(
                         "ingest outcome differs at ts {ts}: engine {outcome:?}"
                     ));
                 }
-                ingested_ts.push(ts);
+                seen_ts.push(ts);
+            }
+            Op::Touch {
+                site,
+                person,
+                step_ms,
+            } => {
+                let Some((ts, identity)) = sighting(&mut salts, &mut cursor, person, step_ms)
+                else {
+                    continue;
+                };
+                let is_bot = person >= FIRST_BOT;
+                let touch = Touch {
+                    website: site_id(site),
+                    ts: Timestamp::from_unix_ms(ts).unwrap(),
+                    visitor: identity.visitor,
+                    is_bot,
+                };
+                let outcome = engine.touch(&touch, identity.carried_from).unwrap();
+                let windowed = model.record(
+                    site,
+                    ts,
+                    identity.visitor.0,
+                    identity.carried_from.map(|v: VisitorId| v.0),
+                    is_bot,
+                    None,
+                );
+                if (outcome == Touched::Counted) != windowed {
+                    return Err(format!(
+                        "touch outcome differs at ts {ts}: engine {outcome:?}"
+                    ));
+                }
+                // Window edges of touches are as worth probing as those of events.
+                seen_ts.push(ts);
             }
             Op::Query {
                 site,
@@ -279,10 +315,10 @@ pub fn run(limits: EngineLimits, start_ms: i64, ops: &[Op]) -> Result<(), String
                 delta_ms,
                 include_bots,
             } => {
-                if ingested_ts.is_empty() {
+                if seen_ts.is_empty() {
                     continue;
                 }
-                let edge = ingested_ts[event_pick % ingested_ts.len()] + limits.window_ms();
+                let edge = seen_ts[event_pick % seen_ts.len()] + limits.window_ms();
                 let now = edge + delta_ms;
                 cursor = cursor.max(now);
                 let expected = model.realtime(site, now, include_bots);
@@ -297,6 +333,34 @@ pub fn run(limits: EngineLimits, start_ms: i64, ops: &[Op]) -> Result<(), String
         }
     }
     Ok(())
+}
+
+/// The timestamp and identity of person `person` seen `step_ms` after the cursor (moving it), or
+/// `-step_ms` before it; rotates and expires salts as the server would. `None` when no salt is
+/// held for that day any more (the server would refuse the request too).
+fn sighting(
+    salts: &mut SaltSchedule,
+    cursor: &mut i64,
+    person: u8,
+    step_ms: i64,
+) -> Option<(i64, Identity)> {
+    let ts = if step_ms >= 0 {
+        *cursor += step_ms;
+        *cursor
+    } else {
+        *cursor + step_ms
+    };
+    let now = Timestamp::from_unix_ms(*cursor).unwrap();
+    if let Some(day) = salts.day_to_rotate(now) {
+        salts.rotate(salt_for(day));
+    }
+    salts.expire_previous(now);
+    let ip = IpAddr::V4(Ipv4Addr::new(10, 0, 0, person));
+    let ua = format!("agent-{person}");
+    let identity = salts
+        .identify(Timestamp::from_unix_ms(ts).unwrap(), ip, &ua)
+        .ok()?;
+    Some((ts, identity))
 }
 
 fn same(engine: Answer, model: Answer) -> Result<(), String> {

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::fixtures::{counts_of, error_check, website_of, CHROME_DESKTOP};
-use crate::http::{Client, HttpError, Request, Response};
+use crate::http::{Client, EventStream, HttpError, Request, Response};
 use crate::metrics::Scrape;
 
 /// How long the binary may take to print its `listening on` line.
@@ -594,6 +594,16 @@ impl Server {
         body.get("data")
             .cloned()
             .unwrap_or_else(|| panic!("realtime body has no `data`: {body}"))
+    }
+
+    /// Opens `GET /api/websites/{id}/realtime/stream{query}` (with the admin token when the
+    /// server has one), asserting a 200 event stream.
+    pub async fn open_stream(&self, id: &str, query: &str) -> EventStream {
+        let target = format!("/api/websites/{id}/realtime/stream{query}");
+        self.request("GET", &target)
+            .open_stream()
+            .await
+            .unwrap_or_else(|e| panic!("GET {target}: {e}"))
     }
 
     /// Realtime with the website's default bot policy.

@@ -26,6 +26,7 @@ pub mod json_errors;
 pub mod plausible;
 pub mod realtime;
 pub mod scrape;
+pub mod stream;
 pub mod umami;
 pub mod websites;
 
@@ -42,6 +43,8 @@ pub mod path {
     pub const WEBSITES: &str = "/api/websites";
     pub const WEBSITE: &str = "/api/websites/{id}";
     pub const REALTIME: &str = "/api/websites/{id}/realtime";
+    /// The realtime answer as Server-Sent Events.
+    pub const REALTIME_STREAM: &str = "/api/websites/{id}/realtime/stream";
     pub const HEALTHZ: &str = "/healthz";
     pub const READYZ: &str = "/readyz";
     pub const METRICS: &str = "/metrics";
@@ -58,6 +61,7 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .delete(websites::delete),
         )
         .route(path::REALTIME, get(realtime::realtime))
+        .route(path::REALTIME_STREAM, get(stream::stream))
         .route(path::METRICS, get(scrape::metrics))
         // Route layers run last-added first: the token (or loopback) check comes before the
         // body's type is looked at.
@@ -108,7 +112,8 @@ fn route_label(pattern: Option<&str>) -> Route {
         Some(path::COLLECT | path::COLLECT_ALIAS | path::PLAUSIBLE_EVENT | path::UMAMI_SEND) => {
             Route::Collect
         }
-        Some(path::REALTIME) => Route::Realtime,
+        // A stream is timed until its head, which is a realtime rendering.
+        Some(path::REALTIME | path::REALTIME_STREAM) => Route::Realtime,
         Some(path::WEBSITES | path::WEBSITE) => Route::Websites,
         Some(path::HEALTHZ) => Route::Healthz,
         Some(path::READYZ) => Route::Readyz,

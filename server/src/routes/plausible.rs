@@ -9,10 +9,10 @@
 //! The body is one JSON object with long or short keys: `name`/`n`, `url`/`u`, `domain`/`d`,
 //! `referrer`/`r`, `props`/`p` (an object, or a string holding one), `revenue`/`$`. Any other
 //! key (`v`, `i`, `h`, `sd`, `e`, `interactive`) is ignored. `pageview` is a pageview, any other
-//! name a custom event, except `engagement`: Plausible's time-on-page ping is accepted and not
-//! recorded (the engine has no "seen again" operation that adds neither a recent event nor a
-//! count; the visitor's next pageview or event refreshes them). The answer is `202`, as
-//! Plausible's.
+//! name a custom event, except `engagement`: Plausible's time-on-page ping (sent on tab hide and
+//! before each SPA pageview) refreshes the visitor's last-seen time (`Admitted::touch`, logged
+//! like an event) without adding a recent event or an event count, so a reader still on the page
+//! stays active. The answer is `202`, as Plausible's.
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
@@ -72,7 +72,7 @@ struct RawPlausibleEvent<'a> {
 pub enum PlausibleAction {
     /// Record a pageview (target: the path) or a custom event (target: its name).
     Record { kind: EventKind, target: Arc<str> },
-    /// Plausible's engagement ping: accepted, nothing recorded.
+    /// Plausible's engagement ping: the visitor is seen again, no event is recorded.
     Engagement,
 }
 
@@ -182,6 +182,7 @@ pub async fn event(
             return Err(ApiError::unknown_website());
         }
         let PlausibleAction::Record { kind, target } = event.action else {
+            admitted.touch(websites).await?;
             return Ok(accepted());
         };
         let events = websites

@@ -1,5 +1,6 @@
 //! `GET /api/websites/{id}/realtime`: active visitors, events in the window and the most recent
-//! events of one website, straight from the engine. Knows the JSON shape; not how it is computed.
+//! events of one website, straight from the engine. Knows the JSON shape (`render`, which the
+//! live stream shares); not how it is computed, nor how the stream delivers it.
 
 use std::sync::Arc;
 
@@ -45,7 +46,7 @@ struct Pagination {
 }
 
 /// `include_bots` from the query string: `Some(true|false)`, `None` when absent.
-fn include_bots_param(query: Option<&str>) -> Result<Option<bool>, ApiError> {
+pub fn include_bots_param(query: Option<&str>) -> Result<Option<bool>, ApiError> {
     let mut value = None;
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (key, raw) = pair.split_once('=').unwrap_or((pair, ""));
@@ -71,9 +72,37 @@ pub async fn realtime(
     RawQuery(query): RawQuery,
 ) -> Result<Json<RealtimeBody>, ApiError> {
     let include_bots = include_bots_param(query.as_deref())?;
+    let data = render(&state, &id, include_bots)?.data;
+    Ok(Json(RealtimeBody { data }))
+}
+
+/// One rendering of a website's realtime answer: the `data` object, and which incarnation of
+/// the website it is of (a website deleted and created again under its id has a new one).
+#[derive(Debug)]
+pub struct Rendered {
+    data: RealtimeData,
+    pub incarnation: u64,
+}
+
+impl Rendered {
+    /// The `data` object as compact JSON: one line, as a Server-Sent Events `data:` field needs.
+    pub fn to_json(&self) -> Result<Vec<u8>, ApiError> {
+        serde_json::to_vec(&self.data)
+            .map_err(|e| ApiError::internal(format!("the realtime answer did not serialise: {e}")))
+    }
+}
+
+/// The realtime answer of website `id` now, with `include_bots` (`None`: the website's own bot
+/// policy). The one rendering `GET …/realtime` and its stream share. `unknown_website` when no
+/// website has the id (or it was deleted meanwhile).
+pub fn render(
+    state: &AppState,
+    id: &str,
+    include_bots: Option<bool>,
+) -> Result<Rendered, ApiError> {
     let website = state
         .websites
-        .get(&id)
+        .get(id)
         .ok_or_else(ApiError::unknown_website)?;
     let include_bots = include_bots.unwrap_or(website.website.bot_policy == BotPolicy::Include);
     let answer = state
@@ -96,7 +125,7 @@ pub async fn realtime(
             }
         })
         .collect();
-    Ok(Json(RealtimeBody {
+    Ok(Rendered {
         data: RealtimeData {
             active_visitors: answer.active_visitors,
             approximate: answer.approximate,
@@ -106,7 +135,8 @@ pub async fn realtime(
                 total_in_window: answer.total_in_window,
             },
         },
-    }))
+        incarnation: website.log_start_seq,
+    })
 }
 
 #[cfg(test)]

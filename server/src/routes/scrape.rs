@@ -66,6 +66,11 @@ fn read(state: &AppState) -> Readings {
         (Component::Rings, ring_bytes, plan.ring_bytes),
         (Component::WriteQueue, queued_bytes, queue_budget),
         (Component::RequestBodies, body_bytes, body_budget),
+        (
+            Component::LiveStreams,
+            state.live.open_streams() * crate::memory::STREAM_BYTES,
+            plan.stream_bytes,
+        ),
     ]
     .into_iter()
     .map(|(component, used_bytes, budget_bytes)| MemoryReading {

@@ -6,8 +6,10 @@
 // a test page from a second, third-party origin (so CORS is exercised) that loads /s.js. The
 // page navigates SPA-style and fires a custom event; the dashboard must then show the visitor,
 // the pages and the event. It also checks the skeleton on first load, keyboard selection, the
-// add-website form, the include-bots toggle, that untrusted event names stay text, the error
-// state with the server stopped, recovery with the server back on the same port, and the
+// add-website form, that the live stream pushes a new visitor well before a 10 s poll could,
+// the per-minute chart and the ranked lists, the include-bots toggle, that untrusted event names
+// stay text, polling when the stream is unavailable and silence while the tab is hidden, the
+// error state with the server stopped, recovery with the server back on the same port, and the
 // admin-token prompt. Screenshots go to target/browser-artifacts/.
 //
 // Run from anywhere: node server/tests/browser/realtime.test.mjs (after `npm ci` there and
@@ -37,6 +39,10 @@ const SAFARI_IPHONE_UA =
   "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.4 Mobile/15E148 Safari/604.1";
 const FIREFOX_UA = "Mozilla/5.0 (X11; Linux x86_64; rv:125.0) Gecko/20100101 Firefox/125.0";
 const GOOGLEBOT_UA = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)";
+const SAFARI_MAC_UA =
+  "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_4) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.4 Safari/605.1.15";
+/** A 10 s poll could not explain an update this fast. */
+const PUSH_DEADLINE_MS = 5_000;
 const EXTERNAL_REFERRER = "https://news.example.com/story/42";
 const HOSTILE_NAME = '<img src=x onerror="window.__pwned=1">';
 
@@ -175,6 +181,7 @@ function panel(page) {
       visible: !q("[data-testid=realtime]").hidden,
       active: q("[data-testid=active-visitors]").textContent.trim(),
       dot: q("[data-testid=live-dot]").dataset.state,
+      mode: q("[data-testid=stream-mode]").dataset.mode,
       notice: notice.hidden ? null : notice.textContent,
       skeletons: document.querySelectorAll("[data-testid=realtime] [data-testid=skeleton]").length,
       events: [...document.querySelectorAll("[data-testid=event]")].map((row) => ({
@@ -200,6 +207,55 @@ function setTabHidden(page, hidden) {
 }
 
 const hasEvent = (state, type, target) => state.events.some((e) => e.type === type && e.target === target);
+
+/** A plain poll of GET …/realtime (not the stream, not the breakdown). */
+const isPoll = (url) => /\/realtime(\?|$)/.test(new URL(url).pathname + new URL(url).search);
+
+/** What the chart and the ranked lists show right now. */
+function breakdownPanel(page) {
+  return page.evaluate(() => {
+    const list = (name) =>
+      [...document.querySelectorAll(`[data-testid=list-${name}] [data-testid=ranked-row]`)].map((row) => ({
+        value: row.dataset.value,
+        visitors: Number(row.querySelector(".num").textContent.replace(/\D/g, "")),
+      }));
+    const chart = document.querySelector("[data-testid=chart] svg");
+    return {
+      visible: !document.querySelector("[data-testid=trend]").hidden && !document.querySelector("[data-testid=breakdowns]").hidden,
+      minutes: document.querySelectorAll("[data-testid=chart-minute]").length,
+      chartPageviews: chart ? Number(chart.dataset.totalPageviews) : 0,
+      pages: list("pages"),
+      referrers: list("referrers"),
+      events: list("events"),
+      browsers: list("browsers"),
+      devices: list("devices"),
+      countries: list("countries"),
+    };
+  });
+}
+
+/** A breakdown answer in the documented shape (issue 14), for a server without the route. */
+function breakdownFixture() {
+  const minute = Math.floor(Date.now() / 60_000) * 60_000;
+  const series = [];
+  for (let i = 29; i >= 0; i -= 1) {
+    const at = new Date(minute - i * 60_000).toISOString().replace(".000Z", "Z");
+    series.push({ minute: at, visitors: i === 0 ? 3 : i % 7 === 0 ? 1 : 0, pageviews: i === 0 ? 6 : i % 7 === 0 ? 2 : 0 });
+  }
+  const row = (value, visitors, events) => ({ value, visitors, events });
+  return {
+    data: {
+      pages: [row("/landing", 1, 2), row("/blog/hello-world", 1, 1), row("/docs/getting-started", 1, 1), row("/pricing", 1, 1), row("/proxied", 1, 1)],
+      referrers: [row("duckduckgo.com", 1, 2), row("news.example.com", 1, 4), row("t.co", 1, 1)],
+      events: [row("newsletter", 1, 1), row("proxied-hello", 1, 1), row("signup", 1, 1)],
+      browsers: [row("Chrome", 1, 6), row("Firefox", 1, 2), row("Safari", 1, 1)],
+      devices: [row("desktop", 2, 8), row("mobile", 1, 1)],
+      countries: [],
+      series,
+      approximate: false,
+    },
+  };
+}
 
 async function screenshot(page, name) {
   const file = join(ARTIFACTS, `${name}.png`);
@@ -350,11 +406,22 @@ async function main() {
   dashboard.on("request", (request) => {
     if (request.url().includes("/realtime")) realtimeRequests.push(request.url());
   });
-  // Hold the first realtime answer for our website, so the skeleton is observable.
+  // The chart and lists come from GET …/realtime/breakdown. A server without that route yet
+  // gets answers in the documented shape, so the rendering is checked either way.
+  const probe = await api(pulse, `/api/websites/${site.id}/realtime/breakdown`);
+  const breakdownServed = probe.status === 200;
+  if (!breakdownServed) {
+    check(probe.status === 404, `breakdown probe: ${JSON.stringify(probe)}`);
+    log("the server has no breakdown route: the dashboard gets the documented shape from the test");
+    await dashboard.route("**/realtime/breakdown*", (route) =>
+      route.fulfill({ status: 200, contentType: "application/json", body: JSON.stringify(breakdownFixture()) }),
+    );
+  }
+  // Hold the first realtime request for our website (the stream), so the skeleton is observable.
   let releaseFirst;
   const firstHeld = new Promise((r) => (releaseFirst = r));
   let held = false;
-  await dashboard.route(`**/api/websites/${site.id}/realtime*`, async (route) => {
+  await dashboard.route(`**/api/websites/${site.id}/realtime/stream*`, async (route) => {
     if (!held) {
       held = true;
       await firstHeld;
@@ -406,6 +473,7 @@ async function main() {
     const ok =
       Number(state.active) >= 3 &&
       state.dot === "live" &&
+      state.mode === "live" &&
       state.skeletons === 0 &&
       hasEvent(state, "pageview", "/landing") &&
       hasEvent(state, "pageview", "/pricing") &&
@@ -421,12 +489,58 @@ async function main() {
   check(/Chrome/.test(fromNews.meta) && /desktop/.test(fromNews.meta), `browser and device shown: ${fromNews.meta}`);
   check(loaded.events.every((e) => /^\d+[smhd] ago$/.test(e.time)), `relative times: ${loaded.events.map((e) => e.time)}`);
 
+  // The stream pushes: a new visitor shows well before a 10 s poll could bring it, with no poll.
+  const pollsBefore = realtimeRequests.filter(isPoll).length;
+  const activeBefore = Number(loaded.active);
+  const pushed = await api(pulse, "/api/collect", {
+    method: "POST",
+    userAgent: SAFARI_MAC_UA,
+    body: { website_id: site.id, type: "pageview", url: "/pushed" },
+  });
+  check(pushed.status === 202, `collect /pushed: ${JSON.stringify(pushed)}`);
+  const ingestedAt = Date.now();
+  await until(`the new visitor pushed within ${PUSH_DEADLINE_MS / 1000}s`, PUSH_DEADLINE_MS, async () => {
+    const state = await panel(dashboard);
+    return Number(state.active) === activeBefore + 1 && hasEvent(state, "pageview", "/pushed") && state.mode === "live";
+  });
+  const pushMs = Date.now() - ingestedAt;
+  check(realtimeRequests.filter(isPoll).length === pollsBefore, "the update came by the stream, not by a poll");
+  log(`stream: the new visitor showed ${pushMs} ms after the ingest, without a poll`);
+
+  // The per-minute chart and the ranked lists.
+  const breakdown = await until("the chart and the ranked lists", 15_000, async () => {
+    const state = await breakdownPanel(dashboard);
+    const values = (rows) => rows.map((r) => r.value);
+    const ok =
+      state.visible &&
+      state.minutes === 30 &&
+      state.chartPageviews > 0 &&
+      values(state.pages).includes("/landing") &&
+      values(state.pages).includes("/pricing") &&
+      values(state.events).includes("signup") &&
+      values(state.browsers).includes("Chrome") &&
+      values(state.devices).includes("desktop") &&
+      values(state.referrers).includes("news.example.com");
+    return ok ? state : false;
+  });
+  for (const [name, rows] of Object.entries(breakdown)) {
+    if (!Array.isArray(rows)) continue;
+    for (let i = 1; i < rows.length; i += 1) {
+      check(rows[i - 1].visitors >= rows[i].visitors, `${name} is ranked by visitors: ${JSON.stringify(rows)}`);
+    }
+  }
+  check(!breakdown.pages.some((r) => r.value === "/crawled-by-a-bot"), "bots are left out of the lists by default");
+  log(`breakdown (${breakdownServed ? "server" : "documented shape"}): ${breakdown.pages.length} pages, ${breakdown.minutes} minutes charted`);
+
   // Relative times tick between refreshes.
   const timeOf = () => dashboard.locator("[data-testid=event] time").first().textContent();
   const before = await timeOf();
-  const requestsBefore = realtimeRequests.length;
+  const requestsBefore = realtimeRequests.filter((u) => !u.includes("/breakdown")).length;
   await until("the relative time to tick", 4_000, async () => (await timeOf()) !== before);
-  check(realtimeRequests.length === requestsBefore, "the time ticked without a refresh");
+  check(
+    realtimeRequests.filter((u) => !u.includes("/breakdown")).length === requestsBefore,
+    "the time ticked without a refresh",
+  );
 
   // The snippet.
   const snippet = await dashboard.locator("[data-testid=snippet]").textContent();
@@ -479,23 +593,26 @@ async function main() {
   await setTabHidden(dashboard, false);
   await until("a refresh as soon as the tab is visible again", 2_000, () => realtimeRequests.length > countBeforeVisible);
 
-  // --- A hidden tab sends nothing: a page on Playwright's fake clock ------------------------
-  // Proving an absence needs more than one 10 s refresh period; the fake clock runs those
-  // periods in an instant. The same page first shows that the clock does drive the refresh, so
-  // the hidden-tab check below can fail.
+  // --- No stream: polling; a hidden tab sends nothing: a page on Playwright's fake clock -------
+  // The stream is refused for this page (as a proxy that buffers it might), so the dashboard
+  // falls back to the 10 s poll and says so. Proving an absence needs more than one refresh
+  // period; the fake clock runs those periods in an instant. The same page first shows that the
+  // clock does drive the refresh, so the hidden-tab check below can fail.
   const pausedPage = await (await browser.newContext()).newPage();
+  await pausedPage.route("**/realtime/stream*", (route) => route.abort("connectionrefused"));
   await pausedPage.clock.install();
   const pausedRequests = [];
   pausedPage.on("request", (request) => {
     if (request.url().includes(`/api/websites/${site.id}/realtime`)) pausedRequests.push(request.url());
   });
   await pausedPage.goto(`${pulse.origin}/#/site/${encodeURIComponent(site.id)}`);
-  await until("the first realtime request of the fake-clock page", 10_000, async () =>
-    pausedRequests.length >= 1 && (await panel(pausedPage)).dot === "live",
-  );
-  const afterFirst = pausedRequests.length;
+  await until("the first realtime request of the fake-clock page, polling", 10_000, async () => {
+    const state = await panel(pausedPage);
+    return pausedRequests.some(isPoll) && state.dot === "live" && state.mode === "polling";
+  });
+  const afterFirst = pausedRequests.filter(isPoll).length;
   await pausedPage.clock.runFor(11_000);
-  await until("a refresh after one fake 10 s period", 5_000, () => pausedRequests.length > afterFirst);
+  await until("a refresh after one fake 10 s period", 5_000, () => pausedRequests.filter(isPoll).length > afterFirst);
   await until("that refresh answered", 5_000, async () => (await panel(pausedPage)).dot === "live");
   await setTabHidden(pausedPage, true);
   const whileHidden = pausedRequests.length;

@@ -10,6 +10,7 @@
 // each send a pageview, a custom event with properties and an SPA navigation; from Node,
 // `@umami/node` does the same. Pulse's realtime API must then show the visitor, the event name
 // and the paths without their query strings. Sparklytics' `identify()` must make a second visitor.
+// Plausible's engagement pings are answered 202 and never show up as events.
 //
 // Run: `npm ci` here, `cargo build -p pulse-server`, then node server/tests/compat/clients.test.mjs.
 // Every wait polls a condition against a deadline. Exits non-zero on the first failure.
@@ -228,12 +229,27 @@ async function main() {
   // Plausible: its tracker captures the first pageview and pushState navigations itself.
   const plaus = await context.newPage();
   plaus.on("console", (m) => m.type() === "error" && log(`plausible console: ${m.text()}`));
+  // The tracker's engagement pings (before each SPA pageview, on tab hide), with Pulse's answers.
+  const engagements = [];
+  plaus.on("response", (r) => {
+    const sent = r.request();
+    if (sent.url().endsWith("/api/event") && (sent.postData() || "").includes('"engagement"')) engagements.push(r.status());
+  });
   await plaus.goto(`${site}/plaus/home?utm_source=news`);
   await until("Plausible's tracker to load", WAIT_MS, () => plaus.evaluate(() => Boolean(window.plausibleTrack)));
   await expectRealtime(pulse, "plaus", { visitors: 1, urls: ["/plaus/home"] });
   await plaus.evaluate(() => window.plausibleTrack("Signup", { props: { plan: "pro" }, revenue: { amount: 9.99, currency: "EUR" } }));
   await plaus.evaluate(() => history.pushState({}, "", "/plaus/pricing?ref=nav"));
   await expectRealtime(pulse, "plaus", { visitors: 1, urls: ["/plaus/home", "Signup", "/plaus/pricing"] });
+  // An engagement refreshes the visitor; it is never an event of its own.
+  await until("Plausible's engagement ping to be answered", WAIT_MS, () => engagements.length > 0);
+  check(engagements.every((status) => status === 202), `engagement answers: ${engagements.join(", ")}`);
+  const engaged = await realtime(pulse, "plaus");
+  check(
+    !engaged.recent_events.some((e) => e.url === "engagement") && engaged.pagination.total_in_window === 3,
+    `plaus: an engagement showed up as an event: ${JSON.stringify(engaged)}`,
+  );
+  log(`plaus: ${engagements.length} engagement ping(s) answered 202, still ${engaged.pagination.total_in_window} events`);
 
   // Umami from Node: a pageview, a custom event with data, a second page.
   const umami = new Umami({ hostUrl: pulse.origin, websiteId: UMAMI_WEBSITE, userAgent: DESKTOP_CHROME_UA });

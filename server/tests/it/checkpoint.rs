@@ -278,7 +278,9 @@ async fn sigkill_while_a_checkpoint_is_written_loses_nothing_and_changes_no_answ
         &tmp.path().join("segments"),
         pulse_snapshot::ReplayOptions::default(),
         |e| {
-            logged.insert(e.entry.event.target.to_string());
+            if let Some(event) = e.entry.event() {
+                logged.insert(event.target.to_string());
+            }
         },
     )
     .unwrap();

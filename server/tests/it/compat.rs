@@ -1,7 +1,7 @@
 //! Drop-in compatibility with real trackers (issue 13): Sparklytics' `/e` alias and its
 //! `visitor_id`, Plausible's `POST /api/event`, Umami's `POST /api/send`, CORS that works for
 //! credentialed beacons on every ingest route (and none on admin routes), and the realtime shape
-//! Sparklytics' dashboard reads. The real clients in a browser are `server/tests/compat/`.
+//! Sparklytics' dashboard reads. Plausible's `engagement` refreshes a visitor without an event. The real clients in a browser are `server/tests/compat/`.
 
 use std::io::Write;
 
@@ -289,6 +289,69 @@ async fn plausible_events_land_by_domain_or_alias_with_long_or_short_keys() {
 }
 
 const SAFARI: &str = pulse_testkit::fixtures::SAFARI_IPHONE;
+
+/// `(active_visitors, total_in_window, recent urls)` for humans, then with bots included.
+async fn answers(server: &Server, id: &str) -> [(u64, u64, Vec<String>); 2] {
+    let humans = server.realtime(id).await;
+    let all = server.realtime_q(id, "?include_bots=true").await;
+    [humans, all].map(|data| {
+        let (active, total) = counts_of(&data);
+        (active, total, urls(&data))
+    })
+}
+
+#[tokio::test]
+async fn a_plausible_engagement_keeps_a_visitor_active_without_an_event_across_a_restart() {
+    let mut server = start(Opts::default());
+    server.site("p", "shop.example.com").await;
+    let pageview = json!({"n":"pageview","u":"https://shop.example.com/a","d":"shop.example.com"});
+    let resp = post(&server, "/api/event", &pageview, CHROME_DESKTOP).await;
+    assert_eq!(resp.status, 202, "{resp:?}");
+    let one = (1, 1, vec!["/a".to_owned()]);
+    assert_eq!(answers(&server, "p").await, [one.clone(), one]);
+
+    // A new visitor (another User-Agent) whose first request is an engagement ping.
+    let engagement = json!({"n":"engagement","sd":100,"d":"shop.example.com",
+        "u":"https://shop.example.com/a","e":1857,"v":36});
+    let resp = post(&server, "/api/event", &engagement, FIREFOX_DESKTOP).await;
+    assert_eq!(resp.status, 202, "{resp:?}");
+    let two = (2, 1, vec!["/a".to_owned()]);
+    assert_eq!(
+        answers(&server, "p").await,
+        [two.clone(), two.clone()],
+        "one more visitor, no more events"
+    );
+
+    // A bot's engagement counts in the bot class only.
+    let resp = post(&server, "/api/event", &engagement, GOOGLEBOT).await;
+    assert_eq!(resp.status, 202, "{resp:?}");
+    let with_bot = (3, 1, vec!["/a".to_owned()]);
+    let expected = [two, with_bot];
+    assert_eq!(answers(&server, "p").await, expected);
+
+    // An opted-out visitor's engagement is answered like Plausible and counted nowhere.
+    let dnt = send(
+        server
+            .client()
+            .post("/api/event")
+            .header("dnt", "1")
+            .header("user-agent", SAFARI)
+            .header("content-type", "text/plain")
+            .body(engagement.to_string()),
+    )
+    .await;
+    assert_eq!(dnt.status, 202, "{dnt:?}");
+    assert_eq!(answers(&server, "p").await, expected, "DNT respected");
+
+    let status = server.restart();
+    assert!(status.success(), "{status}");
+    server.wait_ready(std::time::Duration::from_secs(30)).await;
+    assert_eq!(
+        answers(&server, "p").await,
+        expected,
+        "the log replays engagements as it counted them"
+    );
+}
 
 #[tokio::test]
 async fn umami_sends_land_on_a_uuid_website_and_answer_in_umamis_shape() {

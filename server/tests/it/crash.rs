@@ -24,7 +24,7 @@ use pulse_testkit::server::{assert_exit_zero, assert_killed, send, Opts, Server}
 use serde_json::{json, Value};
 use tokio::task::JoinSet;
 
-use crate::start_in;
+use crate::{start_in, target_of};
 
 /// Kill rounds of the SIGKILL test unless `PULSE_CRASH_ROUNDS` asks for more.
 const DEFAULT_ROUNDS: u64 = 20;
@@ -219,9 +219,9 @@ fn check_log_exactly_once(data_dir: &Path, ledger: &Ledger, context: &str) -> u6
         pulse_snapshot::ReplayOptions::default(),
         |logged| {
             seqs.push(logged.seq);
-            match number_of(&logged.entry.event.target) {
+            match number_of(target_of(&logged.entry)) {
                 Some(n) => *times_seen.entry(n).or_default() += 1,
-                None => foreign.push(logged.entry.event.target.to_string()),
+                None => foreign.push(target_of(&logged.entry).to_owned()),
             }
         },
     )
@@ -777,7 +777,7 @@ fn logged_targets(data_dir: &Path) -> Vec<String> {
             .unwrap_or_else(|| panic!("{} is not named by a sequence number", path.display()));
         let bytes = std::fs::read(&path).unwrap();
         pulse_snapshot::scan_segment(&bytes, name_seq, |logged| {
-            targets.push(logged.entry.event.target.to_string());
+            targets.push(target_of(&logged.entry).to_owned());
         });
     }
     targets

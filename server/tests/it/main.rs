@@ -20,6 +20,7 @@
 //! - `operator`: data directory permissions, logs on a pipe, `RUST_LOG`.
 //! - `tidy`: house rules over the source tree (no server started).
 //! - `compat`: Sparklytics' `/e` and `visitor_id`, Plausible's and Umami's APIs, ingest CORS.
+//! - `stream`: the live stream — first message, updates, pacing, heartbeats, bounds, shutdown.
 //!
 //! The browser test (`server/tests/browser/`, Node) is separate.
 
@@ -51,11 +52,18 @@ mod malformed;
 mod operator;
 #[cfg(target_os = "linux")]
 mod overload;
+mod stream;
 mod tidy;
 
 /// The `pulse` binary Cargo built for these tests.
 fn pulse_bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_pulse"))
+}
+
+/// The page path or event name a log entry holds (`(a touch)` for a touch): how the tests that
+/// read the log back name what they find.
+fn target_of(entry: &pulse_snapshot::LogEntry) -> &str {
+    entry.event().map_or("(a touch)", |event| &event.target)
 }
 
 /// Starts `pulse` with `opts` on a fresh temporary data directory.

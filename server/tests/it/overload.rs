@@ -25,7 +25,7 @@ use pulse_testkit::server::{assert_exit_zero, Opts, Server};
 use serde_json::Value;
 use tokio::task::JoinSet;
 
-use crate::start_in;
+use crate::{start_in, target_of};
 
 /// The website every test sends to.
 const SITE: &str = "w";
@@ -364,9 +364,9 @@ fn assert_log_holds_exactly(data_dir: &std::path::Path, acked: &BTreeSet<u64>) -
     let report = pulse_snapshot::replay(
         &data_dir.join("segments"),
         pulse_snapshot::ReplayOptions::default(),
-        |logged| match number_of(&logged.entry.event.target) {
+        |logged| match number_of(target_of(&logged.entry)) {
             Some(n) => *seen.entry(n).or_default() += 1,
-            None => foreign.push(logged.entry.event.target.to_string()),
+            None => foreign.push(target_of(&logged.entry).to_owned()),
         },
     )
     .unwrap_or_else(|e| panic!("replaying the log failed: {e}"));
@@ -781,7 +781,13 @@ async fn metrics_counters_move_as_expected() {
     .into_iter()
     .map(|name| (name, vec![]))
     .collect();
-    for component in ["visitor_windows", "rings", "write_queue", "request_bodies"] {
+    for component in [
+        "visitor_windows",
+        "rings",
+        "write_queue",
+        "request_bodies",
+        "live_streams",
+    ] {
         gauges.push(("pulse_memory_bytes", vec![("component", component)]));
         gauges.push(("pulse_memory_budget_bytes", vec![("component", component)]));
     }
@@ -1042,7 +1048,7 @@ async fn a_full_write_queue_answers_503_not_202() {
     pulse_snapshot::replay(
         &dir.path().join("segments"),
         pulse_snapshot::ReplayOptions::default(),
-        |entry| logged.push(entry.entry.event.target.to_string()),
+        |entry| logged.push(target_of(&entry.entry).to_owned()),
     )
     .unwrap();
     assert_eq!(

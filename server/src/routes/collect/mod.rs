@@ -13,8 +13,11 @@
 //!
 //! The other ingest formats (`routes::plausible`, `routes::umami`) run the same steps through
 //! `ingest` (so a gzip body, a 415 for another coding and a byte-order mark are the same on
-//! every route): they bring only their parser and how they find the website.
+//! every route): they bring only their parser and how they find the website. Besides events,
+//! `Admitted::touch` records a visitor seen without an event (Plausible's engagement ping)
+//! under the same rules: privacy signals, identity, bots, the log before the engine.
 
+use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -22,7 +25,7 @@ use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use pulse_engine::{EngineError, Event, Timestamp};
+use pulse_engine::{CountryCode, EngineError, Event, Identity, Timestamp, Touch};
 use pulse_snapshot::LogEntry;
 
 use crate::body::read_body;
@@ -33,6 +36,7 @@ use crate::event_log::SubmitError;
 use crate::metrics::NotRecorded;
 use crate::state::AppState;
 use crate::url_normaliser::referrer_domain;
+use crate::user_agent::UserAgentClass;
 
 mod cors;
 mod encoding;
@@ -130,7 +134,7 @@ impl Admitted<'_> {
     /// (a site-chosen id when the website accepts them), User-Agent class, country, the log and
     /// the engine. Returns how many were recorded (opted-out visitors' are not).
     pub async fn record(&self, events: Vec<WebsiteEvent<'_>>) -> Result<usize, ApiError> {
-        let events = drop_opted_out(self.state, self.headers, events);
+        let events = drop_opted_out(self.state, self.headers, events, |e| &e.website);
         if events.is_empty() {
             return Ok(0);
         }
@@ -138,6 +142,36 @@ impl Admitted<'_> {
         let recorded = entries.len();
         submit(self.state, entries).await?;
         Ok(recorded)
+    }
+
+    /// Counts the visitor as seen now on each of `websites` without recording an event
+    /// (`Engine::touch`: no recent event, no event count), under the same rules as `record`:
+    /// privacy signals, visitor identity, User-Agent class (a bot's touch counts as a bot), the
+    /// log before the engine. Returns on how many websites it was counted.
+    pub async fn touch(&self, websites: Vec<Arc<WebsiteEntry>>) -> Result<usize, ApiError> {
+        let websites = drop_opted_out(self.state, self.headers, websites, |w| w);
+        if websites.is_empty() {
+            return Ok(0);
+        }
+        let mut visit = Visit::new(self.state, self.ip, self.headers)?;
+        let entries = websites
+            .iter()
+            .map(|website| {
+                let identity = visit.identity(website, None)?;
+                Ok(LogEntry::Touch {
+                    touch: Touch {
+                        website: website.id.clone(),
+                        ts: visit.now,
+                        visitor: identity.visitor,
+                        is_bot: visit.class.is_bot,
+                    },
+                    carried_from: identity.carried_from,
+                })
+            })
+            .collect::<Result<Vec<_>, ApiError>>()?;
+        let touched = entries.len();
+        submit(self.state, entries).await?;
+        Ok(touched)
     }
 }
 
@@ -202,17 +236,19 @@ fn resolve_websites<'a>(
         .collect()
 }
 
-/// Drops the events of websites that respect DNT when the visitor opted out, and counts them.
-fn drop_opted_out<'a>(
+/// Drops what was sent for websites that respect DNT (events, or touches: `website` says which
+/// website an item is for) when the visitor opted out, and counts them.
+fn drop_opted_out<T>(
     state: &AppState,
     headers: &HeaderMap,
-    mut events: Vec<WebsiteEvent<'a>>,
-) -> Vec<WebsiteEvent<'a>> {
+    mut events: Vec<T>,
+    website: impl Fn(&T) -> &WebsiteEntry,
+) -> Vec<T> {
     if !headers::opted_out(headers) {
         return events;
     }
     let before = events.len();
-    events.retain(|e| !e.website.website.respect_dnt);
+    events.retain(|e| !website(e).website.respect_dnt);
     let skipped = before - events.len();
     if skipped > 0 {
         state
@@ -222,64 +258,102 @@ fn drop_opted_out<'a>(
     events
 }
 
-/// The log entries for `events`: what the connection adds to each — the time, the visitor's
-/// daily identity, the User-Agent's class, the country — and the referrer reduced to a host.
+/// What the connection adds to everything a request records: the time, the User-Agent's class,
+/// the country, and the visitor's daily identity per website.
+struct Visit<'r> {
+    state: &'r AppState,
+    ip: IpAddr,
+    now: Timestamp,
+    user_agent: Cow<'r, str>,
+    class: UserAgentClass,
+    country: Option<CountryCode>,
+    /// The (IP, User-Agent) identity, computed only if something has no accepted client id.
+    network_identity: Option<Identity>,
+}
+
+impl<'r> Visit<'r> {
+    fn new(state: &'r AppState, ip: IpAddr, headers: &'r HeaderMap) -> Result<Self, ApiError> {
+        let now = Timestamp::from_unix_ms(clock::now_ms())
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        let user_agent = headers
+            .get(header::USER_AGENT)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()))
+            .unwrap_or_default();
+        let class = state.user_agents.classify(&user_agent);
+        let country = state.geoip.as_ref().and_then(|g| g.country(ip));
+        Ok(Self {
+            state,
+            ip,
+            now,
+            user_agent,
+            class,
+            country,
+            network_identity: None,
+        })
+    }
+
+    /// The visitor's identity on `website`: from the site-chosen `client_id` when the website
+    /// accepts them, else from (IP, User-Agent).
+    fn identity(
+        &mut self,
+        website: &WebsiteEntry,
+        client_id: Option<&str>,
+    ) -> Result<Identity, ApiError> {
+        let no_salt = |e: EngineError| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "salt_unavailable",
+                format!("no visitor salt is available: {e}"),
+            )
+        };
+        match client_id {
+            Some(client_id) if website.website.accept_client_ids => self
+                .state
+                .salts
+                .identify_client(self.now, website.id.as_str(), client_id)
+                .map_err(no_salt),
+            // A website that refuses client ids counts the visitor by (IP, User-Agent).
+            _ => match self.network_identity {
+                Some(identity) => Ok(identity),
+                None => {
+                    let identity = self
+                        .state
+                        .salts
+                        .identify(self.now, self.ip, &self.user_agent)
+                        .map_err(no_salt)?;
+                    Ok(*self.network_identity.insert(identity))
+                }
+            },
+        }
+    }
+}
+
+/// The log entries for `events`: what the connection adds to each (`Visit`) and the referrer
+/// reduced to a host.
 fn log_entries(
     state: &AppState,
     ip: IpAddr,
     headers: &HeaderMap,
     events: Vec<WebsiteEvent<'_>>,
 ) -> Result<Vec<LogEntry>, ApiError> {
-    let now =
-        Timestamp::from_unix_ms(clock::now_ms()).map_err(|e| ApiError::internal(e.to_string()))?;
-    let user_agent = headers
-        .get(header::USER_AGENT)
-        .map(|v| String::from_utf8_lossy(v.as_bytes()))
-        .unwrap_or_default();
-    let class = state.user_agents.classify(&user_agent);
-    let no_salt = |e: EngineError| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "salt_unavailable",
-            format!("no visitor salt is available: {e}"),
-        )
-    };
-    // Computed only if some event has no accepted client id.
-    let mut network_identity = None;
-    let country = state.geoip.as_ref().and_then(|g| g.country(ip));
+    let mut visit = Visit::new(state, ip, headers)?;
     events
         .into_iter()
         .map(|WebsiteEvent { website, event }| {
-            let identity = match event.visitor_id.as_deref() {
-                Some(client_id) if website.website.accept_client_ids => state
-                    .salts
-                    .identify_client(now, website.id.as_str(), client_id)
-                    .map_err(no_salt)?,
-                // A website that refuses client ids counts the visitor by (IP, User-Agent).
-                _ => match network_identity {
-                    Some(identity) => identity,
-                    None => {
-                        let identity = state
-                            .salts
-                            .identify(now, ip, &user_agent)
-                            .map_err(no_salt)?;
-                        *network_identity.insert(identity)
-                    }
-                },
-            };
+            let identity = visit.identity(&website, event.visitor_id.as_deref())?;
             let referrer_domain = referrer_domain(event.referrer.as_deref(), &website.site_domain);
-            Ok(LogEntry {
+            Ok(LogEntry::Event {
                 event: Arc::new(Event {
                     website: website.id.clone(),
-                    ts: now,
+                    ts: visit.now,
                     visitor: identity.visitor,
                     kind: event.kind,
                     target: event.target,
                     referrer_domain: referrer_domain.map(Arc::from),
-                    is_bot: class.is_bot,
-                    browser: class.browser,
-                    device: class.device,
-                    country,
+                    is_bot: visit.class.is_bot,
+                    browser: visit.class.browser,
+                    device: visit.class.device,
+                    country: visit.country,
                 }),
                 carried_from: identity.carried_from,
             })
@@ -287,19 +361,32 @@ fn log_entries(
         .collect()
 }
 
-/// Queues `entries` for the log and counts them in the engine, then waits for the durability
-/// the server promises. A 202 must mean the event will be in the log, so an event the queue
-/// refuses is not counted either.
+/// Queues `entries` (events and touches) for the log and counts them in the engine, then waits
+/// for the durability the server promises. A 202 must mean the entry will be in the log, so an
+/// entry the queue refuses is not counted either.
 async fn submit(state: &AppState, entries: Vec<LogEntry>) -> Result<(), ApiError> {
     let engine = &state.engine;
-    let accepted_events = entries.len();
+    let accepted_events = entries
+        .iter()
+        .filter(|e| matches!(e, LogEntry::Event { .. }))
+        .count();
     let durable = state
         .log
         .submit(entries, |queued| {
             for entry in queued {
-                if let Err(error) = engine.ingest(entry.event, entry.carried_from) {
+                let counted = match entry {
+                    LogEntry::Event {
+                        event,
+                        carried_from,
+                    } => engine.ingest(event, carried_from).map(drop),
+                    LogEntry::Touch {
+                        touch,
+                        carried_from,
+                    } => engine.touch(&touch, carried_from).map(drop),
+                };
+                if let Err(error) = counted {
                     // Only possible when the website was deleted between validation and now.
-                    tracing::debug!(%error, "event not counted for a website deleted meanwhile");
+                    tracing::debug!(%error, "entry not counted for a website deleted meanwhile");
                 }
             }
         })
