@@ -193,6 +193,11 @@ fn catalog_error(error: CatalogError) -> ApiError {
             "a website with this id already exists",
         ),
         CatalogError::UnknownWebsite { .. } => ApiError::unknown_website(),
+        CatalogError::Conflict { .. } => ApiError::new(
+            StatusCode::CONFLICT,
+            "website_changed",
+            "the website was changed or deleted on another node meanwhile; read it and retry",
+        ),
         CatalogError::TooManyWebsites { limit }
         | CatalogError::EngineRefused {
             source: EngineError::TooManyWebsites { limit },
