@@ -70,6 +70,9 @@ pub struct LogOptions {
     /// Each website's first sequence number (`WebsiteEntry::log_start_seq`): replay leaves out
     /// events logged under its id before it, which belong to a deleted website of the same id.
     pub log_starts: HashMap<WebsiteId, u64>,
+    /// Whether replayed events are counted in the engine: not in cluster mode, where the
+    /// stream is the log and this node's segments hold nothing it must count.
+    pub replay: bool,
 }
 
 /// Most entries the log thread gathers before writing, so one huge backlog does not become one
@@ -521,6 +524,9 @@ fn run_log_thread(
     let mut future = FutureEvents::default();
     let mut superseded: u64 = 0;
     let report = replay(&options.dir, replay_options, |logged| {
+        if !options.replay {
+            return;
+        }
         let start = options.log_starts.get(&logged.entry.event.website);
         if start.is_some_and(|&start| logged.seq < start) {
             // Logged for a deleted website whose id was used again: never counted.

@@ -19,6 +19,8 @@
 //!   hosts.
 //! - `user_agent`: bot, browser and device classification in one pass.
 //! - `event_log`: `EventLog`, the write queue, replay and the writer thread (`Durability`).
+//! - `cluster`: cluster mode (`--cluster`) on NATS JetStream — the shared event stream, the
+//!   websites and salts buckets, the consumer that fills this node's engine.
 //! - `salts`: daily salts on disk. `catalog`: the websites — their file, the snapshot readers
 //!   load without locks, and the engine's set, changed together by one service.
 //! - `memory`: `MemoryPlan`, how `--memory-limit` is divided. `metrics`: the Prometheus
@@ -50,6 +52,7 @@ pub mod body;
 pub mod catalog;
 pub mod client_ip;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod connections;
 pub mod error;
@@ -139,6 +142,7 @@ async fn serve(
         .max_headers(MAX_HEADERS);
 
     let maintenance = tokio::spawn(maintain(Arc::clone(&state)));
+    cluster::Cluster::spawn_tasks(&state);
     let reaper = tokio::spawn(reap(Arc::clone(&pool)));
     tokio::pin!(shutdown);
     loop {

@@ -17,6 +17,7 @@ use prometheus_client::encoding::{
     prometheus_text, text, DescriptorEncoder, EncodeGaugeValue, EncodeLabelSet, EncodeLabelValue,
     EncodeMetric, LabelValueEncoder,
 };
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
@@ -395,6 +396,18 @@ pub struct Readings {
     pub log_disk_available_bytes: Option<u64>,
     /// How far the server's clock runs ahead of the system clock after it stepped back.
     pub clock_ahead: Duration,
+    /// Cluster mode only.
+    pub cluster: Option<ClusterReading>,
+}
+
+/// The cluster's state at scrape time (`cluster::ClusterStatus`).
+#[derive(Clone, Copy, Debug)]
+pub struct ClusterReading {
+    pub connected: bool,
+    pub caught_up: bool,
+    pub consumed_events: u64,
+    pub publish_failures: u64,
+    pub disconnects: u64,
 }
 
 /// Writes one unlabelled gauge. Help texts here end with a period: the registry adds one to
@@ -522,6 +535,50 @@ impl Collector for Readings {
             Some(&seconds),
             self.clock_ahead.as_secs_f64(),
         )?;
+        if let Some(cluster) = &self.cluster {
+            gauge(
+                e,
+                "cluster_connected",
+                "1 while this node is connected to NATS (cluster mode); 0 means collect answers 503 and realtime is stale.",
+                None,
+                u32::from(cluster.connected),
+            )?;
+            gauge(
+                e,
+                "cluster_stale",
+                "1 while realtime answers from memory without the cluster's new events (\"stale\": true).",
+                None,
+                u32::from(!cluster.connected),
+            )?;
+            gauge(
+                e,
+                "cluster_caught_up",
+                "1 once this node has read the event stream up to its head as of start-up.",
+                None,
+                u32::from(cluster.caught_up),
+            )?;
+            let metric = e.encode_descriptor(
+                "cluster_events_consumed",
+                "Events this node read from the cluster's stream and counted.",
+                None,
+                MetricType::Counter,
+            )?;
+            ConstCounter::new(cluster.consumed_events).encode(metric)?;
+            let metric = e.encode_descriptor(
+                "cluster_publish_failures",
+                "Collect requests answered 503 because JetStream did not acknowledge their events.",
+                None,
+                MetricType::Counter,
+            )?;
+            ConstCounter::new(cluster.publish_failures).encode(metric)?;
+            let metric = e.encode_descriptor(
+                "cluster_disconnects",
+                "Times this node lost its connection to NATS.",
+                None,
+                MetricType::Counter,
+            )?;
+            ConstCounter::new(cluster.disconnects).encode(metric)?;
+        }
         if let Some(replay) = &self.replay {
             gauge(
                 e,
@@ -600,6 +657,13 @@ mod tests {
             log_stalled: true,
             log_disk_available_bytes: Some(1 << 30),
             clock_ahead: Duration::from_secs(10_800),
+            cluster: Some(ClusterReading {
+                connected: false,
+                caught_up: true,
+                consumed_events: 9,
+                publish_failures: 2,
+                disconnects: 1,
+            }),
         }
     }
 
@@ -709,6 +773,12 @@ mod tests {
                 "pulse_log_disk_available_bytes 1073741824",
                 "pulse_clock_ahead_of_system_seconds 10800.0",
                 "pulse_replay_torn_tail_bytes 7",
+                "pulse_cluster_connected 0",
+                "pulse_cluster_stale 1",
+                "pulse_cluster_caught_up 1",
+                "pulse_cluster_events_consumed_total 9",
+                "pulse_cluster_publish_failures_total 2",
+                "pulse_cluster_disconnects_total 1",
                 "# HELP pulse_websites Websites held.",
             ],
         );
@@ -723,8 +793,10 @@ mod tests {
         let mut readings = readings();
         readings.replay = None;
         readings.resident_bytes = None;
+        readings.cluster = None;
         let text = encode(&Metrics::new(), readings, Format::PrometheusText);
         assert!(!text.contains("pulse_replay"), "{text}");
+        assert!(!text.contains("pulse_cluster"), "{text}");
         assert!(!text.contains("pulse_process_resident"), "{text}");
         assert_lines(&text, &["pulse_websites 3"]);
     }
