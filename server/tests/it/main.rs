@@ -18,6 +18,7 @@
 //! - `operator`: data directory permissions, logs on a pipe, `RUST_LOG`.
 //! - `tidy`: house rules over the source tree (no server started).
 //! - `compat`: Sparklytics' `/e` and `visitor_id`, Plausible's and Umami's APIs, ingest CORS.
+//! - `cluster`: cluster mode on a 3-node NATS JetStream cluster (issue 16).
 //!
 //! The browser test (`server/tests/browser/`, Node) is separate.
 
@@ -33,6 +34,8 @@ mod assets;
 mod catalog;
 #[cfg(target_os = "linux")]
 mod clock;
+#[cfg(target_os = "linux")]
+mod cluster;
 mod collect_input;
 mod compat;
 #[cfg(target_os = "linux")]
