@@ -166,7 +166,7 @@ async fn sigkill_of_one_nats_node_keeps_ingest_going_and_loses_no_acknowledged_e
     let mut sent = 0_u64;
     let mut send = async |count: usize, acknowledged: &mut u64| {
         for _ in 0..count {
-            let node = if sent % 2 == 0 { &a } else { &b };
+            let node = if sent.is_multiple_of(2) { &a } else { &b };
             let resp = pageview(node, (sent % 50) as usize, &format!("/n/{sent}")).await;
             sent += 1;
             match resp.status {
