@@ -800,6 +800,54 @@ mod tests {
     }
 
     #[test]
+    fn changes_from_shared_storage_reach_readers_and_the_engine_once_and_a_recreate_starts_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = engine(10);
+        let catalog = WebsiteCatalog::open(dir.path(), Arc::clone(&engine)).unwrap();
+        let stored = |name: &str, log_start_seq| StoredWebsite {
+            website: Website {
+                name: name.into(),
+                ..site("a")
+            },
+            log_start_seq,
+        };
+        catalog.apply_stored("a", Some(stored("First", 5))).unwrap();
+        assert_eq!(catalog.get("a").unwrap().log_start_seq, 5);
+        assert!(engine_has(&engine, "a"));
+        let id = WebsiteId::new("a").unwrap();
+        let event = Arc::new(pulse_engine::Event {
+            website: id.clone(),
+            ts: pulse_engine::Timestamp::from_unix_ms(1_000).unwrap(),
+            visitor: pulse_engine::VisitorId(1),
+            kind: pulse_engine::EventKind::Pageview,
+            target: Arc::from("/"),
+            referrer_domain: None,
+            is_bot: false,
+            browser: pulse_engine::Browser::Chrome,
+            device: pulse_engine::DeviceType::Desktop,
+            country: None,
+        });
+        engine.ingest(Arc::clone(&event), None).unwrap();
+        let total = |engine: &Engine| engine.realtime(&id, 1_000, true).unwrap().total_in_window;
+        // The same website again (this node's own write reported back) changes nothing; a
+        // renamed one keeps its counts.
+        catalog.apply_stored("a", Some(stored("First", 5))).unwrap();
+        catalog
+            .apply_stored("a", Some(stored("Renamed", 5)))
+            .unwrap();
+        assert_eq!(catalog.get("a").unwrap().website.name, "Renamed");
+        assert_eq!(total(&engine), 1);
+        // Deleted and created again elsewhere (a new log start): the counts start over.
+        catalog.apply_stored("a", Some(stored("Again", 9))).unwrap();
+        assert_eq!(catalog.get("a").unwrap().log_start_seq, 9);
+        assert_eq!(total(&engine), 0);
+        catalog.apply_stored("a", None).unwrap();
+        catalog.apply_stored("a", None).unwrap();
+        assert!(catalog.get("a").is_none());
+        assert!(!engine_has(&engine, "a"));
+    }
+
+    #[test]
     fn websites_survive_reopening_with_their_derived_fields() {
         let dir = tempfile::tempdir().unwrap();
         let catalog = WebsiteCatalog::open(dir.path(), engine(10)).unwrap();
