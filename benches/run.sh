@@ -320,12 +320,17 @@ nats_bin() {
   } >&2 || return 1
   echo target/nats-venv/bin/nats-server
 }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# free_ports N: N distinct free loopback ports (held together while chosen, so none twice).
+free_ports() {
+  python3 -c 'import socket,sys; s=[socket.socket() for _ in range(int(sys.argv[1]))]; [x.bind(("127.0.0.1",0)) for x in s]; print(" ".join(str(x.getsockname()[1]) for x in s))' "$1"
+}
 # start_nats: three nodes n1..n3; sets NATS_URLS. Waits until n1 reports a meta leader.
 start_nats() {
   local bin i c r m routes="" ports=()
   bin=$(nats_bin) || return 1
-  for i in 1 2 3; do ports+=("$(free_port) $(free_port) $(free_port)"); done
+  local all
+  read -ra all <<<"$(free_ports 9)"
+  for i in 0 3 6; do ports+=("${all[$i]} ${all[$((i + 1))]} ${all[$((i + 2))]}"); done
   for i in 0 1 2; do read -r c r m <<<"${ports[$i]}"; routes+="nats://127.0.0.1:$r,"; done
   NATS_URLS=""
   for i in 0 1 2; do
@@ -394,7 +399,7 @@ cluster_restart_1m() {
   load cluster_restart_load --create-website --max --batch 50 --connections 8 \
     --events "$RESTART_EVENTS" --duration 0 --realtime-poll-ms 0 || return 1
   local load_pid=$SERVER_PID port t0 t1 ready_ms consumed
-  port=$(free_port)
+  port=$(free_ports 1)
   t0=$(now_ns)
   "$BIN/pulse" --listen "127.0.0.1:$port" --data-dir "$TMP/cluster_fresh" \
     --trusted-proxies 127.0.0.1/32 --cluster "$NATS_URLS" \

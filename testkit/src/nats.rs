@@ -116,14 +116,21 @@ fn find_or_install() -> Result<PathBuf, String> {
     }
 }
 
-/// A loopback port free now (the listener is closed at once; the server binds it next).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// `count` distinct loopback ports free now. Their listeners are held until all are chosen (so
+/// the kernel cannot hand one out twice) and closed on return, for the servers to bind next.
+fn free_ports(count: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..count)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
 }
+
+/// How many times `NatsCluster::start` tries: another process may take a port between its
+/// choice and the server's bind.
+const START_ATTEMPTS: usize = 3;
 
 /// One `nats-server` process of a cluster.
 #[derive(Debug)]
@@ -177,12 +184,27 @@ pub struct NatsCluster {
 
 impl NatsCluster {
     /// Starts `size` JetStream nodes named n1…nN (cluster `pulse`, routes to one another) and
-    /// waits until every one of them names the same meta leader.
+    /// waits until every one of them names the same meta leader. Starts over on fresh ports
+    /// when a node exits during start-up (a port taken meanwhile), at most `START_ATTEMPTS`
+    /// times; panics with the nodes' logs when the last attempt fails.
     pub async fn start(size: usize) -> Self {
+        let mut failure = String::new();
+        for _ in 0..START_ATTEMPTS {
+            let mut cluster = Self::spawn(size);
+            match cluster.wait_for_leader(LEADER_DEADLINE).await {
+                Ok(()) => return cluster,
+                Err(why) => failure = why,
+            }
+        }
+        panic!("{failure}");
+    }
+
+    fn spawn(size: usize) -> Self {
         let bin = nats_server_bin();
         let dir = tempfile::tempdir().unwrap();
-        let ports: Vec<(u16, u16, u16)> = (0..size)
-            .map(|_| (free_port(), free_port(), free_port()))
+        let ports: Vec<(u16, u16, u16)> = free_ports(3 * size)
+            .chunks(3)
+            .map(|p| (p[0], p[1], p[2]))
             .collect();
         let routes: Vec<String> = ports
             .iter()
@@ -217,9 +239,7 @@ impl NatsCluster {
                 log,
             });
         }
-        let mut cluster = Self { nodes, _dir: dir };
-        cluster.wait_for_leader(LEADER_DEADLINE).await;
-        cluster
+        Self { nodes, _dir: dir }
     }
 
     /// Every node's client URL, comma-separated: what `pulse --cluster` takes.
@@ -243,9 +263,9 @@ impl NatsCluster {
         (!leader.is_empty()).then_some(leader)
     }
 
-    /// Waits until every running node names the same JetStream meta leader; panics with the
-    /// nodes' logs when `deadline` passes.
-    pub async fn wait_for_leader(&mut self, deadline: Duration) {
+    /// Waits until every running node names the same JetStream meta leader; fails with the
+    /// nodes' logs when `deadline` passes or a node exits.
+    pub async fn wait_for_leader(&mut self, deadline: Duration) -> Result<(), String> {
         let end = Instant::now() + deadline;
         loop {
             let mut leaders = Vec::new();
@@ -259,7 +279,7 @@ impl NatsCluster {
             }
             let agreed = leaders.first().cloned().flatten();
             if all_running && agreed.is_some() && leaders.iter().all(|l| *l == agreed) {
-                return;
+                return Ok(());
             }
             if !all_running || Instant::now() >= end {
                 let logs: String = self
@@ -267,10 +287,10 @@ impl NatsCluster {
                     .iter()
                     .map(|n| format!("--- {}:\n{}\n", n.name, n.log()))
                     .collect();
-                panic!(
+                return Err(format!(
                     "no JetStream meta leader within {deadline:?} (running: {all_running}, \
                      leaders seen: {leaders:?})\n{logs}"
-                );
+                ));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
