@@ -35,6 +35,10 @@ use crate::state::AppState;
 
 /// How long the consumer waits before starting again after its stream of messages ended.
 const CONSUMER_RETRY: Duration = Duration::from_secs(1);
+/// How often an idle consumer checks that it is idle because the stream is, and how long it may
+/// deliver nothing while the stream grows before it is started again.
+const IDLE_CHECK: Duration = Duration::from_secs(1);
+const STUCK_AFTER: Duration = Duration::from_secs(2);
 
 /// Why events were not published (collect answers 503 with `Retry-After`).
 #[derive(Debug, thiserror::Error)]
@@ -182,7 +186,26 @@ async fn consume_once(
     }
     let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
     let mut last = None;
-    while let Some(message) = messages.next().await {
+    let mut idle_since = tokio::time::Instant::now();
+    loop {
+        let next = match tokio::time::timeout(IDLE_CHECK, messages.next()).await {
+            Ok(next) => next,
+            Err(_) => {
+                if consumer_stuck(cluster, idle_since).await {
+                    tracing::warn!(
+                        after = status.consumed_seq(),
+                        "the events consumer stopped delivering while the stream grew; \
+                         starting it again"
+                    );
+                    return Ok(last);
+                }
+                continue;
+            }
+        };
+        let Some(message) = next else {
+            break;
+        };
+        idle_since = tokio::time::Instant::now();
         let message = match message {
             Ok(message) => message,
             Err(error) => {
@@ -205,6 +228,19 @@ async fn consume_once(
         }
     }
     Ok(last)
+}
+
+/// Whether the consumer has delivered nothing for `STUCK_AFTER` while the stream holds events
+/// past the last one counted: its server died with it (the ordered consumer's own recovery waits
+/// for missed heartbeats, tens of seconds), so it is started again after the last counted event.
+async fn consumer_stuck(cluster: &Cluster, idle_since: tokio::time::Instant) -> bool {
+    if idle_since.elapsed() < STUCK_AFTER || !cluster.status().is_connected() {
+        return false;
+    }
+    match tokio::time::timeout(super::KV_TIMEOUT, cluster.events.get_info()).await {
+        Ok(Ok(info)) => info.state.last_sequence > cluster.status().consumed_seq(),
+        _ => false,
+    }
 }
 
 fn mark_caught_up(status: &super::ClusterStatus) {

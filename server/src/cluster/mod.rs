@@ -49,6 +49,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// stream leader election on loopback (about a second), short enough that a client's retry is
 /// not held up for long.
 pub const PUBLISH_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long one set-up request (stream, buckets) may take, how long set-up keeps retrying
+/// before start-up fails, and the pause between tries.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+const SETUP_DEADLINE: Duration = Duration::from_secs(20);
+const SETUP_RETRY: Duration = Duration::from_millis(500);
 /// How long a key-value read or write may take (websites, salts).
 pub const KV_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -231,23 +236,24 @@ impl Cluster {
                 source,
             })?;
         status.set_connected(true);
-        let mut jetstream = jetstream::new(client.clone());
-        jetstream.set_timeout(PUBLISH_TIMEOUT);
         let replicas = options.replicas.max(1);
-        let events = jetstream
-            .get_or_create_stream(stream::Config {
-                name: EVENTS_STREAM.to_owned(),
-                subjects: vec![format!("{EVENTS_SUBJECT_PREFIX}>")],
-                num_replicas: replicas,
-                max_age: options.retention,
-                storage: stream::StorageType::File,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| setup_error("stream", EVENTS_STREAM, e))?;
-        let websites =
-            Arc::new(KvWebsites::open(bucket(&jetstream, WEBSITES_BUCKET, replicas).await?).await?);
-        let salts = bucket(&jetstream, SALTS_BUCKET, replicas).await?;
+        // A cluster that has just formed, or a busy one, may need a while to place a replicated
+        // stream: set-up gets longer requests and retries until `SETUP_DEADLINE`.
+        let mut setup = jetstream::new(client.clone());
+        setup.set_timeout(SETUP_TIMEOUT);
+        let deadline = tokio::time::Instant::now() + SETUP_DEADLINE;
+        let (events, websites, salts) = loop {
+            match set_up(&setup, options, replicas).await {
+                Ok(parts) => break parts,
+                Err(error) if tokio::time::Instant::now() < deadline => {
+                    tracing::warn!(%error, "JetStream set-up failed; retrying");
+                    tokio::time::sleep(SETUP_RETRY).await;
+                }
+                Err(error) => return Err(error),
+            }
+        };
+        let mut jetstream = jetstream::new(client);
+        jetstream.set_timeout(PUBLISH_TIMEOUT);
         tracing::info!(
             servers = %options.servers.join(","),
             replicas,
@@ -298,6 +304,30 @@ impl Cluster {
         tokio::spawn(events::consume(Arc::clone(state), start_ms));
         tokio::spawn(websites::watch(Arc::clone(state)));
     }
+}
+
+/// The events stream, the websites (as read now) and the salts bucket, each created when it
+/// does not exist yet.
+async fn set_up(
+    jetstream: &jetstream::Context,
+    options: &ClusterOptions,
+    replicas: usize,
+) -> Result<(stream::Stream, Arc<KvWebsites>, kv::Store), ClusterError> {
+    let events = jetstream
+        .get_or_create_stream(stream::Config {
+            name: EVENTS_STREAM.to_owned(),
+            subjects: vec![format!("{EVENTS_SUBJECT_PREFIX}>")],
+            num_replicas: replicas,
+            max_age: options.retention,
+            storage: stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| setup_error("stream", EVENTS_STREAM, e))?;
+    let websites =
+        Arc::new(KvWebsites::open(bucket(jetstream, WEBSITES_BUCKET, replicas).await?).await?);
+    let salts = bucket(jetstream, SALTS_BUCKET, replicas).await?;
+    Ok((events, websites, salts))
 }
 
 /// The key-value bucket `name` (one value per key, replicated like the stream), created when it
