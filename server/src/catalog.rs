@@ -28,6 +28,12 @@
 //! The one gap is a failed rollback (step 3 failed, then writing the old set back failed too):
 //! the file then holds a website memory does not, `CatalogError::RollbackFailed` says so, and the
 //! next successful write (which starts from the snapshot) or a restart brings them together.
+//!
+//! **Storage is pluggable** (`CatalogStorage`): the websites file (`FileStorage` over a
+//! `CatalogFile`) in local mode, a key-value bucket shared by every node in cluster mode
+//! (`cluster::websites`). A shared storage also tells the catalog about changes other nodes
+//! made: `apply_stored` runs steps 3–5 for them, with no storage step, since storage already
+//! holds the change.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -210,6 +216,93 @@ pub trait CatalogFile: Send + Sync + fmt::Debug {
     fn replace(&self, bytes: &[u8]) -> io::Result<()>;
 }
 
+/// A website as storage keeps it: the website and its first log sequence number
+/// (`WebsiteEntry::log_start_seq`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredWebsite {
+    #[serde(flatten)]
+    pub website: Website,
+    #[serde(default)]
+    pub log_start_seq: u64,
+}
+
+/// One change as storage is asked to make it; `next` (passed beside it) is the whole set after
+/// it, for storages that keep the set as one document.
+#[derive(Debug, Clone, Copy)]
+pub enum StorageChange<'a> {
+    Create(&'a StoredWebsite),
+    Patch(&'a StoredWebsite),
+    Delete(&'a str),
+}
+
+/// Why storage did not take a change.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// Shared storage already holds a website with this id (another node created it).
+    #[error("storage already holds this website")]
+    Exists,
+    /// Shared storage holds a newer version than the one this change started from (another
+    /// node changed or deleted it meanwhile).
+    #[error("the website was changed elsewhere meanwhile")]
+    Conflict,
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// Where the catalog keeps its websites: a file of this server (`FileStorage`) or storage
+/// shared by the nodes of a cluster. Called under the catalog's writer lock, from blocking
+/// threads.
+pub trait CatalogStorage: Send + Sync + fmt::Debug {
+    /// Every stored website.
+    fn load(&self) -> Result<Vec<StoredWebsite>, CatalogOpenError>;
+    /// Makes `change`, after which the stored set is `next`.
+    fn store(&self, change: StorageChange<'_>, next: &CatalogSnapshot) -> Result<(), StorageError>;
+}
+
+/// The local storage: the whole set in one `CatalogFile`, replaced at every change.
+#[derive(Debug)]
+pub struct FileStorage {
+    file: Box<dyn CatalogFile>,
+}
+
+impl FileStorage {
+    pub fn new(file: Box<dyn CatalogFile>) -> Self {
+        Self { file }
+    }
+}
+
+impl CatalogStorage for FileStorage {
+    fn load(&self) -> Result<Vec<StoredWebsite>, CatalogOpenError> {
+        let Some(bytes) = self.file.read().map_err(CatalogOpenError::Read)? else {
+            return Ok(Vec::new());
+        };
+        let document: WebsitesDocument =
+            serde_json::from_slice(&bytes).map_err(CatalogOpenError::Parse)?;
+        if document.version != FILE_VERSION {
+            return Err(CatalogOpenError::UnsupportedVersion {
+                version: document.version,
+            });
+        }
+        let log_starts = document.log_starts;
+        Ok(document
+            .websites
+            .into_iter()
+            .map(|website| StoredWebsite {
+                log_start_seq: log_starts.get(&website.id).copied().unwrap_or(0),
+                website,
+            })
+            .collect())
+    }
+
+    fn store(
+        &self,
+        _change: StorageChange<'_>,
+        next: &CatalogSnapshot,
+    ) -> Result<(), StorageError> {
+        write_file(self.file.as_ref(), next).map_err(StorageError::Io)
+    }
+}
+
 /// `<data-dir>/websites.json`, replaced with `write_atomically` (mode 0600).
 #[derive(Debug)]
 pub struct AtomicJsonFile {
@@ -272,6 +365,8 @@ pub enum CatalogError {
     TooManyWebsites { limit: usize },
     #[error("invalid website id {id:?}")]
     InvalidId { id: String },
+    #[error("website {id:?} was changed on another node meanwhile")]
+    Conflict { id: String },
     #[error("the websites file could not be written: {0}")]
     Storage(#[source] io::Error),
     #[error("the engine refused website {id:?} ({source}); the websites file was restored")]
@@ -291,7 +386,7 @@ pub enum CatalogError {
 pub struct WebsiteCatalog {
     snapshot: ArcSwap<CatalogSnapshot>,
     /// Held by writers only, for the whole of a change; readers never touch it.
-    writer: Mutex<Box<dyn CatalogFile>>,
+    writer: Mutex<Box<dyn CatalogStorage>>,
     engine: Arc<Engine>,
 }
 
@@ -315,38 +410,41 @@ impl WebsiteCatalog {
         file: Box<dyn CatalogFile>,
         engine: Arc<Engine>,
     ) -> Result<Self, CatalogOpenError> {
+        Self::with_storage(Box::new(FileStorage::new(file)), engine)
+    }
+
+    /// Loads every website `storage` holds and registers each in `engine`.
+    pub fn with_storage(
+        storage: Box<dyn CatalogStorage>,
+        engine: Arc<Engine>,
+    ) -> Result<Self, CatalogOpenError> {
         let mut websites = BTreeMap::new();
-        if let Some(bytes) = file.read().map_err(CatalogOpenError::Read)? {
-            let document: WebsitesDocument =
-                serde_json::from_slice(&bytes).map_err(CatalogOpenError::Parse)?;
-            if document.version != FILE_VERSION {
-                return Err(CatalogOpenError::UnsupportedVersion {
-                    version: document.version,
-                });
+        let stored_websites = storage.load()?;
+        let stored = stored_websites.len();
+        for StoredWebsite {
+            website,
+            log_start_seq,
+        } in stored_websites
+        {
+            let id = website.id.clone();
+            let entry = WebsiteEntry::new(website)
+                .map_err(|_| CatalogOpenError::InvalidId { id: id.clone() })?
+                .with_log_start(log_start_seq);
+            if websites.contains_key(&id) {
+                return Err(CatalogOpenError::DuplicateId { id });
             }
-            let stored = document.websites.len();
-            for website in document.websites {
-                let id = website.id.clone();
-                let log_start = document.log_starts.get(&id).copied().unwrap_or(0);
-                let entry = WebsiteEntry::new(website)
-                    .map_err(|_| CatalogOpenError::InvalidId { id: id.clone() })?
-                    .with_log_start(log_start);
-                if websites.contains_key(&id) {
-                    return Err(CatalogOpenError::DuplicateId { id });
+            engine.add_website(entry.id.clone()).map_err(|source| {
+                CatalogOpenError::EngineRefused {
+                    id: id.clone(),
+                    stored,
+                    source,
                 }
-                engine.add_website(entry.id.clone()).map_err(|source| {
-                    CatalogOpenError::EngineRefused {
-                        id: id.clone(),
-                        stored,
-                        source,
-                    }
-                })?;
-                websites.insert(id, Arc::new(entry));
-            }
+            })?;
+            websites.insert(id, Arc::new(entry));
         }
         Ok(Self {
             snapshot: ArcSwap::from_pointee(CatalogSnapshot::new(websites)),
-            writer: Mutex::new(file),
+            writer: Mutex::new(storage),
             engine,
         })
     }
@@ -402,18 +500,26 @@ impl WebsiteCatalog {
         let mut websites = previous.websites.clone();
         websites.insert(id.clone(), Arc::clone(&entry));
         let next = CatalogSnapshot::new(websites);
-        store(file.as_ref(), &next)?;
+        let stored = StoredWebsite {
+            website: website.clone(),
+            log_start_seq,
+        };
+        store(file.as_ref(), StorageChange::Create(&stored), &next, &id)?;
         match self.engine.add_website(entry.id.clone()) {
             // Already there is what this step wants; nothing else can have put it there while
             // the catalog holds the writer lock.
             Ok(()) | Err(EngineError::WebsiteExists) => {}
             Err(refused) => {
-                return Err(match write_file(file.as_ref(), &previous) {
+                return Err(match file.store(StorageChange::Delete(&id), &previous) {
                     Ok(()) => CatalogError::EngineRefused {
                         id,
                         source: refused,
                     },
                     Err(source) => {
+                        let source = match source {
+                            StorageError::Io(source) => source,
+                            other => io::Error::other(other),
+                        };
                         tracing::error!(
                             website = %id, %refused, error = %source,
                             "the websites file could not be restored after the engine refused a website"
@@ -460,10 +566,14 @@ impl WebsiteCatalog {
         let entry = WebsiteEntry::new(website.clone())
             .map_err(|_| CatalogError::InvalidId { id: id.to_owned() })?
             .with_log_start(current.log_start_seq);
+        let stored = StoredWebsite {
+            website: website.clone(),
+            log_start_seq: entry.log_start_seq,
+        };
         let mut websites = previous.websites.clone();
         websites.insert(id.to_owned(), Arc::new(entry));
         let next = CatalogSnapshot::new(websites);
-        store(file.as_ref(), &next)?;
+        store(file.as_ref(), StorageChange::Patch(&stored), &next, id)?;
         // The engine keeps no per-website settings, so there is no engine step.
         self.snapshot.store(Arc::new(next));
         Ok(website)
@@ -478,10 +588,71 @@ impl WebsiteCatalog {
             .remove(id)
             .ok_or_else(|| CatalogError::UnknownWebsite { id: id.to_owned() })?;
         let next = CatalogSnapshot::new(websites);
-        store(file.as_ref(), &next)?;
+        store(file.as_ref(), StorageChange::Delete(id), &next, id)?;
         self.snapshot.store(Arc::new(next));
         // The only refusal is "unknown website", which is the state this step wants.
         let _ = self.engine.remove_website(&removed.id);
+        Ok(())
+    }
+
+    /// Applies a change that shared storage already holds (another node made it, or this one
+    /// did and storage reports it back): `Some` creates or replaces website `id`, `None` removes
+    /// it. Runs the engine and reader steps of `create`, `patch` and `delete` in their order,
+    /// under the writer lock, and changes nothing when the catalog already agrees. A website
+    /// stored again with another `log_start_seq` was deleted and created anew meanwhile: its
+    /// counts start over.
+    pub fn apply_stored(
+        &self,
+        id: &str,
+        stored: Option<StoredWebsite>,
+    ) -> Result<(), CatalogError> {
+        let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let previous = self.snapshot.load_full();
+        let current = previous.get(id);
+        let mut websites = previous.websites.clone();
+        let Some(StoredWebsite {
+            website,
+            log_start_seq,
+        }) = stored
+        else {
+            let Some(removed) = websites.remove(id) else {
+                return Ok(());
+            };
+            self.snapshot
+                .store(Arc::new(CatalogSnapshot::new(websites)));
+            let _ = self.engine.remove_website(&removed.id);
+            return Ok(());
+        };
+        if current.is_some_and(|c| c.website == website && c.log_start_seq == log_start_seq) {
+            return Ok(());
+        }
+        let entry = Arc::new(
+            WebsiteEntry::new(website)
+                .map_err(|_| CatalogError::InvalidId { id: id.to_owned() })?
+                .with_log_start(log_start_seq),
+        );
+        let recreated = current.is_some_and(|c| c.log_start_seq != log_start_seq);
+        if recreated {
+            // Readers first, then the engine, as a delete does.
+            let mut without = websites.clone();
+            without.remove(id);
+            self.snapshot.store(Arc::new(CatalogSnapshot::new(without)));
+            let _ = self.engine.remove_website(&entry.id);
+        }
+        if current.is_none() || recreated {
+            match self.engine.add_website(entry.id.clone()) {
+                Ok(()) | Err(EngineError::WebsiteExists) => {}
+                Err(source) => {
+                    return Err(CatalogError::EngineRefused {
+                        id: id.to_owned(),
+                        source,
+                    })
+                }
+            }
+        }
+        websites.insert(id.to_owned(), entry);
+        self.snapshot
+            .store(Arc::new(CatalogSnapshot::new(websites)));
         Ok(())
     }
 }
@@ -491,9 +662,18 @@ fn write_file(file: &dyn CatalogFile, snapshot: &CatalogSnapshot) -> io::Result<
     file.replace(&snapshot.encode()?)
 }
 
-/// `write_file` as a step of a change, which fails with `CatalogError::Storage`.
-fn store(file: &dyn CatalogFile, snapshot: &CatalogSnapshot) -> Result<(), CatalogError> {
-    write_file(file, snapshot).map_err(CatalogError::Storage)
+/// `change` as a step of a change to website `id`, with storage's refusals as catalog errors.
+fn store(
+    storage: &dyn CatalogStorage,
+    change: StorageChange<'_>,
+    next: &CatalogSnapshot,
+    id: &str,
+) -> Result<(), CatalogError> {
+    storage.store(change, next).map_err(|error| match error {
+        StorageError::Exists => CatalogError::WebsiteExists { id: id.to_owned() },
+        StorageError::Conflict => CatalogError::Conflict { id: id.to_owned() },
+        StorageError::Io(source) => CatalogError::Storage(source),
+    })
 }
 
 #[cfg(test)]
@@ -617,6 +797,54 @@ mod tests {
             }
             self.inner.replace(bytes)
         }
+    }
+
+    #[test]
+    fn changes_from_shared_storage_reach_readers_and_the_engine_once_and_a_recreate_starts_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = engine(10);
+        let catalog = WebsiteCatalog::open(dir.path(), Arc::clone(&engine)).unwrap();
+        let stored = |name: &str, log_start_seq| StoredWebsite {
+            website: Website {
+                name: name.into(),
+                ..site("a")
+            },
+            log_start_seq,
+        };
+        catalog.apply_stored("a", Some(stored("First", 5))).unwrap();
+        assert_eq!(catalog.get("a").unwrap().log_start_seq, 5);
+        assert!(engine_has(&engine, "a"));
+        let id = WebsiteId::new("a").unwrap();
+        let event = Arc::new(pulse_engine::Event {
+            website: id.clone(),
+            ts: pulse_engine::Timestamp::from_unix_ms(1_000).unwrap(),
+            visitor: pulse_engine::VisitorId(1),
+            kind: pulse_engine::EventKind::Pageview,
+            target: Arc::from("/"),
+            referrer_domain: None,
+            is_bot: false,
+            browser: pulse_engine::Browser::Chrome,
+            device: pulse_engine::DeviceType::Desktop,
+            country: None,
+        });
+        engine.ingest(Arc::clone(&event), None).unwrap();
+        let total = |engine: &Engine| engine.realtime(&id, 1_000, true).unwrap().total_in_window;
+        // The same website again (this node's own write reported back) changes nothing; a
+        // renamed one keeps its counts.
+        catalog.apply_stored("a", Some(stored("First", 5))).unwrap();
+        catalog
+            .apply_stored("a", Some(stored("Renamed", 5)))
+            .unwrap();
+        assert_eq!(catalog.get("a").unwrap().website.name, "Renamed");
+        assert_eq!(total(&engine), 1);
+        // Deleted and created again elsewhere (a new log start): the counts start over.
+        catalog.apply_stored("a", Some(stored("Again", 9))).unwrap();
+        assert_eq!(catalog.get("a").unwrap().log_start_seq, 9);
+        assert_eq!(total(&engine), 0);
+        catalog.apply_stored("a", None).unwrap();
+        catalog.apply_stored("a", None).unwrap();
+        assert!(catalog.get("a").is_none());
+        assert!(!engine_has(&engine, "a"));
     }
 
     #[test]

@@ -12,6 +12,7 @@ use pulse_snapshot::SegmentLimits;
 
 use crate::checkpoints::CheckpointSettings;
 use crate::client_ip::Cidr;
+use crate::cluster::ClusterOptions;
 use crate::connections::default_max_per_address;
 use crate::error::ServerError;
 use crate::event_log::{Durability, LogOptions};
@@ -165,6 +166,22 @@ pub struct Config {
     #[cfg(feature = "test-clock")]
     #[arg(long, hide = true, value_name = "SECS")]
     pub test_window_secs: Option<u32>,
+    /// Cluster mode: the NATS JetStream servers (comma-separated nats:// URLs) that every node
+    /// shares events, websites and salts through. Without it, the server keeps its own log.
+    #[arg(long, env = "PULSE_CLUSTER", value_delimiter = ',')]
+    pub cluster: Vec<String>,
+
+    /// Replicas of the cluster's stream and buckets (1 against a single NATS server).
+    #[arg(long, env = "PULSE_CLUSTER_REPLICAS", default_value_t = 3)]
+    pub cluster_replicas: usize,
+
+    /// NATS credentials file (.creds) for cluster mode.
+    #[arg(long, env = "PULSE_CLUSTER_CREDS")]
+    pub cluster_creds: Option<PathBuf>,
+
+    /// CA certificate (PEM) to check the NATS servers' TLS certificates against; requires TLS.
+    #[arg(long, env = "PULSE_CLUSTER_TLS_CA")]
+    pub cluster_tls_ca: Option<PathBuf>,
 }
 
 impl Config {
@@ -234,6 +251,8 @@ impl Config {
             queue_bytes: plan.queue_bytes,
             window_ms: self.engine_limits(plan).window_ms(),
             log_starts: std::collections::HashMap::new(),
+            // In cluster mode the stream is the log: local segments are never counted.
+            replay: !self.is_cluster(),
             checkpoint_dir: None,
         }
     }
@@ -241,10 +260,34 @@ impl Config {
     pub fn checkpoint_settings(&self) -> CheckpointSettings {
         CheckpointSettings {
             dir: self.data_dir.join("checkpoints"),
-            interval: (self.checkpoint_interval_secs > 0)
+            // In cluster mode the engine is filled from the stream from now - window on every
+            // start, so a checkpoint restored under it would count its events twice: none.
+            interval: (self.checkpoint_interval_secs > 0 && !self.is_cluster())
                 .then(|| Duration::from_secs(self.checkpoint_interval_secs)),
             write_pace: Duration::from_millis(self.checkpoint_write_pace_ms),
         }
+    }
+
+    /// Whether `--cluster` names NATS servers.
+    pub fn is_cluster(&self) -> bool {
+        self.cluster.iter().any(|url| !url.trim().is_empty())
+    }
+
+    /// How to reach and set up the cluster, when `--cluster` is given.
+    pub fn cluster_options(&self, plan: &MemoryPlan) -> Option<ClusterOptions> {
+        self.is_cluster().then(|| ClusterOptions {
+            servers: self
+                .cluster
+                .iter()
+                .filter(|url| !url.trim().is_empty())
+                .cloned()
+                .collect(),
+            replicas: self.cluster_replicas,
+            creds: self.cluster_creds.clone(),
+            tls_ca: self.cluster_tls_ca.clone(),
+            retention: Duration::from_secs(u64::from(self.retention_days.max(1)) * 86_400),
+            window_ms: self.engine_limits(plan).window_ms(),
+        })
     }
 
     pub fn http_limits(&self, plan: &MemoryPlan) -> HttpLimits {
@@ -372,6 +415,25 @@ mod tests {
         check("12XB", Err(()));
         check("MiB", Err(()));
         check("99999999999999999999GiB", Err(()));
+    }
+
+    #[test]
+    fn cluster_mode_is_off_without_servers_and_takes_a_comma_list_with_three_replicas() {
+        let local = Config::try_parse_from(["pulse"]).unwrap();
+        assert!(!local.is_cluster());
+        assert!(local.cluster_options(&local.memory_plan()).is_none());
+        assert!(local.log_options(&local.memory_plan()).replay);
+        let config = Config::try_parse_from([
+            "pulse",
+            "--cluster",
+            "nats://127.0.0.1:4222,nats://127.0.0.1:4223",
+        ])
+        .unwrap();
+        let options = config.cluster_options(&config.memory_plan()).unwrap();
+        assert_eq!(options.servers.len(), 2);
+        assert_eq!(options.replicas, 3);
+        assert_eq!(options.retention, Duration::from_secs(30 * 86_400));
+        assert!(!config.log_options(&config.memory_plan()).replay);
     }
 
     #[test]

@@ -186,4 +186,6 @@ pub enum ServerError {
     Engine(#[from] pulse_engine::EngineError),
     #[error("event log: {0}")]
     Log(#[source] std::sync::Arc<crate::event_log::LogFailure>),
+    #[error("cluster: {0}")]
+    Cluster(#[from] crate::cluster::ClusterError),
 }

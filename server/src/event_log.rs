@@ -79,6 +79,9 @@ pub struct LogOptions {
     pub log_starts: HashMap<WebsiteId, u64>,
     /// Where checkpoints are kept; `None` when they are disabled (the log is replayed whole).
     pub checkpoint_dir: Option<PathBuf>,
+    /// Whether replayed events are counted in the engine: not in cluster mode, where the
+    /// stream is the log and this node's segments hold nothing it must count.
+    pub replay: bool,
 }
 
 /// Most entries the log thread gathers before writing, so one huge backlog does not become one
@@ -639,6 +642,9 @@ fn run_log_thread(
     let mut superseded: u64 = 0;
     let mut uncounted: u64 = 0;
     let report = replay(&options.dir, replay_options, |logged| {
+        if !options.replay {
+            return;
+        }
         if status.stopping.load(Ordering::Relaxed) {
             // Shutting down: the log must still be read to its end (torn tails, damage, the next
             // sequence number), but counting in memory would only delay the exit.

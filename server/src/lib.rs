@@ -21,6 +21,8 @@
 //! - `user_agent`: bot, browser and device classification in one pass.
 //! - `event_log`: `EventLog`, the write queue, replay and the writer thread (`Durability`).
 //! - `checkpoints`: restoring the newest checkpoint at start-up and writing one periodically.
+//! - `cluster`: cluster mode (`--cluster`) on NATS JetStream — the shared event stream, the
+//!   websites and salts buckets, the consumer that fills this node's engine.
 //! - `salts`: daily salts on disk. `catalog`: the websites — their file, the snapshot readers
 //!   load without locks, and the engine's set, changed together by one service.
 //! - `memory`: `MemoryPlan`, how `--memory-limit` is divided. `metrics`: the Prometheus
@@ -54,6 +56,7 @@ pub mod catalog;
 pub mod checkpoints;
 pub mod client_ip;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod connections;
 pub mod error;
@@ -156,6 +159,7 @@ async fn serve(
         .checkpoints
         .interval
         .map(|interval| tokio::spawn(checkpoints::run(Arc::clone(&state), interval)));
+    cluster::Cluster::spawn_tasks(&state);
     let reaper = tokio::spawn(reap(Arc::clone(&pool)));
     let live = tokio::spawn(routes::stream::publish_live(Arc::clone(&state)));
     tokio::pin!(shutdown);

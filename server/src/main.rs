@@ -71,7 +71,7 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr().context("listener has no address")?;
-    let state = Arc::new(AppState::open(&config, clock::now_ms())?);
+    let state = Arc::new(AppState::open_any(&config, clock::now_ms()).await?);
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "pulse listening");
     // The one line on stdout: scripts and tests read the bound address (port 0) from it.
     let mut stdout = std::io::stdout();

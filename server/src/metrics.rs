@@ -17,6 +17,7 @@ use prometheus_client::encoding::{
     prometheus_text, text, DescriptorEncoder, EncodeGaugeValue, EncodeLabelSet, EncodeLabelValue,
     EncodeMetric, LabelValueEncoder,
 };
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
@@ -402,6 +403,18 @@ pub struct Readings {
     pub clock_ahead: Duration,
     /// The newest checkpoint, loaded or written; `None` while there is none.
     pub checkpoint: Option<CheckpointReading>,
+    /// Cluster mode only.
+    pub cluster: Option<ClusterReading>,
+}
+
+/// The cluster's state at scrape time (`cluster::ClusterStatus`).
+#[derive(Clone, Copy, Debug)]
+pub struct ClusterReading {
+    pub connected: bool,
+    pub caught_up: bool,
+    pub consumed_events: u64,
+    pub publish_failures: u64,
+    pub disconnects: u64,
 }
 
 /// Writes one unlabelled gauge. Help texts here end with a period: the registry adds one to
@@ -559,6 +572,50 @@ impl Collector for Readings {
                 checkpoint.longest_pause.as_secs_f64(),
             )?;
         }
+        if let Some(cluster) = &self.cluster {
+            gauge(
+                e,
+                "cluster_connected",
+                "1 while this node is connected to NATS (cluster mode); 0 means collect answers 503 and realtime is stale.",
+                None,
+                u32::from(cluster.connected),
+            )?;
+            gauge(
+                e,
+                "cluster_stale",
+                "1 while realtime answers from memory without the cluster's new events (\"stale\": true).",
+                None,
+                u32::from(!cluster.connected),
+            )?;
+            gauge(
+                e,
+                "cluster_caught_up",
+                "1 once this node has read the event stream up to its head as of start-up.",
+                None,
+                u32::from(cluster.caught_up),
+            )?;
+            let metric = e.encode_descriptor(
+                "cluster_events_consumed",
+                "Events this node read from the cluster's stream and counted.",
+                None,
+                MetricType::Counter,
+            )?;
+            ConstCounter::new(cluster.consumed_events).encode(metric)?;
+            let metric = e.encode_descriptor(
+                "cluster_publish_failures",
+                "Collect requests answered 503 because JetStream did not acknowledge their events.",
+                None,
+                MetricType::Counter,
+            )?;
+            ConstCounter::new(cluster.publish_failures).encode(metric)?;
+            let metric = e.encode_descriptor(
+                "cluster_disconnects",
+                "Times this node lost its connection to NATS.",
+                None,
+                MetricType::Counter,
+            )?;
+            ConstCounter::new(cluster.disconnects).encode(metric)?;
+        }
         if let Some(replay) = &self.replay {
             gauge(
                 e,
@@ -642,6 +699,13 @@ mod tests {
                 bytes: 2048,
                 write_duration: Duration::from_millis(250),
                 longest_pause: Duration::from_micros(1500),
+            }),
+            cluster: Some(ClusterReading {
+                connected: false,
+                caught_up: true,
+                consumed_events: 9,
+                publish_failures: 2,
+                disconnects: 1,
             }),
         }
     }
@@ -756,6 +820,12 @@ mod tests {
                 "pulse_checkpoint_bytes 2048",
                 "pulse_checkpoint_write_duration_seconds 0.25",
                 "pulse_checkpoint_longest_pause_seconds 0.0015",
+                "pulse_cluster_connected 0",
+                "pulse_cluster_stale 1",
+                "pulse_cluster_caught_up 1",
+                "pulse_cluster_events_consumed_total 9",
+                "pulse_cluster_publish_failures_total 2",
+                "pulse_cluster_disconnects_total 1",
                 "# HELP pulse_websites Websites held.",
             ],
         );
@@ -771,9 +841,11 @@ mod tests {
         readings.replay = None;
         readings.resident_bytes = None;
         readings.checkpoint = None;
+        readings.cluster = None;
         let text = encode(&Metrics::new(), readings, Format::PrometheusText);
         assert!(!text.contains("pulse_replay"), "{text}");
         assert!(!text.contains("pulse_checkpoint"), "{text}");
+        assert!(!text.contains("pulse_cluster"), "{text}");
         assert!(!text.contains("pulse_process_resident"), "{text}");
         assert_lines(&text, &["pulse_websites 3"]);
     }

@@ -1,9 +1,12 @@
-//! `SaltStore`: the daily salts on disk and in memory.
+//! `SaltStore`: the daily salts in memory and in a `SaltVault` — files on disk (`SaltFiles`) in
+//! local mode, a key-value bucket shared by every node in cluster mode (`cluster::salts`).
 //!
 //! Each UTC day's salt is 32 random bytes in `<data-dir>/salts/<day>.salt` (mode 0600, the
 //! directory 0700), created when first needed, so a restart keeps visitor ids stable. Yesterday's
 //! salt is deleted as soon as the carry-over after midnight has passed. Which salt applies to an
-//! event is the engine's `SaltSchedule`; this module only adds randomness and files.
+//! event is the engine's `SaltSchedule`; this module only adds randomness and storage.
+//! A vault hands out one salt per day whoever asks first (`SaltVault::salt_for`), so in a
+//! cluster two nodes never pick different salts for one day.
 //!
 //! Collect reads the schedule on every request, so it is an `ArcSwap` snapshot: reading takes
 //! no lock. Rotation and expiry take `maintenance` (a mutex only maintainers take), work on a
@@ -24,20 +27,25 @@ use pulse_engine::{DailySalt, EngineError, Identity, Salt, SaltSchedule, Timesta
 
 use crate::atomic_file::{remove_durably, write_atomically};
 
-#[derive(Debug)]
-pub struct SaltStore {
-    dir: PathBuf,
-    schedule: ArcSwap<SaltSchedule>,
-    /// Held by whoever rotates or expires salts, for the whole of the file work; readers never
-    /// take it.
-    maintenance: Mutex<()>,
+/// Where the daily salts are kept between runs (and, in a cluster, shared). Called under the
+/// salt store's maintenance lock, possibly from the async runtime's threads.
+pub trait SaltVault: Send + Sync + std::fmt::Debug {
+    /// Today's salt (created when missing) and yesterday's if it is kept; every other kept salt
+    /// is destroyed.
+    fn open(&self, today: i64) -> io::Result<(DailySalt, Option<DailySalt>)>;
+    /// The salt of `day`: the one kept, else a fresh one kept from now on. Never two different
+    /// salts for one day, whoever asks.
+    fn salt_for(&self, day: i64) -> io::Result<DailySalt>;
+    /// Destroys the kept copy of `day`'s salt.
+    fn destroy(&self, day: i64) -> io::Result<()>;
+    /// The directory of the salt files, for a vault that has one.
+    fn dir(&self) -> Option<&Path> {
+        None
+    }
 }
 
-fn salt_path(dir: &Path, day: i64) -> PathBuf {
-    dir.join(format!("{day}.salt"))
-}
-
-fn fresh_salt(day: i64) -> io::Result<DailySalt> {
+/// 32 fresh random bytes for `day`.
+pub fn fresh_salt(day: i64) -> io::Result<DailySalt> {
     let mut bytes = [0u8; Salt::LEN];
     getrandom::fill(&mut bytes).map_err(|e| io::Error::other(e.to_string()))?;
     Ok(DailySalt {
@@ -46,28 +54,30 @@ fn fresh_salt(day: i64) -> io::Result<DailySalt> {
     })
 }
 
-fn read_salt(path: &Path, day: i64) -> Option<DailySalt> {
-    let bytes = fs::read(path).ok()?;
-    let bytes: [u8; Salt::LEN] = bytes.try_into().ok()?;
-    Some(DailySalt {
-        day,
-        salt: Salt::from_bytes(bytes),
-    })
+/// The local vault: `<data-dir>/salts/<day>.salt`, mode 0600, in a 0700 directory.
+#[derive(Debug)]
+pub struct SaltFiles {
+    dir: PathBuf,
 }
 
-impl SaltStore {
-    /// Opens (creating if needed) the salt directory under `data_dir`, keeps today's and
-    /// yesterday's salts, deletes any other, and creates today's if it is missing.
-    pub fn open(data_dir: &Path, now: Timestamp, carry_ms: i64) -> io::Result<Self> {
+impl SaltFiles {
+    /// Opens (creating if needed) the salt directory under `data_dir`.
+    pub fn in_data_dir(data_dir: &Path) -> io::Result<Self> {
         let dir = data_dir.join("salts");
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(&dir)?;
-        let today = now.utc_day();
+        Ok(Self { dir })
+    }
+}
+
+impl SaltVault for SaltFiles {
+    fn open(&self, today: i64) -> io::Result<(DailySalt, Option<DailySalt>)> {
+        let dir = &self.dir;
         let mut current = None;
         let mut previous = None;
-        for entry in fs::read_dir(&dir)? {
+        for entry in fs::read_dir(dir)? {
             let path = entry?.path();
             let day = path
                 .file_name()
@@ -90,23 +100,85 @@ impl SaltStore {
             Some(salt) => salt,
             None => {
                 let salt = fresh_salt(today)?;
-                write_atomically(&salt_path(&dir, today), salt.salt.as_bytes(), 0o600)?;
+                write_atomically(&salt_path(dir, today), salt.salt.as_bytes(), 0o600)?;
                 salt
             }
         };
+        Ok((current, previous))
+    }
+
+    fn salt_for(&self, day: i64) -> io::Result<DailySalt> {
+        let salt = fresh_salt(day)?;
+        // Persist before use so ids are reproducible after a restart. If the disk refuses,
+        // keep serving with the salt in memory: ids would change on restart, which is logged,
+        // while refusing traffic would lose data.
+        if let Err(error) =
+            write_atomically(&salt_path(&self.dir, day), salt.salt.as_bytes(), 0o600)
+        {
+            tracing::error!(%error, day, "new salt could not be persisted");
+        }
+        Ok(salt)
+    }
+
+    fn destroy(&self, day: i64) -> io::Result<()> {
+        remove_durably(&salt_path(&self.dir, day))
+    }
+
+    fn dir(&self) -> Option<&Path> {
+        Some(&self.dir)
+    }
+}
+
+#[derive(Debug)]
+pub struct SaltStore {
+    vault: Box<dyn SaltVault>,
+    schedule: ArcSwap<SaltSchedule>,
+    /// Held by whoever rotates or expires salts, for the whole of the vault work; readers never
+    /// take it.
+    maintenance: Mutex<()>,
+}
+
+fn salt_path(dir: &Path, day: i64) -> PathBuf {
+    dir.join(format!("{day}.salt"))
+}
+
+fn read_salt(path: &Path, day: i64) -> Option<DailySalt> {
+    let bytes = fs::read(path).ok()?;
+    let bytes: [u8; Salt::LEN] = bytes.try_into().ok()?;
+    Some(DailySalt {
+        day,
+        salt: Salt::from_bytes(bytes),
+    })
+}
+
+impl SaltStore {
+    /// Opens (creating if needed) the salt directory under `data_dir`, keeps today's and
+    /// yesterday's salts, deletes any other, and creates today's if it is missing.
+    pub fn open(data_dir: &Path, now: Timestamp, carry_ms: i64) -> io::Result<Self> {
+        Self::with_vault(Box::new(SaltFiles::in_data_dir(data_dir)?), now, carry_ms)
+    }
+
+    /// Like `open`, with the salts kept in `vault`.
+    pub fn with_vault(
+        vault: Box<dyn SaltVault>,
+        now: Timestamp,
+        carry_ms: i64,
+    ) -> io::Result<Self> {
+        let (current, previous) = vault.open(now.utc_day())?;
         let mut schedule = SaltSchedule::new(current, previous, carry_ms);
         if let Some(expired) = schedule.expire_previous(now) {
-            remove_durably(&salt_path(&dir, expired.day))?;
+            vault.destroy(expired.day)?;
         }
         Ok(Self {
-            dir,
+            vault,
             schedule: ArcSwap::from_pointee(schedule),
             maintenance: Mutex::new(()),
         })
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
+    /// The directory of the salt files (local mode).
+    pub fn dir(&self) -> Option<&Path> {
+        self.vault.dir()
     }
 
     fn needs_maintenance(schedule: &SaltSchedule, now: Timestamp) -> bool {
@@ -135,15 +207,7 @@ impl SaltStore {
         let mut dropped_days = Vec::new();
         let mut changed = false;
         if let Some(day) = next.day_to_rotate(now) {
-            let salt = fresh_salt(day)?;
-            // Persist before use so ids are reproducible after a restart. If the disk refuses,
-            // keep serving with the salt in memory: ids would change on restart, which is logged,
-            // while refusing traffic would lose data.
-            if let Err(error) =
-                write_atomically(&salt_path(&self.dir, day), salt.salt.as_bytes(), 0o600)
-            {
-                tracing::error!(%error, day, "new salt could not be persisted");
-            }
+            let salt = self.vault.salt_for(day)?;
             dropped_days.extend(next.rotate(salt).map(|dropped| dropped.day));
             changed = true;
         }
@@ -155,7 +219,7 @@ impl SaltStore {
             self.schedule.store(Arc::new(next));
         }
         for day in dropped_days {
-            remove_durably(&salt_path(&self.dir, day))?;
+            self.vault.destroy(day)?;
         }
         Ok(())
     }
@@ -243,18 +307,18 @@ mod tests {
             second.identify(at(noon + 1000), ip, "UA").unwrap().visitor,
             id
         );
-        assert_eq!(files(second.dir()), [format!("{DAY}.salt")]);
+        assert_eq!(files(second.dir().unwrap()), [format!("{DAY}.salt")]);
 
         let midnight = (DAY + 1) * Timestamp::DAY_MS;
         let after = second.identify(at(midnight + 5), ip, "UA").unwrap();
         assert_ne!(after.visitor, id);
         assert_eq!(after.carried_from, Some(id));
         assert_eq!(
-            files(second.dir()),
+            files(second.dir().unwrap()),
             [format!("{DAY}.salt"), format!("{}.salt", DAY + 1)]
         );
         second.maintain(at(midnight + CARRY_MS)).unwrap();
-        assert_eq!(files(second.dir()), [format!("{}.salt", DAY + 1)]);
+        assert_eq!(files(second.dir().unwrap()), [format!("{}.salt", DAY + 1)]);
     }
 
     #[test]
@@ -282,7 +346,7 @@ mod tests {
         assert_eq!(identity.carried_from, None);
         // Once the maintainer is gone, the next maintenance does the deletion.
         store.maintain(after_carry).unwrap();
-        assert_eq!(files(store.dir()), [format!("{}.salt", DAY + 1)]);
+        assert_eq!(files(store.dir().unwrap()), [format!("{}.salt", DAY + 1)]);
     }
 
     /// A data directory left at 23:59 with one visitor's id under yesterday's salt.
@@ -304,7 +368,7 @@ mod tests {
         let inside = at(midnight + CARRY_MS - 1);
         let store = SaltStore::open(data.path(), inside, CARRY_MS).unwrap();
         assert_eq!(
-            files(store.dir()),
+            files(store.dir().unwrap()),
             [format!("{DAY}.salt"), format!("{}.salt", DAY + 1)]
         );
         let identity = store.identify(inside, ip, "UA").unwrap();
@@ -319,7 +383,7 @@ mod tests {
         let midnight = (DAY + 1) * Timestamp::DAY_MS;
         let after = at(midnight + CARRY_MS);
         let store = SaltStore::open(data.path(), after, CARRY_MS).unwrap();
-        assert_eq!(files(store.dir()), [format!("{}.salt", DAY + 1)]);
+        assert_eq!(files(store.dir().unwrap()), [format!("{}.salt", DAY + 1)]);
         assert_eq!(store.identify(after, ip, "UA").unwrap().carried_from, None);
     }
 
@@ -332,6 +396,6 @@ mod tests {
         fs::write(dir.join("junk.tmp"), b"x").unwrap();
         let store =
             SaltStore::open(data.path(), at(DAY * Timestamp::DAY_MS + 1), CARRY_MS).unwrap();
-        assert_eq!(files(store.dir()), [format!("{DAY}.salt")]);
+        assert_eq!(files(store.dir().unwrap()), [format!("{DAY}.salt")]);
     }
 }

@@ -1,7 +1,10 @@
 //! `AppState`: what every request handler shares — the engine, the websites, the salts, the
-//! proxy and auth settings, the optional GeoIP database, the live streams' hub, and readiness.
+//! proxy and auth settings, the optional GeoIP database, the live streams' hub, readiness, and
+//! in cluster mode the link to the cluster.
 //!
-//! Built once at start-up from `Config` (opening the data directory); it does not know HTTP.
+//! Built once at start-up from `Config` (opening the data directory, and in cluster mode
+//! connecting to NATS: then the websites and salts live in the cluster's buckets); it does not
+//! know HTTP.
 
 use std::path::Path;
 use std::sync::atomic::AtomicUsize;
@@ -13,6 +16,7 @@ use crate::body::BodyBudget;
 use crate::catalog::{CatalogOpenError, WebsiteCatalog};
 use crate::checkpoints::CheckpointSettings;
 use crate::client_ip::TrustedProxies;
+use crate::cluster::Cluster;
 use crate::config::{Config, HttpLimits};
 use crate::connections::{ConnectionPool, PoolLimits, EVICTABLE_AFTER, PRESSURE_IDLE};
 use crate::error::ServerError;
@@ -51,6 +55,8 @@ pub struct AppState {
     pub connections: Arc<ConnectionPool>,
     /// The live streams' topics and subscribers (`live.rs`).
     pub live: LiveHub,
+    /// Cluster mode's link to NATS JetStream (`--cluster`); `None` in local mode.
+    pub cluster: Option<Arc<Cluster>>,
 }
 
 impl AppState {
@@ -58,6 +64,25 @@ impl AppState {
     /// the event log in the background (`log.status().is_ready()` says when it is done).
     /// `now_ms` decides which salts are live.
     pub fn open(config: &Config, now_ms: i64) -> Result<Self, ServerError> {
+        Self::assemble(config, now_ms, None)
+    }
+
+    /// `open` for either mode: in cluster mode (`--cluster`) it first connects to NATS and sets
+    /// up the stream and buckets, and the websites and salts come from the buckets. Call
+    /// `Cluster::spawn_tasks` once the state is shared (`run` does).
+    pub async fn open_any(config: &Config, now_ms: i64) -> Result<Self, ServerError> {
+        let Some(options) = config.cluster_options(&config.memory_plan()) else {
+            return Self::open(config, now_ms);
+        };
+        let cluster = Cluster::connect(&options).await?;
+        Self::assemble(config, now_ms, Some(Arc::new(cluster)))
+    }
+
+    fn assemble(
+        config: &Config,
+        now_ms: i64,
+        cluster: Option<Arc<Cluster>>,
+    ) -> Result<Self, ServerError> {
         let data_dir = config.data_dir.as_path();
         // Owner-only: the data directory holds salts, websites and the event log.
         pulse_snapshot::writer::create_private_dir(data_dir).map_err(|e| ServerError::DataDir {
@@ -67,22 +92,37 @@ impl AppState {
         let memory = config.memory_plan();
         let limits = config.engine_limits(&memory);
         let engine = Arc::new(Engine::new(limits)?);
-        let websites =
-            WebsiteCatalog::open(data_dir, Arc::clone(&engine)).map_err(|source| match source {
-                CatalogOpenError::EngineRefused {
-                    stored,
-                    source: EngineError::TooManyWebsites { limit },
-                    ..
-                } if limit == memory.max_websites && limit < config.max_websites => {
-                    memory_too_small(config, &memory, stored)
-                }
-                source => ServerError::WebsitesFile {
-                    path: data_dir.join("websites.json"),
-                    source,
-                },
-            })?;
+        let opened = match &cluster {
+            Some(cluster) => WebsiteCatalog::with_storage(
+                Box::new(cluster.catalog_storage()),
+                Arc::clone(&engine),
+            ),
+            None => WebsiteCatalog::open(data_dir, Arc::clone(&engine)),
+        };
+        let websites = opened.map_err(|source| match source {
+            CatalogOpenError::EngineRefused {
+                stored,
+                source: EngineError::TooManyWebsites { limit },
+                ..
+            } if limit == memory.max_websites && limit < config.max_websites => {
+                memory_too_small(config, &memory, stored)
+            }
+            source => ServerError::WebsitesFile {
+                path: data_dir.join("websites.json"),
+                source,
+            },
+        })?;
         let now = Timestamp::from_unix_ms(now_ms)?;
-        let salts = open_salts(data_dir, now, limits.window_ms())?;
+        let salts = match &cluster {
+            Some(cluster) => {
+                SaltStore::with_vault(Box::new(cluster.salt_vault()), now, limits.window_ms())
+                    .map_err(|source| ServerError::Salts {
+                        path: crate::cluster::SALTS_BUCKET.into(),
+                        source,
+                    })?
+            }
+            None => open_salts(data_dir, now, limits.window_ms())?,
+        };
         let geoip = config.geoip_db.as_deref().map(GeoIp::open).transpose()?;
         // Websites are registered before replay starts, so replayed events find their website.
         let metrics = Arc::new(Metrics::default());
@@ -121,6 +161,7 @@ impl AppState {
                 memory.max_streams,
                 std::time::Duration::from_millis(config.stream_heartbeat_ms),
             ),
+            cluster,
         })
     }
 }

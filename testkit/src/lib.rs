@@ -9,6 +9,8 @@
 //!   tests) and the raw-bytes exchange for malformed requests.
 //! - `metrics`: the one parser of `/metrics` (classic Prometheus and OpenMetrics text).
 //! - `procfs`: the one reader of `/proc` (resident memory, CPU time).
+//! - `nats`: the `nats-server` binary (found, or installed once into the target directory) and
+//!   a JetStream cluster of real `nats-server` processes on loopback for cluster tests.
 //! - `model`: the engine's reference model and the runner comparing the two.
 //! - `fixtures`: User-Agent strings, the GeoIP test database, event bodies, answer readers,
 //!   checks and `eventually`.
@@ -20,5 +22,6 @@ pub mod fixtures;
 pub mod http;
 pub mod metrics;
 pub mod model;
+pub mod nats;
 pub mod procfs;
 pub mod server;

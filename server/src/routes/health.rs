@@ -4,7 +4,8 @@
 //! the replay report (event counts), whether a checkpoint was loaded, and why the log stalled or
 //! failed — go only to a request
 //! that could use the admin routes (`auth::check_admin`: the token when one is set, otherwise
-//! loopback and same origin).
+//! loopback and same origin). In cluster mode a node is ready once it has read the cluster's
+//! event stream up to its head as of start-up.
 
 use std::sync::Arc;
 
@@ -62,6 +63,16 @@ pub async fn readyz(State(state): State<Arc<AppState>>, headers: HeaderMap, uri:
             .retry_after(5)
             .into_response();
     }
+    if let Some(cluster) = &state.cluster {
+        if !cluster.status().is_caught_up() {
+            return ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_ready",
+                "the server is still reading the cluster's event stream",
+            )
+            .into_response();
+        }
+    }
     if let (true, Some(report)) = (status.is_ready(), status.replay_report()) {
         if !detailed {
             return Json(json!({"status": "ready"})).into_response();
@@ -79,6 +90,15 @@ pub async fn readyz(State(state): State<Arc<AppState>>, headers: HeaderMap, uri:
                 "future_events": status.future_events(),
             },
             "checkpoint": checkpoint_details(status),
+            "cluster": state.cluster.as_ref().map(|cluster| {
+                let cluster = cluster.status();
+                json!({
+                    "connected": cluster.is_connected(),
+                    "stream_head_at_start": cluster.head_at_start(),
+                    "consumed_seq": cluster.consumed_seq(),
+                    "consumed_events": cluster.consumed_events(),
+                })
+            }),
         }))
         .into_response()
     } else {

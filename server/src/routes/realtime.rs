@@ -24,6 +24,10 @@ struct RealtimeData {
     /// Present (and true) only while the visitor count is an estimate.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     approximate: bool,
+    /// Present (and true) only in cluster mode while this node has lost NATS: the answer comes
+    /// from memory and misses what other nodes accept meanwhile.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    stale: bool,
     recent_events: Vec<RecentRow>,
     pagination: Pagination,
 }
@@ -129,6 +133,10 @@ pub fn render(
         data: RealtimeData {
             active_visitors: answer.active_visitors,
             approximate: answer.approximate,
+            stale: state
+                .cluster
+                .as_ref()
+                .is_some_and(|cluster| cluster.status().is_stale()),
             recent_events,
             pagination: Pagination {
                 limit: state.engine.limits().recent_limit,

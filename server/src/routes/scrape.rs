@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 
 use crate::clock;
 use crate::error::ApiError;
-use crate::metrics::{Component, Format, MemoryReading, Readings, ReplayReading};
+use crate::metrics::{ClusterReading, Component, Format, MemoryReading, Readings, ReplayReading};
 use crate::state::AppState;
 
 /// OpenMetrics when the scraper asks for it (Prometheus does, in its `Accept`), else the
@@ -107,6 +107,16 @@ fn read(state: &AppState) -> Readings {
         log_disk_available_bytes: state.log.disk_available_bytes(),
         clock_ahead: Duration::from_millis(u64::try_from(clock::ahead_of_wall_ms()).unwrap_or(0)),
         checkpoint: state.log.status().checkpoints.reading(clock::now_ms()),
+        cluster: state.cluster.as_ref().map(|cluster| {
+            let status = cluster.status();
+            ClusterReading {
+                connected: status.is_connected(),
+                caught_up: status.is_caught_up(),
+                consumed_events: status.consumed_events(),
+                publish_failures: status.publish_failures(),
+                disconnects: status.disconnects(),
+            }
+        }),
     }
 }
 

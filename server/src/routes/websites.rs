@@ -193,6 +193,11 @@ fn catalog_error(error: CatalogError) -> ApiError {
             "a website with this id already exists",
         ),
         CatalogError::UnknownWebsite { .. } => ApiError::unknown_website(),
+        CatalogError::Conflict { .. } => ApiError::new(
+            StatusCode::CONFLICT,
+            "website_changed",
+            "the website was changed or deleted on another node meanwhile; read it and retry",
+        ),
         CatalogError::TooManyWebsites { limit }
         | CatalogError::EngineRefused {
             source: EngineError::TooManyWebsites { limit },
@@ -267,16 +272,29 @@ pub async fn create(
             .unwrap_or(crate::catalog::accept_client_ids_by_default()),
     };
     // A website's events start where the log stands now (see `WebsiteCatalog::create`), which
-    // is known once replay is done: a create during start-up waits for it.
-    let _ = tokio::time::timeout(REPLAY_WAIT, state.log.status().replayed()).await;
-    let log_start_seq = state.log.next_seq().ok_or_else(|| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not_ready",
-            "the server is still replaying its log; create the website shortly",
-        )
-        .retry_after(1)
-    })?;
+    // is known once replay is done: a create during start-up waits for it. In cluster mode the
+    // log is the stream.
+    let log_start_seq = match &state.cluster {
+        Some(cluster) => cluster.next_seq().await.map_err(|error| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "cluster_unavailable",
+                format!("the cluster's event stream cannot be read: {error}"),
+            )
+            .retry_after(2)
+        })?,
+        None => {
+            let _ = tokio::time::timeout(REPLAY_WAIT, state.log.status().replayed()).await;
+            state.log.next_seq().ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not_ready",
+                    "the server is still replaying its log; create the website shortly",
+                )
+                .retry_after(1)
+            })?
+        }
+    };
     let created = change_catalog(&state, move |catalog| {
         catalog.create(website, log_start_seq)
     })

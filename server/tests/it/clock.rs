@@ -15,13 +15,13 @@ use serde_json::json;
 
 use crate::start_in;
 
-const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+pub(crate) const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
 const READY_DEADLINE: Duration = Duration::from_secs(30);
 const SITE: &str = "clock";
 
 /// `opts` running under libfaketime with the offset read from `offset_file` on every call. The
 /// monotonic clock stays real, as it does on a machine whose wall clock NTP steps.
-fn under_faketime(opts: Opts, offset_file: &Path) -> Opts {
+pub(crate) fn under_faketime(opts: Opts, offset_file: &Path) -> Opts {
     opts.env("LD_PRELOAD", LIBFAKETIME)
         .env(
             "FAKETIME_TIMESTAMP_FILE",

@@ -22,6 +22,7 @@
 //! - `tidy`: house rules over the source tree (no server started).
 //! - `compat`: Sparklytics' `/e` and `visitor_id`, Plausible's and Umami's APIs, ingest CORS.
 //! - `stream`: the live stream — first message, updates, pacing, heartbeats, bounds, shutdown.
+//! - `cluster`: cluster mode on a 3-node NATS JetStream cluster (issue 16).
 //!
 //! The browser test (`server/tests/browser/`, Node) is separate.
 
@@ -39,6 +40,8 @@ mod catalog;
 mod checkpoint;
 #[cfg(target_os = "linux")]
 mod clock;
+#[cfg(target_os = "linux")]
+mod cluster;
 mod collect_input;
 mod compat;
 #[cfg(target_os = "linux")]

@@ -363,8 +363,22 @@ fn log_entries(
 
 /// Queues `entries` (events and touches) for the log and counts them in the engine, then waits
 /// for the durability the server promises. A 202 must mean the entry will be in the log, so an
-/// entry the queue refuses is not counted either.
+/// entry the queue refuses is not counted either. In cluster mode the log is the cluster's
+/// stream: the entries are published and acknowledged by JetStream, and this node counts them
+/// when its consumer reads them back, as every other node does.
 async fn submit(state: &AppState, entries: Vec<LogEntry>) -> Result<(), ApiError> {
+    if let Some(cluster) = &state.cluster {
+        cluster.publish(&entries).await.map_err(|error| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "cluster_unavailable",
+                format!("the events could not be stored in the cluster: {error}"),
+            )
+            .retry_after(2)
+        })?;
+        state.metrics.record_accepted(entries.len() as u64);
+        return Ok(());
+    }
     let engine = &state.engine;
     let accepted_events = entries
         .iter()
