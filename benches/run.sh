@@ -15,7 +15,16 @@
 #      realtime_under_load              realtime polled every 1 ms during single-event --max
 #      realtime_under_half_load         the same at half the rate ingest_single reached
 #      restart_1m                       ~1M events in batches of 50, SIGTERM, restart: spawn
-#                                       to /readyz 200
+#                                       to /readyz 200 (checkpoints off: the whole log replayed)
+#      restart                          for each of PULSE_BENCH_RESTART_SIZES events in the window
+#                                       (batches of 50, a new visitor per request), then a tail of
+#                                       a 60th of them after the last checkpoint (30 s of the rate
+#                                       that fills 30 minutes): spawn to /readyz 200 after SIGTERM
+#                                       and after SIGKILL, from the checkpoint and with checkpoints
+#                                       off (whole log); realtime answers compared with before
+#      checkpoint_1m_visitors           1M distinct visitors (single events): checkpoint size,
+#                                       write time and the longest ingest pause, then collect
+#                                       latency of a steady load with a checkpoint a second
 #      bytes_per_visitor                server RSS delta over 1M new distinct visitors
 #      collect_patch_burst              `patch-burst`: collect latency idle, then while the
 #                                       website is PATCHed 50 times a second (p99 ratio)
@@ -37,7 +46,8 @@
 #
 # Knobs (environment): PULSE_BENCH_SECS (10) per load scenario, PULSE_BENCH_CONNECTIONS (32),
 # PULSE_BENCH_THREADS (1, pulse-load runtime threads), PULSE_BENCH_RESTART_EVENTS (1000000),
-# PULSE_BENCH_VISITORS (1000000), PULSE_BENCH_SOAK_RATE (2000), PULSE_BENCH_ADVERSARY (extra
+# PULSE_BENCH_VISITORS (1000000), PULSE_BENCH_RESTART_SIZES ("1000000 10000000 20000000"),
+# PULSE_BENCH_SOAK_RATE (2000), PULSE_BENCH_ADVERSARY (extra
 # pulse-adversary flags, e.g. "--idle 1000"), PULSE_BENCH_SKIP_CRITERION (unset; 1 skips step 1),
 # PULSE_BENCH_ONLY (unset; space-separated scenario names to run, e.g. "soak"; skips step 1),
 # PULSE_BENCH_BASE (unset; a commit to A/B single-event ingest against, step 3),
@@ -49,6 +59,7 @@ SECS=${PULSE_BENCH_SECS:-10}
 CONNS=${PULSE_BENCH_CONNECTIONS:-32}
 THREADS=${PULSE_BENCH_THREADS:-1}
 RESTART_EVENTS=${PULSE_BENCH_RESTART_EVENTS:-1000000}
+RESTART_SIZES=${PULSE_BENCH_RESTART_SIZES:-"1000000 10000000 20000000"}
 VISITORS=${PULSE_BENCH_VISITORS:-1000000}
 SOAK_RATE=${PULSE_BENCH_SOAK_RATE:-2000}
 STREAMS=${PULSE_BENCH_STREAMS:-1000}
@@ -214,7 +225,7 @@ realtime_under_half_load() {
 }
 
 restart_1m() {
-  start_server restart "$TMP/restart" || return 1
+  start_server restart "$TMP/restart" 127.0.0.1:0 pulse --checkpoint-interval-secs 0 || return 1
   "$BIN/pulse-load" --addr "$SERVER_ADDR" --wait-ready --timeout-secs 30 >/dev/null || return 1
   load restart_load --create-website --max --batch 50 --connections 8 \
     --events "$RESTART_EVENTS" --duration 0 --realtime-poll-ms 0 || return 1
@@ -226,7 +237,7 @@ restart_1m() {
   # Spawn on the same address and poll /readyz at once (every 2 ms, retrying refused connects).
   t0=$(now_ns)
   "$BIN/pulse" --listen "$addr" --data-dir "$TMP/restart" --trusted-proxies 127.0.0.1/32 \
-    >"$TMP/restart2.out" 2>"$TMP/restart2.err" &
+    --checkpoint-interval-secs 0 >"$TMP/restart2.out" 2>"$TMP/restart2.err" &
   SERVER_PID=$!
   CHILDREN+=("$SERVER_PID")
   "$BIN/pulse-load" --addr "$addr" --wait-ready --timeout-secs 60 >"$TMP/ready.json" || return 1
@@ -243,6 +254,120 @@ restart_1m() {
     "(server's own replay $replay_ms ms); SIGTERM to exit $stop_ms ms"
   [ "${replayed:-0}" -ge "$RESTART_EVENTS" ] || { echo "replayed fewer events than loaded" >&2; return 1; }
   stop_server restart2
+}
+
+# realtime_answer ADDR WEBSITE FILE: the realtime answer (humans and with bots) into FILE.
+realtime_answer() {
+  { curl -sf "http://$1/api/websites/$2/realtime?include_bots=false" &&
+    curl -sf "http://$1/api/websites/$2/realtime?include_bots=true"; } >"$3"
+}
+
+# metric ADDR NAME: one unlabelled sample of /metrics.
+metric() { curl -sf "http://$1/metrics" | awk -v n="$2" '$1 == n { print $2 }'; }
+
+# wait_checkpoint_since ADDR START_NS: waits (120 s at most) for a checkpoint made after START_NS.
+wait_checkpoint_since() {
+  local deadline=$((SECONDS + 120)) age since
+  while [ $SECONDS -le $deadline ]; do
+    age=$(metric "$1" pulse_checkpoint_age_seconds)
+    since=$(awk -v a="$2" -v b="$(now_ns)" 'BEGIN { printf "%.3f", (b - a) / 1e9 }')
+    if [ -n "$age" ] && awk -v a="$age" -v s="$since" 'BEGIN { exit !(a < s) }'; then
+      return 0
+    fi
+    sleep 0.2
+  done
+  echo "no checkpoint within 120 s" >&2
+  return 1
+}
+
+# restart_once LABEL DIR SIGNAL INTERVAL EVENTS TAIL: stops the server at SERVER_ADDR with
+# SIGNAL (TERM or KILL), spawns it on the same address with --checkpoint-interval-secs INTERVAL,
+# times spawn to /readyz 200, and compares the realtime answer with $TMP/before.json.
+restart_once() {
+  local label=$1 dir=$2 signal=$3 interval=$4 events=$5 tail=$6 addr=$SERVER_ADDR
+  if [ "$signal" = TERM ]; then
+    stop_server "$label" || return 1
+  else
+    kill -KILL "$SERVER_PID"
+    wait "$SERVER_PID" 2>/dev/null || true
+  fi
+  local t0 t1 ready_ms
+  t0=$(now_ns)
+  "$BIN/pulse" --listen "$addr" --data-dir "$dir" --trusted-proxies 127.0.0.1/32 \
+    --checkpoint-interval-secs "$interval" >"$TMP/$label.out" 2>"$TMP/$label.err" &
+  SERVER_PID=$!
+  CHILDREN+=("$SERVER_PID")
+  "$BIN/pulse-load" --addr "$addr" --wait-ready --timeout-secs 120 >"$TMP/ready.json" || return 1
+  t1=$(now_ns)
+  ready_ms=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", (b - a) / 1e6 }')
+  realtime_answer "$addr" load-test "$TMP/after.json" || return 1
+  local identical=true loaded=false
+  cmp -s "$TMP/before.json" "$TMP/after.json" || identical=false
+  grep -q '"loaded":true' "$TMP/ready.json" && loaded=true
+  printf '{"label":"%s","events_in_window":%s,"tail_events":%s,"signal":"%s","checkpoint_loaded":%s,"restart_to_ready_ms":%s,"events_replayed":%s,"answers_identical":%s,"readyz":%s}\n' \
+    "$label" "$events" "$tail" "$signal" "$loaded" "$ready_ms" \
+    "$(json_num "$TMP/ready.json" events)" "$identical" "$(cat "$TMP/ready.json")" \
+    >"$TMP/$label.json"
+  record "$label" "$TMP/$label.json"
+  echo "[$label] $events events, SIG$signal, checkpoint loaded: $loaded: spawn to /readyz 200" \
+    "in $ready_ms ms, $(json_num "$TMP/ready.json" events) events replayed, answers identical:" \
+    "$identical"
+  [ "$identical" = true ] || { echo "$label: the realtime answer changed" >&2; return 1; }
+}
+
+# restart: for each size, fill the window, let a checkpoint cover it, add a tail, then restart
+# four ways on the same data (checkpoint and whole log, after SIGTERM and SIGKILL).
+restart() {
+  local n tail dir
+  for n in $RESTART_SIZES; do
+    tail=$((n / 60))
+    dir="$TMP/restart_$n"
+    start_server "restart_$n" "$dir" 127.0.0.1:0 pulse --checkpoint-interval-secs 5 || return 1
+    "$BIN/pulse-load" --addr "$SERVER_ADDR" --wait-ready --timeout-secs 30 >/dev/null || return 1
+    load "restart_${n}_load" --create-website --max --batch 50 --connections 8 --events "$n" \
+      --visitors "$((n / 50))" --duration 0 --realtime-poll-ms 0 || return 1
+    local loaded_at
+    loaded_at=$(now_ns)
+    wait_checkpoint_since "$SERVER_ADDR" "$loaded_at" || return 1
+    load "restart_${n}_tail" --max --batch 50 --connections 8 --events "$tail" \
+      --visitors "$((tail / 50 + 1))" --first-visitor "$((n / 50))" --duration 0 \
+      --realtime-poll-ms 0 || return 1
+    realtime_answer "$SERVER_ADDR" load-test "$TMP/before.json" || return 1
+    restart_once "restart_${n}_checkpoint_term" "$dir" TERM 3600 "$n" "$tail" || return 1
+    restart_once "restart_${n}_checkpoint_kill" "$dir" KILL 3600 "$n" "$tail" || return 1
+    restart_once "restart_${n}_full_term" "$dir" TERM 0 "$n" "$tail" || return 1
+    restart_once "restart_${n}_full_kill" "$dir" KILL 0 "$n" "$tail" || return 1
+    stop_server "restart_${n}_end" || return 1
+    rm -rf "$dir"
+  done
+}
+
+# checkpoint_1m_visitors: what a checkpoint of 1M active visitors costs, and what ingest sees.
+checkpoint_1m_visitors() {
+  start_server ckpt_1m "$TMP/ckpt_1m" 127.0.0.1:0 pulse --checkpoint-interval-secs 1 || return 1
+  "$BIN/pulse-load" --addr "$SERVER_ADDR" --wait-ready --timeout-secs 30 >/dev/null || return 1
+  load ckpt_1m_load --create-website --max --batch 1 --connections "$CONNS" --events "$VISITORS" \
+    --duration 0 --visitors "$VISITORS" --bot-share 0 --realtime-poll-ms 0 || return 1
+  local loaded_at
+  loaded_at=$(now_ns)
+  wait_checkpoint_since "$SERVER_ADDR" "$loaded_at" || return 1
+  local bytes write_s pause_s
+  bytes=$(metric "$SERVER_ADDR" pulse_checkpoint_bytes)
+  write_s=$(metric "$SERVER_ADDR" pulse_checkpoint_write_duration_seconds)
+  pause_s=$(metric "$SERVER_ADDR" pulse_checkpoint_longest_pause_seconds)
+  # A steady single-event load (returning visitors) while a checkpoint is written every second.
+  load ckpt_1m_during --rate 5000 --batch 1 --connections "$CONNS" --duration "$SECS" \
+    --visitors "$VISITORS" --bot-share 0 --realtime-poll-ms 0 || return 1
+  local pause_during_s
+  pause_during_s=$(metric "$SERVER_ADDR" pulse_checkpoint_longest_pause_seconds)
+  printf '{"label":"checkpoint_1m_visitors","active_visitors":%s,"checkpoint_bytes":%s,"write_seconds":%s,"longest_pause_seconds":%s,"longest_pause_seconds_under_load":%s}\n' \
+    "$(json_num "$TMP/ckpt_1m_load.json" active_visitors)" "$bytes" "$write_s" "$pause_s" \
+    "$pause_during_s" >"$TMP/checkpoint_1m_visitors.json"
+  record checkpoint_1m_visitors "$TMP/checkpoint_1m_visitors.json"
+  echo "[checkpoint_1m_visitors] $(json_num "$TMP/ckpt_1m_load.json" active_visitors) visitors:" \
+    "checkpoint $bytes bytes, written in $write_s s, longest ingest pause $pause_s s" \
+    "($pause_during_s s during the steady load)"
+  stop_server ckpt_1m
 }
 
 bytes_per_visitor() {
@@ -348,6 +473,8 @@ scenario realtime_idle realtime_idle
 scenario realtime_under_load realtime_under_load
 scenario realtime_under_half_load realtime_under_half_load
 scenario restart_1m restart_1m
+scenario restart restart
+scenario checkpoint_1m_visitors checkpoint_1m_visitors
 scenario bytes_per_visitor bytes_per_visitor
 scenario collect_patch_burst collect_patch_burst
 scenario soak soak

@@ -25,6 +25,9 @@
 //! `halve_precision` folds the registers in pairs to give half the memory back later. This
 //! module does not decide when to do either; `VisitorCount` and the engine do.
 
+use crate::error::EngineError;
+use crate::export::HllExport;
+
 /// Most register-index bits: 65,536 registers, standard error ≈ 0.41%.
 pub const MAX_PRECISION: u32 = 16;
 /// Fewest register-index bits: 16 registers, standard error ≈ 26%. 6-bit ranks need at least 4.
@@ -403,6 +406,48 @@ impl SlidingHll {
         z += m * sigma(f64::from(self.histogram[0]) / m);
         let alpha_infinity = 0.5 / std::f64::consts::LN_2;
         (alpha_infinity * m * m / z).round() as u64
+    }
+
+    /// The registers and clocks as plain data (a copy of at most 514 KiB).
+    pub fn export(&self) -> HllExport {
+        HllExport {
+            precision: self.precision,
+            clock_ms: self.clock_ms,
+            clock_tick: self.clock_tick,
+            dead_tick: self.dead_tick,
+            slots: self.slots.to_vec(),
+            oldest: self.oldest.to_vec(),
+        }
+    }
+
+    /// Rebuilds a count over `window_secs` seconds from `export` (the histogram is recounted from
+    /// the registers), or says which value is out of place.
+    pub fn import(window_secs: u32, export: HllExport) -> Result<Self, EngineError> {
+        let invalid = EngineError::InvalidExport;
+        if !(MIN_PRECISION..=MAX_PRECISION).contains(&export.precision) {
+            return Err(invalid("estimate precision out of range"));
+        }
+        let mut hll = Self::with_precision(window_secs, export.precision);
+        if export.slots.len() != hll.slots.len() || export.oldest.len() != hll.oldest.len() {
+            return Err(invalid("estimate registers do not match its precision"));
+        }
+        let unstarted = export.clock_ms == i64::MIN && export.clock_tick == i64::MIN;
+        if !(unstarted || export.clock_tick == export.clock_ms.div_euclid(hll.tick_ms))
+            || export.dead_tick > export.clock_tick
+        {
+            return Err(invalid("estimate clocks disagree"));
+        }
+        hll.clock_ms = export.clock_ms;
+        hll.clock_tick = export.clock_tick;
+        hll.dead_tick = export.dead_tick;
+        hll.slots = export.slots.into_boxed_slice();
+        hll.oldest = export.oldest.into_boxed_slice();
+        hll.histogram = [0; RANKS];
+        for register in 0..hll.registers() {
+            let rank = usize::from(entry_rank(hll.slots[register * SLOTS]));
+            hll.histogram[rank] += 1;
+        }
+        Ok(hll)
     }
 
     /// Bytes held: the registers' slots, fixed by the precision.

@@ -12,6 +12,7 @@ use dashmap::DashMap;
 use crate::budget::MemoryBudget;
 use crate::error::EngineError;
 use crate::event::{Event, Touch, VisitorId, WebsiteId};
+use crate::export::WebsiteExport;
 use crate::limits::EngineLimits;
 use crate::website::{Ingested, Realtime, Touched, WebsiteState};
 
@@ -73,6 +74,58 @@ impl Engine {
         self.websites.len()
     }
 
+    /// The ids of the websites tracked now, in no particular order.
+    pub fn website_ids(&self) -> Vec<WebsiteId> {
+        self.websites.iter().map(|e| e.key().clone()).collect()
+    }
+
+    /// A copy of `id`'s whole state at one instant (see `WebsiteState::export`): its writer
+    /// lock is held for the copy, so ingest and queries of that website wait for it.
+    pub fn export_website(&self, id: &WebsiteId) -> Result<WebsiteExport, EngineError> {
+        Ok(self.website(id)?.export())
+    }
+
+    /// Replaces the state of the registered website `id` with `export`, as if every event behind
+    /// it had been ingested. Meant for start-up, before traffic: an event ingested into the old
+    /// state meanwhile is lost with it.
+    pub fn import_website(&self, id: &WebsiteId, export: WebsiteExport) -> Result<(), EngineError> {
+        if !self.websites.contains_key(id) {
+            return Err(EngineError::UnknownWebsite);
+        }
+        let wrong_site = export
+            .recent
+            .humans
+            .slots
+            .iter()
+            .chain(&export.recent.bots.slots)
+            .any(|slot| slot.event.website != *id);
+        if wrong_site {
+            return Err(EngineError::InvalidExport(
+                "a recent event of another website",
+            ));
+        }
+        let state = Arc::new(WebsiteState::import(
+            self.limits,
+            Arc::clone(&self.budget),
+            export,
+        )?);
+        let replaced = match self.websites.get_mut(id) {
+            Some(mut entry) => Some(std::mem::replace(entry.value_mut(), Arc::clone(&state))),
+            None => None,
+        };
+        match replaced {
+            Some(old) => {
+                self.budget.update(old.window_bytes(), 0);
+                Ok(())
+            }
+            None => {
+                // Removed while the state was built: give its bytes back.
+                self.budget.update(state.window_bytes(), 0);
+                Err(EngineError::UnknownWebsite)
+            }
+        }
+    }
+
     fn website(&self, id: &WebsiteId) -> Result<Arc<WebsiteState>, EngineError> {
         self.websites
             .get(id)
@@ -122,22 +175,26 @@ impl Engine {
     /// still exceeded — switches the largest exact windows to approximate counts until it fits.
     /// The server calls this on a timer so idle websites give their memory back.
     pub fn advance_to(&self, now_ms: i64) {
-        let websites: Vec<Arc<WebsiteState>> = self
+        let websites: Vec<(WebsiteId, Arc<WebsiteState>)> = self
             .websites
             .iter()
-            .map(|e| Arc::clone(e.value()))
+            .map(|e| (e.key().clone(), Arc::clone(e.value())))
             .collect();
-        for website in &websites {
+        for (_, website) in &websites {
             website.advance_to(now_ms);
         }
         let over = || self.budget.used_bytes() > self.budget.limit_bytes();
         if !over() {
             return;
         }
-        let mut by_size: Vec<(usize, &Arc<WebsiteState>)> =
-            websites.iter().map(|w| (w.window_bytes(), w)).collect();
-        by_size.sort_by_key(|(bytes, _)| std::cmp::Reverse(*bytes));
-        for (_, website) in by_size {
+        // Largest first, ties by id: the map's order is random per process, and the same events
+        // must degrade the same websites in every run (a restart from a checkpoint included).
+        let mut by_size: Vec<(usize, &WebsiteId, &Arc<WebsiteState>)> = websites
+            .iter()
+            .map(|(id, w)| (w.window_bytes(), id, w))
+            .collect();
+        by_size.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
+        for (_, _, website) in by_size {
             while over() && website.shed_memory() {}
             if !over() {
                 break;

@@ -35,6 +35,10 @@ pub enum EngineError {
         /// The UTC day asked for, in days since 1970-01-01.
         day: i64,
     },
+    /// An exported state (`WebsiteExport`) breaks an invariant of the structure it would
+    /// rebuild; the text names it.
+    #[error("invalid exported state: {0}")]
+    InvalidExport(&'static str),
     /// An `EngineLimits` field is out of range; the text names it.
     #[error("invalid engine config: {0}")]
     InvalidConfig(&'static str),

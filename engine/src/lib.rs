@@ -12,6 +12,7 @@
 //! - `visitors`: `VisitorCount`, exact or approximate, switching with the memory budget.
 //! - `budget`: `MemoryBudget`, the bytes visitor counts may hold together.
 //! - `tally`: `EventTally`, the exact sliding count of events.
+//! - `export`: `WebsiteExport` and its parts, a website's state as plain data (checkpoints).
 //! - `website`: `WebsiteState`, one website's rings and windows behind one writer lock.
 //! - `engine`: `Engine`, the websites and the `ingest` / `touch` / `realtime` calls.
 //! - `error`: `EngineError`.
@@ -23,6 +24,7 @@ mod budget;
 mod engine;
 mod error;
 mod event;
+mod export;
 mod identity;
 mod limits;
 mod ring;
@@ -37,6 +39,10 @@ pub use engine::Engine;
 pub use error::EngineError;
 pub use event::{
     Browser, CountryCode, DeviceType, Event, EventKind, Timestamp, Touch, VisitorId, WebsiteId,
+};
+pub use export::{
+    ApproximateExport, ClassExport, HllExport, RecentExport, RingExport, RingSlot, ShadowExport,
+    TallyExport, VisitorCountExport, WebsiteCounts, WebsiteExport, WindowExport,
 };
 pub use identity::{
     client_visitor_id, visitor_id, DailySalt, Identity, Salt, SaltSchedule, CLIENT_ID_DOMAIN,

@@ -21,7 +21,9 @@ use std::sync::Arc;
 
 use crossbeam_epoch::{self as epoch, Atomic, Owned, Shared};
 
+use crate::error::EngineError;
 use crate::event::Event;
+use crate::export::{RingExport, RingSlot};
 
 /// An event as read back from a ring, with its arrival number within the website, which breaks
 /// ties between equal timestamps (later arrival first).
@@ -105,6 +107,10 @@ impl EventRing {
         let ts = event.ts.unix_ms();
         let bound_ts = self.max_ts.load(Ordering::Relaxed).max(ts);
         self.max_ts.store(bound_ts, Ordering::Relaxed);
+        self.push_bounded(arrival, bound_ts, event);
+    }
+
+    fn push_bounded(&self, arrival: u64, bound_ts: i64, event: Arc<Event>) {
         let pos = self.head.load(Ordering::Relaxed);
         let guard = epoch::pin();
         let new = Owned::new(Slot {
@@ -203,6 +209,59 @@ impl EventRing {
         drop(guard);
         // `into_sorted_vec` is ascending by `Reverse`, i.e. newest first.
         best.into_sorted_vec().into_iter().map(|r| r.0).collect()
+    }
+
+    /// The events held, oldest first, with their bounds. Writer-side (under the website's writer
+    /// lock, so no push races it); readers are not disturbed.
+    pub fn export(&self) -> RingExport {
+        let head = self.head.load(Ordering::Acquire);
+        let oldest = head.saturating_sub(self.slots.len() as u64);
+        let tail = self.tail.load(Ordering::Relaxed).max(oldest);
+        let guard = epoch::pin();
+        let slots = (tail..head)
+            .filter_map(|pos| {
+                let shared = self.slot(pos).load(Ordering::Acquire, &guard);
+                // SAFETY: loaded under `guard`; slots are freed only via `defer_destroy`.
+                let slot = unsafe { shared.as_ref() }?;
+                (slot.pos == pos).then(|| RingSlot {
+                    arrival: slot.arrival,
+                    bound_ts: slot.bound_ts,
+                    event: Arc::clone(&slot.event),
+                })
+            })
+            .collect();
+        RingExport {
+            max_ts: self.max_ts.load(Ordering::Relaxed),
+            slots,
+        }
+    }
+
+    /// A ring of `capacity` holding `export`'s events with their bounds, or an error when they
+    /// do not fit or their bounds would let a reader stop too early.
+    pub fn import(capacity: usize, export: RingExport) -> Result<Self, EngineError> {
+        let ring = Self::new(capacity);
+        if export.slots.len() > ring.slots.len() {
+            return Err(EngineError::InvalidExport(
+                "more recent events than the ring holds",
+            ));
+        }
+        let mut bound = i64::MIN;
+        for slot in &export.slots {
+            if slot.bound_ts < bound || slot.bound_ts < slot.event.ts.unix_ms() {
+                return Err(EngineError::InvalidExport(
+                    "recent event bounds out of order",
+                ));
+            }
+            bound = slot.bound_ts;
+        }
+        if export.max_ts < bound {
+            return Err(EngineError::InvalidExport("ring bound below its events"));
+        }
+        ring.max_ts.store(export.max_ts, Ordering::Relaxed);
+        for slot in export.slots {
+            ring.push_bounded(slot.arrival, slot.bound_ts, slot.event);
+        }
+        Ok(ring)
     }
 
     /// Heap bytes held by the ring's slot array and the slots currently filled (events' strings

@@ -17,7 +17,9 @@
 
 use std::collections::VecDeque;
 
+use crate::error::EngineError;
 use crate::event::Timestamp;
+use crate::export::TallyExport;
 
 /// Most runs a tally holds (8 bytes each).
 pub const MAX_RUNS: usize = 4096;
@@ -145,6 +147,57 @@ impl EventTally {
         if self.runs.is_empty() {
             self.granularity_ms = 1;
         }
+    }
+
+    /// The runs as plain data (at most `MAX_RUNS` of them).
+    pub fn export(&self) -> TallyExport {
+        TallyExport {
+            cutoff_ms: self.cutoff_ms,
+            granularity_ms: self.granularity_ms,
+            capacity: self.runs.capacity() as u64,
+            runs: self
+                .runs
+                .iter()
+                .map(|&r| (run_ts(r), run_count(r) as u32))
+                .collect(),
+        }
+    }
+
+    /// Rebuilds a tally over `window_secs` seconds from `export`, or says which value is out of
+    /// place.
+    pub fn import(window_secs: u32, export: TallyExport) -> Result<Self, EngineError> {
+        let invalid = EngineError::InvalidExport;
+        let mut tally = Self::new(window_secs);
+        let granularity_ok = export.granularity_ms >= 1
+            && export.granularity_ms.count_ones() == 1
+            && export.granularity_ms <= 4 * tally.window_ms;
+        if !granularity_ok {
+            return Err(invalid("tally granularity out of range"));
+        }
+        if export.runs.len() > MAX_RUNS || export.capacity > MAX_RUNS.next_power_of_two() as u64 {
+            return Err(invalid("tally holds more runs than its limit"));
+        }
+        let newest_ms = export.cutoff_ms.saturating_add(tally.window_ms);
+        let mut previous = i64::MIN;
+        let mut runs = VecDeque::with_capacity(export.capacity as usize);
+        for (ts, count) in export.runs {
+            let in_range = ts > export.cutoff_ms
+                && ts <= newest_ms.saturating_add(export.granularity_ms)
+                && (0..=Timestamp::MAX_MS).contains(&ts);
+            if !in_range || ts.div_euclid(export.granularity_ms) < previous {
+                return Err(invalid("tally run out of order or outside the window"));
+            }
+            if count == 0 || u64::from(count) > COUNT_MASK {
+                return Err(invalid("tally run count out of range"));
+            }
+            previous = ts.div_euclid(export.granularity_ms);
+            tally.total += u64::from(count);
+            runs.push_back(run(ts, u64::from(count)));
+        }
+        tally.cutoff_ms = export.cutoff_ms;
+        tally.granularity_ms = export.granularity_ms;
+        tally.runs = runs;
+        Ok(tally)
     }
 
     /// Bytes the runs hold (their allocated capacity, 8 bytes a run, at most `MAX_RUNS` runs).

@@ -18,7 +18,9 @@
 
 use crate::approx::SlidingHll;
 use crate::budget::MemoryBudget;
+use crate::error::EngineError;
 use crate::event::VisitorId;
+use crate::export::{ApproximateExport, ShadowExport, VisitorCountExport};
 use crate::window::{Recorded, VisitorWindow};
 
 /// Bytes an exact window needs per visitor, used to decide when an approximate count fits
@@ -204,6 +206,64 @@ impl VisitorCount {
                 retry_at_ms: self.clock_ms.saturating_add(self.window_ms()),
             };
         }
+    }
+
+    /// The count as plain data: the exact window or the estimate with its shadow.
+    pub fn export(&self) -> VisitorCountExport {
+        let (exact, approximate) = match &self.mode {
+            Mode::Exact(window) => (Some(window.export()), None),
+            Mode::Approximate {
+                hll,
+                shadow,
+                retry_at_ms,
+            } => {
+                let approximate = ApproximateExport {
+                    hll: hll.export(),
+                    shadow: shadow.as_ref().map(|s| ShadowExport {
+                        window: s.window.export(),
+                        since_ms: s.since_ms,
+                    }),
+                    retry_at_ms: *retry_at_ms,
+                };
+                (None, Some(approximate))
+            }
+        };
+        VisitorCountExport {
+            clock_ms: self.clock_ms,
+            exact,
+            approximate,
+        }
+    }
+
+    /// Rebuilds a count over `window_secs` seconds from `export`, or says which value is out of
+    /// place.
+    pub fn import(window_secs: u32, export: VisitorCountExport) -> Result<Self, EngineError> {
+        let mode = match (export.exact, export.approximate) {
+            (Some(window), None) => Mode::Exact(VisitorWindow::import(window_secs, window)?),
+            (None, Some(approximate)) => Mode::Approximate {
+                hll: Box::new(SlidingHll::import(window_secs, approximate.hll)?),
+                shadow: approximate
+                    .shadow
+                    .map(|s| {
+                        VisitorWindow::import(window_secs, s.window).map(|window| Shadow {
+                            window,
+                            since_ms: s.since_ms,
+                        })
+                    })
+                    .transpose()?,
+                retry_at_ms: approximate.retry_at_ms,
+            },
+            _ => {
+                return Err(EngineError::InvalidExport(
+                    "a visitor count is either exact or approximate",
+                ))
+            }
+        };
+        Ok(Self {
+            window_secs,
+            clock_ms: export.clock_ms,
+            mode,
+        })
     }
 
     /// Gives memory back when the budget is exceeded (the engine's rebalancing calls this on the

@@ -12,7 +12,9 @@
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use crate::budget::MemoryBudget;
+use crate::error::EngineError;
 use crate::event::{Event, VisitorId};
+use crate::export::{ClassExport, RecentExport, WebsiteCounts, WebsiteExport};
 use crate::limits::EngineLimits;
 use crate::ring::{EventRing, RecentEvent};
 use crate::tally::EventTally;
@@ -92,6 +94,20 @@ impl ClassWindow {
     fn memory_bytes(&self) -> usize {
         self.visitors.memory_bytes() + self.events.memory_bytes()
     }
+
+    fn export(&self) -> ClassExport {
+        ClassExport {
+            visitors: self.visitors.export(),
+            events: self.events.export(),
+        }
+    }
+
+    fn import(window_secs: u32, export: ClassExport) -> Result<Self, EngineError> {
+        Ok(Self {
+            visitors: VisitorCount::import(window_secs, export.visitors)?,
+            events: EventTally::import(window_secs, export.events)?,
+        })
+    }
 }
 
 #[derive(Debug)]
@@ -150,6 +166,59 @@ impl WebsiteState {
             human_ring: EventRing::new(limits.ring_capacity),
             bot_ring: EventRing::new(limits.ring_capacity),
         }
+    }
+
+    /// Copies the whole state out under the writer lock, so it is one consistent instant of the
+    /// website: the lock is held for one pass over each visitor window's slab and a copy of
+    /// the rest (estimates, tallies, the rings' pointers).
+    pub fn export(&self) -> WebsiteExport {
+        let writer = self.lock();
+        WebsiteExport {
+            counts: WebsiteCounts {
+                clock_ms: writer.clock_ms,
+                next_arrival: writer.next_arrival,
+                humans: writer.humans.export(),
+                bots: writer.bots.export(),
+            },
+            recent: RecentExport {
+                humans: self.human_ring.export(),
+                bots: self.bot_ring.export(),
+            },
+        }
+    }
+
+    /// A website rebuilt from `export` under `limits`, its bytes reported to `budget`; or an
+    /// error naming what is out of place (nothing is reported then).
+    pub fn import(
+        limits: EngineLimits,
+        budget: Arc<MemoryBudget>,
+        export: WebsiteExport,
+    ) -> Result<Self, EngineError> {
+        let WebsiteExport { counts, recent } = export;
+        let classes_ok = recent.humans.slots.iter().all(|s| !s.event.is_bot)
+            && recent.bots.slots.iter().all(|s| s.event.is_bot);
+        if !classes_ok {
+            return Err(EngineError::InvalidExport(
+                "a recent event is in the wrong ring",
+            ));
+        }
+        let mut writer = Writer {
+            clock_ms: counts.clock_ms,
+            next_arrival: counts.next_arrival,
+            humans: ClassWindow::import(limits.window_secs, counts.humans)?,
+            bots: ClassWindow::import(limits.window_secs, counts.bots)?,
+            held_bytes: 0,
+        };
+        let human_ring = EventRing::import(limits.ring_capacity, recent.humans)?;
+        let bot_ring = EventRing::import(limits.ring_capacity, recent.bots)?;
+        writer.report(&budget);
+        Ok(Self {
+            limits,
+            budget,
+            writer: Mutex::new(writer),
+            human_ring,
+            bot_ring,
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, Writer> {

@@ -13,9 +13,15 @@
 
 use hashbrown::HashTable;
 
+use crate::error::EngineError;
 use crate::event::VisitorId;
+use crate::export::WindowExport;
 
 const NIL: u32 = u32::MAX;
+/// The timestamp of a slab node on the free list: no live node has it (every live timestamp is
+/// after the cutoff, which starts at `i64::MIN`), so an export finds the live nodes in one pass
+/// over the slab.
+const FREE_TS: i64 = i64::MIN;
 
 /// One active visitor. 24 bytes: the window's per-visitor cost besides the table slot.
 #[derive(Debug, Clone, Copy)]
@@ -318,6 +324,7 @@ impl VisitorWindow {
     /// Returns node `idx` to the free list; the caller has unlinked it and removed it from the
     /// table.
     fn release(&mut self, idx: u32) {
+        self.nodes[idx as usize].ts = FREE_TS;
         self.nodes[idx as usize].next = self.free;
         self.free = idx;
         self.live -= 1;
@@ -353,6 +360,76 @@ impl VisitorWindow {
         } else {
             self.nodes[idx as usize].prev = NIL;
         }
+    }
+
+    /// The window as plain data: one linear pass over the slab, so a caller holding a lock for it
+    /// holds it about as long as copying the slab takes.
+    pub fn export(&self) -> WindowExport {
+        let mut visitors = Vec::with_capacity(self.live);
+        visitors.extend(
+            self.nodes
+                .iter()
+                .filter(|node| node.ts != FREE_TS)
+                .map(|node| (node.id, node.ts)),
+        );
+        WindowExport {
+            cutoff_ms: self.cutoff_ms,
+            wheel_allocated: !self.buckets.is_empty(),
+            slab_capacity: self.nodes.capacity() as u64,
+            table_capacity: self.table.capacity() as u64,
+            visitors,
+        }
+    }
+
+    /// Rebuilds a window of `window_secs` seconds from `export`, with the allocations it had
+    /// (hash-table tombstones aside), or says which value is out of place.
+    pub fn import(window_secs: u32, export: WindowExport) -> Result<Self, EngineError> {
+        let mut window = Self::new(window_secs);
+        let invalid = EngineError::InvalidExport;
+        let too_many = |n: u64| n >= u64::from(NIL);
+        if too_many(export.slab_capacity)
+            || too_many(export.table_capacity)
+            || export.visitors.len() as u64 > export.slab_capacity
+            || export.visitors.len() as u64 > export.table_capacity
+        {
+            return Err(invalid(
+                "visitor window larger than its slab or the window's limit",
+            ));
+        }
+        if !export.wheel_allocated && !export.visitors.is_empty() {
+            return Err(invalid("visitor window holds visitors without a wheel"));
+        }
+        let newest_ms = export.cutoff_ms.saturating_add(window.window_ms);
+        let mut visitors = export.visitors;
+        if visitors
+            .iter()
+            .any(|&(_, ts)| ts <= export.cutoff_ms || ts > newest_ms)
+        {
+            return Err(invalid("visitor timestamp outside the window"));
+        }
+        window.cutoff_ms = export.cutoff_ms;
+        window.swept_sec = if export.cutoff_ms == i64::MIN {
+            i64::MIN
+        } else {
+            export.cutoff_ms.div_euclid(1000)
+        };
+        window.nodes = Vec::with_capacity(export.slab_capacity as usize);
+        window.table = HashTable::with_capacity(export.table_capacity as usize);
+        if export.wheel_allocated {
+            let span = (window.window_ms / 1000 + 2) as usize;
+            window.buckets = vec![EMPTY_BUCKET; span].into_boxed_slice();
+        }
+        // In timestamp order every link is an O(1) append at its second's tail.
+        visitors.sort_unstable_by_key(|&(_, ts)| ts);
+        for (id, ts) in visitors {
+            if window.find(VisitorId(id)).is_some() {
+                return Err(invalid("visitor listed twice"));
+            }
+            if window.touch(VisitorId(id), ts) != Recorded::Added {
+                return Err(invalid("visitor window cannot hold its visitors"));
+            }
+        }
+        Ok(window)
     }
 
     fn clear(&mut self) {

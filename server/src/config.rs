@@ -10,6 +10,7 @@ use clap::{Parser, ValueEnum};
 use pulse_engine::EngineLimits;
 use pulse_snapshot::SegmentLimits;
 
+use crate::checkpoints::CheckpointSettings;
 use crate::client_ip::Cidr;
 use crate::connections::default_max_per_address;
 use crate::error::ServerError;
@@ -118,6 +119,22 @@ pub struct Config {
     #[arg(long, env = "PULSE_RETENTION_DAYS", default_value_t = 30)]
     pub retention_days: u32,
 
+    /// Seconds between checkpoints of the in-memory state, which let a restart replay only the
+    /// log written since the last one (`<data-dir>/checkpoints`). 0 disables them: neither
+    /// written nor loaded, the whole log is replayed.
+    #[arg(long, env = "PULSE_CHECKPOINT_INTERVAL_SECS", default_value_t = 30)]
+    pub checkpoint_interval_secs: u64,
+
+    /// Test knob: milliseconds slept between 64 KiB writes of a checkpoint file, so a test can
+    /// stop the server while one is being written.
+    #[arg(
+        long,
+        env = "PULSE_CHECKPOINT_WRITE_PACE_MS",
+        default_value_t = 0,
+        hide = true
+    )]
+    pub checkpoint_write_pace_ms: u64,
+
     /// Requests (batches of events) the write queue holds; when full, collect answers 503. The
     /// queue's bytes are bounded by --memory-limit as well; this count is large enough to ride
     /// out a slow fsync (about a second of single-event traffic at full speed).
@@ -217,6 +234,16 @@ impl Config {
             queue_bytes: plan.queue_bytes,
             window_ms: self.engine_limits(plan).window_ms(),
             log_starts: std::collections::HashMap::new(),
+            checkpoint_dir: None,
+        }
+    }
+
+    pub fn checkpoint_settings(&self) -> CheckpointSettings {
+        CheckpointSettings {
+            dir: self.data_dir.join("checkpoints"),
+            interval: (self.checkpoint_interval_secs > 0)
+                .then(|| Duration::from_secs(self.checkpoint_interval_secs)),
+            write_pace: Duration::from_millis(self.checkpoint_write_pace_ms),
         }
     }
 

@@ -33,6 +33,7 @@ use pulse_snapshot::{
 };
 use tokio::sync::{oneshot, Notify};
 
+use crate::checkpoints::{self, CheckpointStats};
 use crate::clock;
 use crate::metrics::Metrics;
 
@@ -76,6 +77,8 @@ pub struct LogOptions {
     /// Each website's first sequence number (`WebsiteEntry::log_start_seq`): replay leaves out
     /// events logged under its id before it, which belong to a deleted website of the same id.
     pub log_starts: HashMap<WebsiteId, u64>,
+    /// Where checkpoints are kept; `None` when they are disabled (the log is replayed whole).
+    pub checkpoint_dir: Option<PathBuf>,
 }
 
 /// Most entries the log thread gathers before writing, so one huge backlog does not become one
@@ -106,6 +109,9 @@ enum Message {
         bytes: usize,
         durable: Option<oneshot::Sender<()>>,
     },
+    /// Write and fsync everything queued before this message, then answer with the sequence
+    /// number the log is durable up to (a checkpoint waits for it before it is installed).
+    Flush(crossbeam_channel::Sender<u64>),
     Shutdown,
 }
 
@@ -183,6 +189,15 @@ impl FutureEvents {
     }
 }
 
+/// Why `sync_through` could not confirm the log durable up to a sequence number.
+#[derive(Debug, thiserror::Error)]
+pub enum FlushError {
+    #[error("the event log did not write and fsync in time (stalled, or shutting down)")]
+    Timeout,
+    #[error("the event log is durable up to {durable}, not {seq}")]
+    Behind { durable: u64, seq: u64 },
+}
+
 /// Why the event log stopped for good. Every kind is fatal: the server shuts down with a
 /// non-zero exit rather than acknowledge events it cannot keep.
 #[derive(Debug, thiserror::Error)]
@@ -202,7 +217,7 @@ pub enum LogFailure {
 }
 
 /// What the rest of the server can see of the log: readiness, the replay report, fatal errors.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct LogStatus {
     ready: AtomicBool,
     replay: Mutex<Option<ReplayReport>>,
@@ -219,12 +234,48 @@ pub struct LogStatus {
     stall: Mutex<Option<Arc<LogStall>>>,
     fatal_notify: Notify,
     ready_notify: Notify,
+    /// Retention keeps every segment with an event at or after this sequence number (the newest
+    /// checkpoint's); `u64::MAX` while no checkpoint needs any.
+    keep_from_seq: AtomicU64,
+    /// The checkpoint loaded at start-up and the last one written.
+    pub checkpoints: CheckpointStats,
+}
+
+impl Default for LogStatus {
+    fn default() -> Self {
+        Self {
+            ready: AtomicBool::default(),
+            replay: Mutex::default(),
+            fatal: Mutex::default(),
+            future_events: AtomicU64::default(),
+            first_seq: AtomicU64::default(),
+            stalled: AtomicBool::default(),
+            stopping: AtomicBool::default(),
+            stall: Mutex::default(),
+            fatal_notify: Notify::default(),
+            ready_notify: Notify::default(),
+            keep_from_seq: AtomicU64::new(u64::MAX),
+            checkpoints: CheckpointStats::default(),
+        }
+    }
 }
 
 impl LogStatus {
+    /// Keeps every segment with an event at or after `seq` from retention: a durable
+    /// checkpoint stands there, and a restart replays the log from it.
+    pub fn keep_from(&self, seq: u64) {
+        self.keep_from_seq.store(seq, Ordering::Relaxed);
+    }
+
     /// True once replay is done and the log thread runs.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
+    }
+
+    /// True once shutdown has begun. A replay cut short by it left the engine incomplete, so
+    /// nothing may be derived from the engine's state (a checkpoint) from then on.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
     }
 
     pub fn replay_report(&self) -> Option<ReplayReport> {
@@ -323,6 +374,7 @@ impl std::fmt::Debug for Message {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Batch { entries, .. } => write!(f, "Batch({})", entries.len()),
+            Self::Flush(_) => f.write_str("Flush"),
             Self::Shutdown => f.write_str("Shutdown"),
         }
     }
@@ -415,6 +467,35 @@ impl EventLog {
             }
             Err(TrySendError::Full(_)) => Err(SubmitError::Full),
             Err(TrySendError::Disconnected(_)) => Err(SubmitError::Closed),
+        }
+    }
+
+    /// Runs `f` with the sequence number the next event queued will get, while no event can be
+    /// queued or counted: whatever `f` reads from the engine holds exactly the events below
+    /// that number. Every submit waits meanwhile, so `f` must be short. `None` before replay is
+    /// done.
+    pub fn at_log_position<T>(&self, f: impl FnOnce(u64) -> T) -> Option<T> {
+        if !self.status.is_ready() {
+            return None;
+        }
+        let _order = self.order.lock().unwrap_or_else(PoisonError::into_inner);
+        let next_seq = self.status.first_seq.load(Ordering::Acquire)
+            + self.queued_events.load(Ordering::Relaxed);
+        Some(f(next_seq))
+    }
+
+    /// Waits until every event below `seq` is written and fsynced, asking the log thread for an
+    /// fsync now. Blocking; gives up after `timeout` (a stalled or stopped log).
+    pub fn sync_through(&self, seq: u64, timeout: Duration) -> Result<(), FlushError> {
+        let deadline = Instant::now() + timeout;
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        self.sender
+            .send_deadline(Message::Flush(reply), deadline)
+            .map_err(|_| FlushError::Timeout)?;
+        match answer.recv_deadline(deadline) {
+            Ok(durable) if durable >= seq => Ok(()),
+            Ok(durable) => Err(FlushError::Behind { durable, seq }),
+            Err(_) => Err(FlushError::Timeout),
         }
     }
 
@@ -541,8 +622,18 @@ fn run_log_thread(
     appender: &Appender,
 ) -> Result<(), LogFailure> {
     let now_ms = clock::now_ms();
+    // A checkpoint, when there is a usable one, holds each website up to its own sequence
+    // number: replay counts only what comes after (see `checkpoints::restore`).
+    let restored = options
+        .checkpoint_dir
+        .as_deref()
+        .and_then(|dir| checkpoints::restore(dir, engine, &options.log_starts, now_ms, status));
+    let starts = restored
+        .as_ref()
+        .map_or(&options.log_starts, |restored| &restored.starts);
     let replay_options = ReplayOptions {
         skip_before_ms: now_ms - options.window_ms,
+        skip_below_seq: restored.as_ref().map_or(0, |r| r.replay_from_seq),
     };
     let mut future = FutureEvents::default();
     let mut superseded: u64 = 0;
@@ -554,10 +645,17 @@ fn run_log_thread(
             uncounted += 1;
             return;
         }
-        let start = options.log_starts.get(logged.entry.website());
-        if start.is_some_and(|&start| logged.seq < start) {
-            // Logged for a deleted website whose id was used again: never counted.
-            superseded += 1;
+        let website = logged.entry.website();
+        if starts.get(website).is_some_and(|&start| logged.seq < start) {
+            if options
+                .log_starts
+                .get(website)
+                .is_some_and(|&start| logged.seq < start)
+            {
+                // Logged for a deleted website whose id was used again: never counted.
+                superseded += 1;
+            }
+            // Otherwise the checkpoint holds it already.
             return;
         }
         // Entries of websites deleted since they were logged have nowhere to go.
@@ -612,9 +710,24 @@ fn run_log_thread(
     // A website created just before a crash may have been promised a sequence number the crash
     // never wrote; starting at or past it keeps every later event of that website countable.
     let max_start = options.log_starts.values().copied().max().unwrap_or(0);
-    let first_seq = report.next_seq.max(max_start);
+    let mut first_seq = report.next_seq.max(max_start);
+    if let Some(restored) = &restored {
+        if restored.max_seq > report.next_seq {
+            // Never when the checkpoint was installed after the log's fsync, as it is: the log
+            // lost events it had made durable. Numbering on from the checkpoint keeps new events
+            // from being taken for ones it holds.
+            tracing::error!(
+                log_ends_at = report.next_seq,
+                checkpoint_at = restored.max_seq,
+                "the checkpoint holds events the event log no longer has"
+            );
+        }
+        first_seq = first_seq.max(restored.max_seq);
+        status.keep_from(restored.replay_from_seq);
+    }
     let mut segment = SegmentWriter::create(&options.dir, first_seq, now_ms, options.limits)
         .map_err(LogFailure::StartSegment)?;
+    segment.keep_from(status.keep_from_seq.load(Ordering::Relaxed));
     if let Err(e) = segment.enforce_retention(now_ms) {
         tracing::warn!(error = %e, "retention could not delete old segments");
     }
@@ -634,6 +747,7 @@ struct Pending {
     entries: Vec<LogEntry>,
     bytes: usize,
     waiting: Vec<oneshot::Sender<()>>,
+    flushes: Vec<crossbeam_channel::Sender<u64>>,
 }
 
 impl Pending {
@@ -647,6 +761,10 @@ impl Pending {
                 self.entries.extend(entries);
                 self.bytes += bytes;
                 self.waiting.extend(durable);
+                false
+            }
+            Message::Flush(reply) => {
+                self.flushes.push(reply);
                 false
             }
             Message::Shutdown => true,
@@ -675,11 +793,15 @@ impl Pending {
     }
 
     /// Tells the handlers waiting for an fsync that it happened (only once their entries are
-    /// written, so never while a write is pending).
-    fn acknowledge(&mut self) {
+    /// written, so never while a write is pending), and flush requests how far the log is
+    /// durable.
+    fn acknowledge(&mut self, durable_seq: u64) {
         if self.entries.is_empty() {
             for done in self.waiting.drain(..) {
                 let _ = done.send(());
+            }
+            for reply in self.flushes.drain(..) {
+                let _ = reply.send(durable_seq);
             }
         }
     }
@@ -760,6 +882,7 @@ fn write_loop(
                 next = receiver.try_recv().ok();
             }
         }
+        segment.keep_from(status.keep_from_seq.load(Ordering::Relaxed));
         let had_entries = !pending.entries.is_empty();
         let failed = pending.write(appender, segment)?;
         retrying = failed.is_some();
@@ -782,15 +905,16 @@ fn write_loop(
         } else if !held_back {
             status.set_stall(None);
         }
-        let sync_due = match options.durability {
-            Durability::Sync => !pending.waiting.is_empty(),
-            Durability::Interval => last_sync.elapsed() >= options.fsync_interval,
-            Durability::None => false,
-        };
+        let sync_due = !pending.flushes.is_empty()
+            || match options.durability {
+                Durability::Sync => !pending.waiting.is_empty(),
+                Durability::Interval => last_sync.elapsed() >= options.fsync_interval,
+                Durability::None => false,
+            };
         if sync_due || stopping {
             appender.sync(segment)?;
             last_sync = Instant::now();
-            pending.acknowledge();
+            pending.acknowledge(segment.next_seq());
         }
         if wrote && !stopping && options.durability != Durability::Sync {
             std::thread::sleep(WRITE_LINGER);
@@ -814,7 +938,7 @@ fn write_loop(
         std::thread::sleep(STALL_RETRY);
     }
     appender.sync(segment)?;
-    pending.acknowledge();
+    pending.acknowledge(segment.next_seq());
     tracing::info!(
         next_seq = segment.next_seq(),
         "event log flushed and closed"

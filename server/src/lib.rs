@@ -20,6 +20,7 @@
 //!   hosts.
 //! - `user_agent`: bot, browser and device classification in one pass.
 //! - `event_log`: `EventLog`, the write queue, replay and the writer thread (`Durability`).
+//! - `checkpoints`: restoring the newest checkpoint at start-up and writing one periodically.
 //! - `salts`: daily salts on disk. `catalog`: the websites — their file, the snapshot readers
 //!   load without locks, and the engine's set, changed together by one service.
 //! - `memory`: `MemoryPlan`, how `--memory-limit` is divided. `metrics`: the Prometheus
@@ -50,6 +51,7 @@ pub mod atomic_file;
 pub mod auth;
 pub mod body;
 pub mod catalog;
+pub mod checkpoints;
 pub mod client_ip;
 pub mod clock;
 pub mod config;
@@ -150,6 +152,10 @@ async fn serve(
         .max_headers(MAX_HEADERS);
 
     let maintenance = tokio::spawn(maintain(Arc::clone(&state)));
+    let checkpoints = state
+        .checkpoints
+        .interval
+        .map(|interval| tokio::spawn(checkpoints::run(Arc::clone(&state), interval)));
     let reaper = tokio::spawn(reap(Arc::clone(&pool)));
     let live = tokio::spawn(routes::stream::publish_live(Arc::clone(&state)));
     tokio::pin!(shutdown);
@@ -208,6 +214,9 @@ async fn serve(
     maintenance.abort();
     reaper.abort();
     live.abort();
+    if let Some(task) = checkpoints {
+        task.abort();
+    }
     Ok(())
 }
 

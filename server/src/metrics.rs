@@ -24,6 +24,8 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
+use crate::checkpoints::CheckpointReading;
+
 /// Every metric name starts `pulse_`.
 const PREFIX: &str = "pulse";
 
@@ -398,6 +400,8 @@ pub struct Readings {
     pub log_disk_available_bytes: Option<u64>,
     /// How far the server's clock runs ahead of the system clock after it stepped back.
     pub clock_ahead: Duration,
+    /// The newest checkpoint, loaded or written; `None` while there is none.
+    pub checkpoint: Option<CheckpointReading>,
 }
 
 /// Writes one unlabelled gauge. Help texts here end with a period: the registry adds one to
@@ -525,6 +529,36 @@ impl Collector for Readings {
             Some(&seconds),
             self.clock_ahead.as_secs_f64(),
         )?;
+        if let Some(checkpoint) = &self.checkpoint {
+            gauge(
+                e,
+                "checkpoint_age",
+                "Time since the newest checkpoint was made.",
+                Some(&seconds),
+                checkpoint.age.as_secs_f64(),
+            )?;
+            gauge(
+                e,
+                "checkpoint",
+                "Size of the newest checkpoint file.",
+                Some(&bytes),
+                checkpoint.bytes,
+            )?;
+            gauge(
+                e,
+                "checkpoint_write_duration",
+                "Time the last checkpoint written took, from the first copy to the file being durable (0 for one loaded at start-up).",
+                Some(&seconds),
+                checkpoint.write_duration.as_secs_f64(),
+            )?;
+            gauge(
+                e,
+                "checkpoint_longest_pause",
+                "Longest time ingest waited while the last checkpoint copied one website.",
+                Some(&seconds),
+                checkpoint.longest_pause.as_secs_f64(),
+            )?;
+        }
         if let Some(replay) = &self.replay {
             gauge(
                 e,
@@ -603,6 +637,12 @@ mod tests {
             log_stalled: true,
             log_disk_available_bytes: Some(1 << 30),
             clock_ahead: Duration::from_secs(10_800),
+            checkpoint: Some(CheckpointReading {
+                age: Duration::from_secs(12),
+                bytes: 2048,
+                write_duration: Duration::from_millis(250),
+                longest_pause: Duration::from_micros(1500),
+            }),
         }
     }
 
@@ -712,6 +752,10 @@ mod tests {
                 "pulse_log_disk_available_bytes 1073741824",
                 "pulse_clock_ahead_of_system_seconds 10800.0",
                 "pulse_replay_torn_tail_bytes 7",
+                "pulse_checkpoint_age_seconds 12.0",
+                "pulse_checkpoint_bytes 2048",
+                "pulse_checkpoint_write_duration_seconds 0.25",
+                "pulse_checkpoint_longest_pause_seconds 0.0015",
                 "# HELP pulse_websites Websites held.",
             ],
         );
@@ -726,8 +770,10 @@ mod tests {
         let mut readings = readings();
         readings.replay = None;
         readings.resident_bytes = None;
+        readings.checkpoint = None;
         let text = encode(&Metrics::new(), readings, Format::PrometheusText);
         assert!(!text.contains("pulse_replay"), "{text}");
+        assert!(!text.contains("pulse_checkpoint"), "{text}");
         assert!(!text.contains("pulse_process_resident"), "{text}");
         assert_lines(&text, &["pulse_websites 3"]);
     }

@@ -11,6 +11,7 @@ use pulse_engine::{Engine, EngineError, Timestamp};
 
 use crate::body::BodyBudget;
 use crate::catalog::{CatalogOpenError, WebsiteCatalog};
+use crate::checkpoints::CheckpointSettings;
 use crate::client_ip::TrustedProxies;
 use crate::config::{Config, HttpLimits};
 use crate::connections::{ConnectionPool, PoolLimits, EVICTABLE_AFTER, PRESSURE_IDLE};
@@ -29,6 +30,8 @@ pub struct AppState {
     pub engine: Arc<Engine>,
     /// The write queue and the writer thread (which replays the log at start-up).
     pub log: EventLog,
+    /// Where and how often the engine is checkpointed.
+    pub checkpoints: CheckpointSettings,
     /// The websites: the only way to read or change them, here and in the engine.
     pub websites: WebsiteCatalog,
     pub salts: SaltStore,
@@ -85,11 +88,17 @@ impl AppState {
         let metrics = Arc::new(Metrics::default());
         let mut log_options = config.log_options(&memory);
         log_options.log_starts = websites.log_starts().into_iter().collect();
+        let checkpoints = config.checkpoint_settings();
+        log_options.checkpoint_dir = checkpoints
+            .interval
+            .is_some()
+            .then(|| checkpoints.dir.clone());
         let log = EventLog::start(log_options, Arc::clone(&engine), Arc::clone(&metrics));
         let http = config.http_limits(&memory);
         Ok(Self {
             engine,
             log,
+            checkpoints,
             websites,
             salts,
             proxies: TrustedProxies::new(config.trusted_proxies.clone()),

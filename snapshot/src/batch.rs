@@ -302,6 +302,24 @@ pub fn peek_first_seq(payload: &[u8]) -> Option<u64> {
     }
 }
 
+/// The first sequence number and entry count of a payload of either kind, read without decoding
+/// its entries (replay skips records a checkpoint covers this way).
+pub fn peek_header(payload: &[u8]) -> Option<(u64, u32)> {
+    match payload {
+        [KIND_EVENT_BATCH | KIND_TOUCH_BATCH, rest @ ..] => {
+            let seq = rest
+                .first_chunk::<8>()
+                .map(|seq| u64::from_le_bytes(*seq))?;
+            let count = rest.get(8..12)?;
+            Some((
+                seq,
+                u32::from_le_bytes([count[0], count[1], count[2], count[3]]),
+            ))
+        }
+        _ => None,
+    }
+}
+
 /// Decodes a payload, calling `visit` for each entry in order. `website_cache` keeps the last
 /// website id so consecutive entries of one site share one allocation.
 pub fn decode(

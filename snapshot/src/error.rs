@@ -28,6 +28,9 @@ pub enum SnapshotError {
         /// The operating system's error.
         source: std::io::Error,
     },
+    /// A checkpoint could not be encoded (the text says why).
+    #[error("cannot encode a checkpoint: {0}")]
+    CheckpointEncode(String),
     /// A single entry encodes to a record payload larger than `MAX_RECORD_BYTES`.
     #[error("record of {len} bytes exceeds the limit of {max} bytes")]
     RecordTooLarge {

@@ -11,12 +11,15 @@
 //! - `codes`: the explicit byte of every enum value and flag the payload stores.
 //! - `segment`: file naming, the 32-byte header, listing segments.
 //! - `writer`: `SegmentWriter` — append, sync, roll, retention.
+//! - `checkpoint`: the engine's state at a point of the log in one file — format, atomic write,
+//!   loading the newest valid one.
 //! - `replay`: `replay()` and the pure `scan_segment()`, torn-tail repair, corruption isolation.
 //! - `error`: `SnapshotError`, `RecordError`.
 
 #![deny(missing_docs)]
 
 pub mod batch;
+pub mod checkpoint;
 pub mod codes;
 pub mod error;
 pub mod record;
@@ -25,6 +28,7 @@ pub mod segment;
 pub mod writer;
 
 pub use batch::{LogEntry, LoggedEvent};
+pub use checkpoint::{Checkpoint, Refusal, WebsiteCheckpoint};
 pub use error::{RecordError, SnapshotError};
 pub use replay::{replay, scan_segment, ReplayOptions, ReplayReport, ScanEnd};
 pub use segment::SegmentHeader;

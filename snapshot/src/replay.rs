@@ -13,7 +13,9 @@
 //!   silently, and every later start replays exactly the same events.
 //! - Damage stays visible until an operator acts: every start reports every `*.broken` file still
 //!   in the directory (`ReplayReport::set_aside`), not only the ones it found itself.
-//! - Whole sealed segments whose events are all older than `skip_before_ms` are not read.
+//! - Whole sealed segments whose events are all older than `skip_before_ms` are not read, nor
+//!   those whose events all have sequence numbers below `skip_below_seq` (a checkpoint holds
+//!   them); records below it in the first segment read are checked but not decoded.
 //!
 //! `scan_segment` is the pure part (bytes in, events and a verdict out) that the fuzzer drives.
 
@@ -37,6 +39,10 @@ use crate::writer::{private_file, read_header, RESTORE_SUFFIX};
 pub struct ReplayOptions {
     /// Sealed segments whose events are all at or before this instant (unix ms) are skipped.
     pub skip_before_ms: i64,
+    /// Events with a lower sequence number are not handed to `visit` (a checkpoint holds them):
+    /// sealed segments wholly below it are skipped, records wholly below it are checksummed
+    /// but not decoded.
+    pub skip_below_seq: u64,
 }
 
 /// A torn tail that replay cut off.
@@ -157,13 +163,14 @@ fn resync(bytes: &[u8], from: usize, expected_seq: u64) -> Option<usize> {
 /// calls `visit` for every event of every valid record, in order. Never panics and never
 /// allocates more than one record's events at a time, whatever the bytes.
 pub fn scan_segment(bytes: &[u8], name_seq: u64, visit: impl FnMut(LoggedEvent)) -> SegmentScan {
-    scan_records(bytes, name_seq, visit, |_| {})
+    scan_records(bytes, name_seq, 0, visit, |_| {})
 }
 
 /// `scan_segment`, also handing `keep` the byte range of every record whose events were visited.
 fn scan_records(
     bytes: &[u8],
     name_seq: u64,
+    skip_below_seq: u64,
     mut visit: impl FnMut(LoggedEvent),
     mut keep: impl FnMut(Range<usize>),
 ) -> SegmentScan {
@@ -209,6 +216,23 @@ fn scan_records(
         let rest = &bytes[pos..];
         let failure = match record::read(rest) {
             Ok((payload, span)) => {
+                let covered = batch::peek_header(payload).filter(|&(first_seq, count)| {
+                    first_seq >= scan.next_seq
+                        && first_seq.saturating_add(u64::from(count)) <= skip_below_seq
+                });
+                if let Some((first_seq, count)) = covered {
+                    if first_seq > scan.next_seq {
+                        scan.gaps.push(SeqGap {
+                            expected: scan.next_seq,
+                            found: first_seq,
+                        });
+                    }
+                    scan.next_seq = first_seq + u64::from(count);
+                    scan.records += 1;
+                    keep(pos..pos + span);
+                    pos += span;
+                    continue;
+                }
                 pending.clear();
                 match batch::decode(payload, &mut website_cache, |e| pending.push(e)) {
                     Ok((first_seq, count)) if first_seq >= scan.next_seq => {
@@ -292,6 +316,7 @@ fn salvaged_bytes(bytes: &[u8], name_seq: u64) -> Vec<u8> {
     scan_records(
         bytes,
         name_seq,
+        0,
         |_| {},
         |record| {
             good.extend_from_slice(&bytes[record]);
@@ -438,9 +463,11 @@ pub fn replay(
     for (i, (name_seq, path)) in segments.iter().enumerate() {
         let newest = i + 1 == segments.len();
         // Every event of a sealed segment was written before the next segment was created.
+        // Every event of a sealed segment has a sequence number below the next one's first.
         let skippable = !newest
-            && read_header(&segments[i + 1].1)
-                .is_some_and(|next| next.created_ms <= options.skip_before_ms);
+            && (segments[i + 1].0 <= options.skip_below_seq
+                || read_header(&segments[i + 1].1)
+                    .is_some_and(|next| next.created_ms <= options.skip_before_ms));
         if skippable {
             report.segments_skipped += 1;
             expected = None;
@@ -468,7 +495,7 @@ pub fn replay(
             .map_err(|e| SnapshotError::io("stat segment", path, e))?
             .len();
         let (scan, salvage) = if file_len == 0 {
-            (scan_segment(&[], *name_seq, &mut visit), None)
+            (scan_records(&[], *name_seq, 0, &mut visit, |_| {}), None)
         } else {
             // SAFETY: the map is read-only and dropped before this function touches the file
             // again. Pulse never modifies a segment while replaying it (the writer starts after
@@ -476,7 +503,7 @@ pub fn replay(
             // the supported model and could fault the read.
             let map = unsafe { memmap2::Mmap::map(&file) }
                 .map_err(|e| SnapshotError::io("map segment", path, e))?;
-            let scan = scan_segment(&map, *name_seq, &mut visit);
+            let scan = scan_records(&map, *name_seq, options.skip_below_seq, &mut visit, |_| {});
             // Readable records of a damaged file are copied out while its bytes are mapped.
             let salvage = (is_damaged(&scan.end, newest) && scan.records > 0)
                 .then(|| salvaged_bytes(&map, *name_seq));

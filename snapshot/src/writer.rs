@@ -108,6 +108,9 @@ pub struct SegmentWriter {
     tail_dirty: bool,
     buf: Vec<u8>,
     payload: Vec<u8>,
+    /// Retention keeps every segment holding an event at or after this sequence number (the
+    /// newest checkpoint needs them); `u64::MAX` when no checkpoint constrains it.
+    keep_from_seq: u64,
 }
 
 fn sync_dir(dir: &Path) -> Result<(), SnapshotError> {
@@ -181,6 +184,7 @@ impl SegmentWriter {
             tail_dirty: false,
             buf: Vec::new(),
             payload: Vec::new(),
+            keep_from_seq: u64::MAX,
         })
     }
 
@@ -427,16 +431,23 @@ impl SegmentWriter {
         Ok(restored)
     }
 
+    /// Keeps, from now on, every segment holding an event at or after `seq` whatever its age: the
+    /// newest checkpoint stands at `seq` and a restart replays the log from there.
+    pub fn keep_from(&mut self, seq: u64) {
+        self.keep_from_seq = seq;
+    }
+
     /// Deletes sealed segments whose every event is older than the retention period: a segment's
-    /// events are all older than the next segment's creation time. Returns how many were deleted.
+    /// events are all older than the next segment's creation time (and all below the next one's
+    /// first sequence number, which must be at most `keep_from`'s). Returns how many were deleted.
     pub fn enforce_retention(&self, now_ms: i64) -> Result<usize, SnapshotError> {
         let cutoff = now_ms.saturating_sub(self.limits.retention_ms);
         let segments = list_segments(&self.dir)?;
         let mut deleted = 0;
         for pair in segments.windows(2) {
             let (_, path) = &pair[0];
-            let (_, next_path) = &pair[1];
-            if *path == self.path {
+            let (next_seq, next_path) = &pair[1];
+            if *path == self.path || *next_seq > self.keep_from_seq {
                 break;
             }
             let next_created = read_header(next_path).map(|h| h.created_ms);

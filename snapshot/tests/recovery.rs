@@ -387,11 +387,48 @@ fn sealed_segments_older_than_the_cutoff_are_skipped() {
     // Segment k is sealed when segment k+1 is created at T0 + (k+1) minutes.
     let options = ReplayOptions {
         skip_before_ms: T0 + 2 * 60_000,
+        ..ReplayOptions::default()
     };
     let report = replay(dir.path(), options, |e| events.push(e)).unwrap();
     assert_eq!(report.segments_skipped, 2);
     check_events(&events, 6..12);
     assert_eq!(report.next_seq, 12);
+}
+
+#[test]
+fn events_a_checkpoint_holds_are_skipped_by_segment_and_by_record() {
+    let dir = tempfile::tempdir().unwrap();
+    write_segments(dir.path(), 4);
+    let mut events = Vec::new();
+    // Four segments of one 3-event record each: the first two are wholly below 6.
+    let options = ReplayOptions {
+        skip_below_seq: 6,
+        ..ReplayOptions::default()
+    };
+    let report = replay(dir.path(), options, |e| events.push(e)).unwrap();
+    assert_eq!(report.segments_skipped, 2);
+    check_events(&events, 6..12);
+    assert_eq!(report.next_seq, 12);
+    // One segment of one-event records: those below 4 are checked but not handed out.
+    let dir = tempfile::tempdir().unwrap();
+    let mut writer = SegmentWriter::create(dir.path(), 0, T0, SegmentLimits::default()).unwrap();
+    append_each(&mut writer, 0..10);
+    drop(writer);
+    let mut events = Vec::new();
+    let options = ReplayOptions {
+        skip_below_seq: 4,
+        ..ReplayOptions::default()
+    };
+    let report = replay(dir.path(), options, |e| events.push(e)).unwrap();
+    check_events(&events, 4..10);
+    assert_eq!(
+        (report.records, report.events, report.next_seq),
+        (10, 6, 10)
+    );
+    assert!(
+        report.gaps.is_empty() && report.broken.is_empty(),
+        "{report:?}"
+    );
 }
 
 #[test]
@@ -475,6 +512,30 @@ fn retention_deletes_only_segments_wholly_older_than_the_period() {
         .collect();
     assert_eq!(remaining.len(), 3, "{remaining:?}");
     assert!(!remaining.contains(&0));
+}
+
+#[test]
+fn retention_keeps_segments_the_newest_checkpoint_still_needs() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = SegmentLimits {
+        max_segment_bytes: 1,
+        max_segment_age_ms: i64::MAX,
+        retention_ms: 1,
+    };
+    let mut writer = SegmentWriter::create(dir.path(), 0, T0, limits).unwrap();
+    // A checkpoint at sequence 4: segment 0 (events 0..3) is covered, segment 3 (3..6) is not.
+    writer.keep_from(4);
+    for s in 0..4 {
+        let entries: Vec<LogEntry> = (s * 3..s * 3 + 3).map(entry).collect();
+        writer.append(&entries, T0 + s as i64 * 60_000).unwrap();
+    }
+    writer.sync().unwrap();
+    let remaining: Vec<u64> = pulse_snapshot::segment::list_segments(dir.path())
+        .unwrap()
+        .into_iter()
+        .map(|(seq, _)| seq)
+        .collect();
+    assert_eq!(remaining, [3, 6, 9]);
 }
 
 fn fixture_dir() -> PathBuf {

@@ -1,7 +1,8 @@
 //! `GET /healthz` (the process answers) and `GET /readyz` (start-up is done and answers are
 //! complete). Neither needs a token. Without one, `/readyz` says ready or not and why in one
 //! word (`{"status":"ready"}`, or 503 `not_ready`, `log_stalled`, `log_failed`); the details —
-//! the replay report (event counts) and why the log stalled or failed — go only to a request
+//! the replay report (event counts), whether a checkpoint was loaded, and why the log stalled or
+//! failed — go only to a request
 //! that could use the admin routes (`auth::check_admin`: the token when one is set, otherwise
 //! loopback and same origin).
 
@@ -15,7 +16,25 @@ use serde_json::json;
 
 use crate::auth::check_admin;
 use crate::error::ApiError;
+use crate::event_log::LogStatus;
 use crate::state::AppState;
+
+/// Whether start-up loaded a checkpoint (then replay covered only the log after it), which,
+/// and how many checkpoint files it ignored.
+fn checkpoint_details(status: &LogStatus) -> serde_json::Value {
+    let stats = &status.checkpoints;
+    match stats.loaded() {
+        Some(loaded) => json!({
+            "loaded": true,
+            "file": loaded.path.file_name().map(|n| n.to_string_lossy().into_owned()),
+            "seq": loaded.seq,
+            "websites": loaded.websites,
+            "load_ms": loaded.duration.as_millis() as u64,
+            "ignored": stats.refused(),
+        }),
+        None => json!({ "loaded": false, "ignored": stats.refused() }),
+    }
+}
 
 pub async fn healthz() -> Response {
     Json(json!({"status": "ok"})).into_response()
@@ -58,7 +77,8 @@ pub async fn readyz(State(state): State<Arc<AppState>>, headers: HeaderMap, uri:
                 "corrupt_segments": report.set_aside.len(),
                 "sequence_gaps": report.gaps.len(),
                 "future_events": status.future_events(),
-            }
+            },
+            "checkpoint": checkpoint_details(status),
         }))
         .into_response()
     } else {

@@ -106,6 +106,7 @@ fn read(state: &AppState) -> Readings {
         log_stalled: state.log.status().is_stalled(),
         log_disk_available_bytes: state.log.disk_available_bytes(),
         clock_ahead: Duration::from_millis(u64::try_from(clock::ahead_of_wall_ms()).unwrap_or(0)),
+        checkpoint: state.log.status().checkpoints.reading(clock::now_ms()),
     }
 }
 

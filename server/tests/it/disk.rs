@@ -155,9 +155,11 @@ async fn check_every_ack_survives_a_restart(proc: &mut Server, acked: usize) {
     );
 }
 
-/// Starts a server on `data_dir` with `args`, ready and with the website `SITE`.
+/// Starts a server on `data_dir` with `args`, ready and with the website `SITE`. Without
+/// checkpoints: a restart must replay every acknowledged event from the log.
 async fn start_with_site(data_dir: &Path, args: &[&str]) -> Server {
-    let proc = start_in(Opts::default().args(args), data_dir);
+    let opts = Opts::default().args(&["--checkpoint-interval-secs", "0"]);
+    let proc = start_in(opts.args(args), data_dir);
     proc.wait_ready(READY_DEADLINE).await;
     proc.site(SITE, "example.com").await;
     proc

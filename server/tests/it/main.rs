@@ -12,6 +12,8 @@
 //! - `connections`: idle, slow-header and stalled-body floods from a second address; SIGTERM.
 //! - `crash`: SIGKILL, SIGTERM and damaged logs against the event log (issue 4).
 //! - `overload`: memory limit, `/metrics`, rate limit and a full write queue (issue 6).
+//! - `checkpoint`: restarts from checkpoints — same answers, damaged ones ignored, SIGKILL
+//!   mid-write (issue 15).
 //! - `catalog`: website writes during ingest; file, list and engine agree across a restart.
 //! - `clock`: the system clock stepped back under a running server (libfaketime).
 //! - `midnight`: on the test clock, the carry-over across midnight, restarts and salt deletion.
@@ -33,6 +35,8 @@ use pulse_testkit::server::{Opts, Server};
 mod admin;
 mod assets;
 mod catalog;
+#[cfg(unix)]
+mod checkpoint;
 #[cfg(target_os = "linux")]
 mod clock;
 mod collect_input;
