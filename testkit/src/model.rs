@@ -2,6 +2,8 @@
 //! engine's property test (`engine/tests/model.rs`) and the `engine_model` fuzz target. The
 //! model keeps every event in a `Vec` and answers each query by scanning it. It does not choose
 //! the operations: the property test draws them with proptest, the fuzz target from its input.
+//! Besides the realtime answer, every query compares the breakdown (every list and the minute
+//! series) with one computed from the model's events in the window.
 
 // Test code: a failed unwrap is a failed check, which is what we want here.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -9,14 +11,50 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use pulse_engine::{
-    Browser, DailySalt, DeviceType, Engine, EngineLimits, Event, EventKind, Ingested, Salt,
-    SaltSchedule, Timestamp, VisitorId, WebsiteId,
+    Breakdown, BreakdownList, Browser, CountryCode, DailySalt, DeviceType, Engine, EngineLimits,
+    Event, EventKind, Ingested, Salt, SaltSchedule, Timestamp, VisitorId, WebsiteId,
+    SERIES_MINUTES,
 };
 
 pub const SITES: usize = 3;
 pub const PEOPLE: u8 = 12;
-pub const TARGETS: [&str; 5] = ["/", "/pricing", "/blog", "/docs", "signup"];
+pub const TARGETS: [&str; 6] = ["/", "/pricing", "/blog", "/docs", "signup", "download"];
+/// Targets from this index on are custom event names; the ones before are page paths.
+pub const FIRST_CUSTOM: usize = 4;
+const REFERRERS: [Option<&str>; 4] = [
+    None,
+    Some("google.com"),
+    Some("news.ycombinator.com"),
+    Some("duckduckgo.com"),
+];
+const COUNTRIES: [Option<&str>; 4] = [None, Some("SE"), Some("US"), Some("DE")];
+/// Rows each breakdown list is compared with in full (more than the values the model draws).
+const ALL_ROWS: usize = 100;
+
+/// What an event carries besides its target, drawn from the op's fields so the op (and the
+/// fuzz target building it) stays the same: a person mostly keeps one browser, device and
+/// country, sometimes not (a client-chosen id may change browsers); referrers vary per event.
+#[derive(Debug, Clone, Copy)]
+struct Attributes {
+    referrer: Option<&'static str>,
+    browser: Browser,
+    device: DeviceType,
+    country: Option<&'static str>,
+}
+
+fn attributes(person: u8, step_ms: i64, target: usize) -> Attributes {
+    let p = usize::from(person);
+    let wobble = usize::from(step_ms.rem_euclid(11) == 0);
+    Attributes {
+        referrer: REFERRERS[(step_ms.rem_euclid(5) as usize + target) % REFERRERS.len()],
+        browser: Browser::ALL[(p + wobble) % 4],
+        device: DeviceType::ALL[(p + wobble) % 3],
+        country: COUNTRIES[(p + 2 * wobble) % COUNTRIES.len()],
+    }
+}
 
 /// Person `p` is a bot when `p >= FIRST_BOT`: the flag follows the User-Agent, as in the server.
 pub const FIRST_BOT: u8 = 9;
@@ -54,6 +92,8 @@ struct ModelEvent {
     is_bot: bool,
     target: &'static str,
     arrival: u64,
+    kind: EventKind,
+    attributes: Attributes,
 }
 
 /// The naive reference: every windowed event in a Vec, scanned on each query.
@@ -62,6 +102,16 @@ struct Model {
     events: Vec<ModelEvent>,
     clock: [i64; SITES],
     next_arrival: [u64; SITES],
+}
+
+/// A breakdown as both sides must agree on it: per list `(value, visitors, events)` in rank
+/// order, and per minute `(minute start, visitors, pageviews)`.
+#[derive(Debug, PartialEq, Eq)]
+struct BreakdownAnswer {
+    as_of_ms: i64,
+    lists: Vec<Vec<(String, u64, u64)>>,
+    series: Vec<(i64, u64, u64)>,
+    approximate: bool,
 }
 
 /// What both sides must agree on for one query.
@@ -87,20 +137,15 @@ impl Model {
         self.limits.window_ms()
     }
 
-    fn ingest(
-        &mut self,
-        site: usize,
-        ts: i64,
-        id: u64,
-        carried_from: Option<u64>,
-        is_bot: bool,
-        target: &'static str,
-    ) -> bool {
-        self.clock[site] = self.clock[site].max(ts);
+    /// Records `event` (its `arrival` is assigned here) and applies the midnight carry-over.
+    fn ingest(&mut self, mut event: ModelEvent, carried_from: Option<u64>) -> bool {
+        let site = event.site;
+        self.clock[site] = self.clock[site].max(event.ts);
         let cutoff = self.clock[site] - self.window_ms();
-        if ts <= cutoff {
+        if event.ts <= cutoff {
             return false;
         }
+        let (id, is_bot) = (event.id, event.is_bot);
         if let Some(from) = carried_from.filter(|from| *from != id) {
             let from_active = self
                 .events
@@ -114,17 +159,90 @@ impl Model {
                 }
             }
         }
-        let arrival = self.next_arrival[site];
+        event.arrival = self.next_arrival[site];
         self.next_arrival[site] += 1;
-        self.events.push(ModelEvent {
-            site,
-            ts,
-            id,
-            is_bot,
-            target,
-            arrival,
-        });
+        self.events.push(event);
         true
+    }
+
+    fn breakdown(
+        &mut self,
+        site: usize,
+        now: i64,
+        include_bots: bool,
+        limit: usize,
+    ) -> BreakdownAnswer {
+        self.clock[site] = self.clock[site].max(now);
+        let as_of = self.clock[site];
+        let cutoff = as_of - self.window_ms();
+        let counted: Vec<&ModelEvent> = self
+            .events
+            .iter()
+            .filter(|e| {
+                e.site == site && (include_bots || !e.is_bot) && e.ts > cutoff && e.ts <= as_of
+            })
+            .collect();
+        type Counts = BTreeMap<String, (BTreeSet<(u64, bool)>, u64)>;
+        let mut lists: Vec<Counts> = (0..BreakdownList::ALL.len())
+            .map(|_| Counts::new())
+            .collect();
+        for e in &counted {
+            let a = e.attributes;
+            let mut values: Vec<(BreakdownList, String)> = vec![
+                (BreakdownList::Browsers, a.browser.as_str().to_owned()),
+                (BreakdownList::Devices, a.device.as_str().to_owned()),
+            ];
+            values.push(match e.kind {
+                EventKind::Pageview => (BreakdownList::Pages, e.target.to_owned()),
+                EventKind::Custom => (BreakdownList::Events, e.target.to_owned()),
+            });
+            if let Some(referrer) = a.referrer {
+                values.push((BreakdownList::Referrers, referrer.to_owned()));
+            }
+            if let Some(country) = a.country {
+                values.push((BreakdownList::Countries, country.to_owned()));
+            }
+            for (list, value) in values {
+                let entry = lists[list.index()].entry(value).or_default();
+                entry.0.insert((e.id, e.is_bot));
+                entry.1 += 1;
+            }
+        }
+        let lists = lists
+            .into_iter()
+            .map(|counts| {
+                let mut rows: Vec<(String, u64, u64)> = counts
+                    .into_iter()
+                    .map(|(value, (visitors, events))| (value, visitors.len() as u64, events))
+                    .collect();
+                rows.sort_by(|a, b| b.1.cmp(&a.1).then(b.2.cmp(&a.2)).then(a.0.cmp(&b.0)));
+                rows.truncate(limit);
+                rows
+            })
+            .collect();
+        let last_minute = as_of.div_euclid(60_000);
+        let series = (0..SERIES_MINUTES as i64)
+            .map(|i| {
+                let minute = last_minute - (SERIES_MINUTES as i64 - 1) + i;
+                let in_minute: Vec<&&ModelEvent> = counted
+                    .iter()
+                    .filter(|e| e.ts.div_euclid(60_000) == minute)
+                    .collect();
+                let visitors: BTreeSet<(u64, bool)> =
+                    in_minute.iter().map(|e| (e.id, e.is_bot)).collect();
+                let pageviews = in_minute
+                    .iter()
+                    .filter(|e| e.kind == EventKind::Pageview)
+                    .count();
+                (minute * 60_000, visitors.len() as u64, pageviews as u64)
+            })
+            .collect();
+        BreakdownAnswer {
+            as_of_ms: as_of,
+            lists,
+            series,
+            approximate: false,
+        }
     }
 
     fn realtime(&mut self, site: usize, now: i64, include_bots: bool) -> Answer {
@@ -197,6 +315,58 @@ fn engine_answer(engine: &Engine, site: usize, now: i64, include_bots: bool) -> 
     }
 }
 
+fn engine_breakdown(
+    engine: &Engine,
+    site: usize,
+    now: i64,
+    include_bots: bool,
+    limit: usize,
+) -> BreakdownAnswer {
+    let answer: Breakdown = engine
+        .breakdown(&site_id(site), now, include_bots, limit)
+        .unwrap();
+    BreakdownAnswer {
+        as_of_ms: answer.as_of_ms,
+        lists: answer
+            .lists
+            .iter()
+            .map(|rows| {
+                rows.iter()
+                    .map(|r| (r.value.to_string(), r.visitors, r.events))
+                    .collect()
+            })
+            .collect(),
+        series: answer
+            .series
+            .iter()
+            .map(|p| (p.minute_ms, p.visitors, p.pageviews))
+            .collect(),
+        approximate: answer.approximate,
+    }
+}
+
+/// Compares the realtime answer and the breakdown (in full and cut to two rows) at `now`.
+fn compare_at(
+    engine: &Engine,
+    model: &mut Model,
+    site: usize,
+    now: i64,
+    include_bots: bool,
+) -> Result<(), String> {
+    let expected = model.realtime(site, now, include_bots);
+    same(engine_answer(engine, site, now, include_bots), expected)?;
+    for limit in [ALL_ROWS, 2] {
+        let expected = model.breakdown(site, now, include_bots, limit);
+        let actual = engine_breakdown(engine, site, now, include_bots, limit);
+        if actual != expected {
+            return Err(format!(
+                "breakdowns differ (limit {limit}):\n engine {actual:?}\n model  {expected:?}"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Runs `ops` against both the engine and the model from `start_ms`, comparing every answer.
 pub fn run(limits: EngineLimits, start_ms: i64, ops: &[Op]) -> Result<(), String> {
     let engine = Engine::new(limits).unwrap();
@@ -236,26 +406,37 @@ pub fn run(limits: EngineLimits, start_ms: i64, ops: &[Op]) -> Result<(), String
                     continue;
                 };
                 let is_bot = person >= FIRST_BOT;
+                let kind = if target >= FIRST_CUSTOM {
+                    EventKind::Custom
+                } else {
+                    EventKind::Pageview
+                };
+                let attributes = attributes(person, step_ms, target);
                 let event = Event {
                     website: site_id(site),
                     ts: ts_at,
                     visitor: identity.visitor,
-                    kind: EventKind::Pageview,
+                    kind,
                     target: Arc::from(TARGETS[target]),
-                    referrer_domain: None,
+                    referrer_domain: attributes.referrer.map(Arc::from),
                     is_bot,
-                    browser: Browser::Firefox,
-                    device: DeviceType::Mobile,
-                    country: None,
+                    browser: attributes.browser,
+                    device: attributes.device,
+                    country: attributes.country.and_then(CountryCode::new),
                 };
                 let outcome = engine.ingest(event, identity.carried_from).unwrap();
                 let windowed = model.ingest(
-                    site,
-                    ts,
-                    identity.visitor.0,
+                    ModelEvent {
+                        site,
+                        ts,
+                        id: identity.visitor.0,
+                        is_bot,
+                        target: TARGETS[target],
+                        arrival: 0,
+                        kind,
+                        attributes,
+                    },
                     identity.carried_from.map(|v: VisitorId| v.0),
-                    is_bot,
-                    TARGETS[target],
                 );
                 if matches!(outcome, Ingested::Windowed { .. }) != windowed {
                     return Err(format!(
@@ -270,8 +451,7 @@ pub fn run(limits: EngineLimits, start_ms: i64, ops: &[Op]) -> Result<(), String
                 include_bots,
             } => {
                 cursor += step_ms;
-                let expected = model.realtime(site, cursor, include_bots);
-                same(engine_answer(&engine, site, cursor, include_bots), expected)?;
+                compare_at(&engine, &mut model, site, cursor, include_bots)?;
             }
             Op::QueryAtEdge {
                 site,
@@ -285,15 +465,13 @@ pub fn run(limits: EngineLimits, start_ms: i64, ops: &[Op]) -> Result<(), String
                 let edge = ingested_ts[event_pick % ingested_ts.len()] + limits.window_ms();
                 let now = edge + delta_ms;
                 cursor = cursor.max(now);
-                let expected = model.realtime(site, now, include_bots);
-                same(engine_answer(&engine, site, now, include_bots), expected)?;
+                compare_at(&engine, &mut model, site, now, include_bots)?;
             }
         }
     }
     for site in 0..SITES {
         for include_bots in [false, true] {
-            let expected = model.realtime(site, cursor, include_bots);
-            same(engine_answer(&engine, site, cursor, include_bots), expected)?;
+            compare_at(&engine, &mut model, site, cursor, include_bots)?;
         }
     }
     Ok(())
