@@ -20,6 +20,7 @@ use crate::metrics::Route;
 use crate::state::AppState;
 
 pub mod assets;
+pub mod breakdown;
 pub mod collect;
 pub mod health;
 pub mod json_errors;
@@ -42,6 +43,7 @@ pub mod path {
     pub const WEBSITES: &str = "/api/websites";
     pub const WEBSITE: &str = "/api/websites/{id}";
     pub const REALTIME: &str = "/api/websites/{id}/realtime";
+    pub const BREAKDOWN: &str = "/api/websites/{id}/realtime/breakdown";
     pub const HEALTHZ: &str = "/healthz";
     pub const READYZ: &str = "/readyz";
     pub const METRICS: &str = "/metrics";
@@ -58,6 +60,7 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .delete(websites::delete),
         )
         .route(path::REALTIME, get(realtime::realtime))
+        .route(path::BREAKDOWN, get(breakdown::breakdown))
         .route(path::METRICS, get(scrape::metrics))
         // Route layers run last-added first: the token (or loopback) check comes before the
         // body's type is looked at.
@@ -109,6 +112,7 @@ fn route_label(pattern: Option<&str>) -> Route {
             Route::Collect
         }
         Some(path::REALTIME) => Route::Realtime,
+        Some(path::BREAKDOWN) => Route::Breakdown,
         Some(path::WEBSITES | path::WEBSITE) => Route::Websites,
         Some(path::HEALTHZ) => Route::Healthz,
         Some(path::READYZ) => Route::Readyz,
@@ -151,6 +155,10 @@ mod tests {
         assert_eq!(
             route_label(Some("/api/websites/{id}/realtime")),
             Route::Realtime
+        );
+        assert_eq!(
+            route_label(Some("/api/websites/{id}/realtime/breakdown")),
+            Route::Breakdown
         );
         assert_eq!(route_label(Some("/api/websites/{id}")), Route::Websites);
         assert_eq!(route_label(Some("/api/websites")), Route::Websites);
