@@ -429,3 +429,183 @@ impl ClassBreakdown {
         into.approximate |= self.is_approximate();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::Engine;
+    use crate::event::{Browser, CountryCode, DeviceType, EventKind, Timestamp, WebsiteId};
+    use crate::limits::EngineLimits;
+
+    const T0: i64 = 1_772_532_000_000;
+
+    fn site() -> WebsiteId {
+        WebsiteId::new("s").unwrap()
+    }
+
+    fn event(ts: i64, visitor: u64, target: &str) -> Event {
+        Event {
+            website: site(),
+            ts: Timestamp::from_unix_ms(ts).unwrap(),
+            visitor: VisitorId(visitor),
+            kind: EventKind::Pageview,
+            target: Arc::from(target),
+            referrer_domain: None,
+            is_bot: false,
+            browser: Browser::Chrome,
+            device: DeviceType::Desktop,
+            country: CountryCode::new("se"),
+        }
+    }
+
+    fn engine(limits: EngineLimits) -> Engine {
+        let engine = Engine::new(limits).unwrap();
+        engine.add_website(site()).unwrap();
+        engine
+    }
+
+    fn pages(answer: &Breakdown) -> Vec<(String, u64, u64)> {
+        answer
+            .list(BreakdownList::Pages)
+            .iter()
+            .map(|r| (r.value.to_string(), r.visitors, r.events))
+            .collect()
+    }
+
+    fn row(value: &str, visitors: u64, events: u64) -> (String, u64, u64) {
+        (value.to_owned(), visitors, events)
+    }
+
+    #[test]
+    fn values_past_the_cap_count_as_other_until_some_leave_the_window() {
+        let engine = engine(EngineLimits {
+            breakdown_values_per_list: 2,
+            ..EngineLimits::default()
+        });
+        engine.ingest(event(T0, 1, "/a"), None).unwrap();
+        engine.ingest(event(T0 + 1_000, 2, "/b"), None).unwrap();
+        engine.ingest(event(T0 + 2_000, 3, "/c"), None).unwrap();
+        engine.ingest(event(T0 + 2_000, 4, "/d"), None).unwrap();
+        let answer = engine.breakdown(&site(), T0 + 2_000, false, 10).unwrap();
+        assert_eq!(
+            pages(&answer),
+            [row(OTHER_VALUE, 2, 2), row("/a", 1, 1), row("/b", 1, 1)]
+        );
+        assert!(
+            !answer.approximate,
+            "the cap bounds values, the counts stay exact"
+        );
+        // "/a" leaves the window, so its place is free for the next new value.
+        let later = T0 + 1_800_000 + 500;
+        engine.ingest(event(later, 5, "/e"), None).unwrap();
+        let answer = engine.breakdown(&site(), later, false, 10).unwrap();
+        assert_eq!(
+            pages(&answer),
+            [row(OTHER_VALUE, 2, 2), row("/b", 1, 1), row("/e", 1, 1)]
+        );
+    }
+
+    #[test]
+    fn a_value_leaves_exactly_when_its_last_event_leaves_the_window() {
+        let engine = engine(EngineLimits::default());
+        engine.ingest(event(T0, 1, "/a"), None).unwrap();
+        engine.ingest(event(T0 + 10, 1, "/a"), None).unwrap();
+        let edge = T0 + 1_800_000;
+        let at = |now: i64| pages(&engine.breakdown(&site(), now, false, 10).unwrap());
+        assert_eq!(at(edge - 1), [row("/a", 1, 2)]);
+        assert_eq!(at(edge), [row("/a", 1, 1)], "(clock - window, clock]");
+        assert_eq!(at(edge + 10), []);
+    }
+
+    #[test]
+    fn series_has_thirty_minutes_ending_with_the_current_one() {
+        let engine = engine(EngineLimits::default());
+        let minute = 60_000;
+        engine.ingest(event(T0 + 5, 1, "/"), None).unwrap();
+        engine.ingest(event(T0 + 6, 1, "/"), None).unwrap();
+        engine.ingest(event(T0 + 7, 2, "/"), None).unwrap();
+        engine
+            .ingest(event(T0 + 29 * minute + 30_000, 1, "/"), None)
+            .unwrap();
+        let answer = engine
+            .breakdown(&site(), T0 + 29 * minute + 31_000, false, 10)
+            .unwrap();
+        assert_eq!(answer.series.len(), SERIES_MINUTES);
+        assert_eq!(answer.series[0].minute_ms, T0);
+        assert_eq!(
+            (answer.series[0].visitors, answer.series[0].pageviews),
+            (2, 3)
+        );
+        let last = answer.series[SERIES_MINUTES - 1];
+        assert_eq!(
+            (last.minute_ms, last.visitors, last.pageviews),
+            (T0 + 29 * minute, 1, 1)
+        );
+        assert!(answer.series[1..29]
+            .iter()
+            .all(|p| p.visitors == 0 && p.pageviews == 0));
+    }
+
+    /// 60k visitors on one website under a 512 KiB budget: its breakdown turns estimated (event
+    /// counts exact, visitors scaled), stays within the budget, and is exact again once the
+    /// traffic it cannot hold has left and a shadow has seen a whole window.
+    #[test]
+    fn a_full_budget_estimates_visitors_keeps_events_exact_and_recovers() {
+        let engine = engine(EngineLimits {
+            visitor_memory_bytes: 512 * 1024,
+            ..EngineLimits::default()
+        });
+        let paths = ["/a", "/b", "/c"];
+        for v in 0..60_000_u64 {
+            let e = event(T0 + (v % 1_000) as i64, v, paths[(v % 3) as usize]);
+            engine.ingest(e, None).unwrap();
+        }
+        engine.advance_to(T0 + 1_000);
+        assert!(engine.budget().used_bytes() <= engine.budget().limit_bytes());
+        let answer = engine.breakdown(&site(), T0 + 1_000, false, 10).unwrap();
+        assert!(answer.approximate);
+        let rows = pages(&answer);
+        assert_eq!(rows.iter().map(|r| r.2).sum::<u64>(), 60_000, "{rows:?}");
+        for (_, visitors, events) in &rows {
+            assert_eq!(*events, 20_000);
+            let error = (*visitors as f64 - 20_000.0).abs() / 20_000.0;
+            assert!(error < 0.05, "{rows:?}");
+        }
+        let series_visitors: u64 = answer.series.iter().map(|p| p.visitors).sum();
+        let error = (series_visitors as f64 - 60_000.0).abs() / 60_000.0;
+        assert!(error < 0.25, "sketched minute visitors {series_visitors}");
+
+        // Ten visitors every 10 s (an exact state of 1,800 events fits) for two windows and a
+        // bit: exact again.
+        let mut now = T0 + 1_000;
+        for _ in 0..400 {
+            now += 10_000;
+            for v in 0..10 {
+                let visitor = 1_000_000 + v;
+                engine.ingest(event(now, visitor, "/quiet"), None).unwrap();
+            }
+            engine.advance_to(now);
+        }
+        let answer = engine.breakdown(&site(), now, false, 10).unwrap();
+        assert!(!answer.approximate, "still estimated");
+        assert_eq!(pages(&answer), [row("/quiet", 10, 1_800)]);
+    }
+
+    #[test]
+    fn shedding_turns_an_exact_breakdown_estimated_and_keeps_its_events() {
+        let mut class = ClassBreakdown::new(1800, 100);
+        let budget = MemoryBudget::new(usize::MAX);
+        for v in 0..100_u64 {
+            class.record(&event(T0 + v as i64, v, "/x"), None, &budget);
+        }
+        let exact = class.memory_bytes();
+        assert!(class.shed_memory());
+        assert!(class.is_approximate());
+        assert!(class.memory_bytes() < exact + 16 * 1024);
+        assert!(!class.shed_memory(), "nothing more to give");
+        let mut gathered = Gathered::new(T0 + 100);
+        class.gather(100, &mut gathered);
+        let answer = gathered.rank(T0 + 100, 10);
+        assert_eq!(pages(&answer), [row("/x", 100, 100)]);
+    }
+}

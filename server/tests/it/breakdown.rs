@@ -1,8 +1,10 @@
 //! `GET /api/websites/{id}/realtime/breakdown` over HTTP (issue 14): the documented shape, the
 //! ranking (visitors, then events, then value), `limit`, the admin token, the 400 and 404
-//! answers, and bots kept apart unless asked for. The exact counting itself is the engine's
+//! answers, bots kept apart unless asked for, and the replay of the log rebuilding it. The exact counting itself is the engine's
 //! property test's (`engine/tests/model.rs`); here each visitor is a distinct client address
 //! behind a trusted proxy.
+
+use std::time::Duration;
 
 use pulse_testkit::fixtures::{
     error_check, keys, now_secs, pageview, parse_utc_second, Failures, CHROME_DESKTOP,
@@ -311,4 +313,39 @@ async fn breakdown_needs_the_admin_token() {
         failures.push(format!("with the token: {with_token:?}"));
     }
     failures.assert_none();
+}
+
+#[tokio::test]
+async fn a_restart_rebuilds_the_breakdown_from_the_log() {
+    let mut server = start(proxied());
+    server.site("s", "example.com").await;
+    three_visitors(&server).await;
+    send_from(
+        &server,
+        "198.51.100.9",
+        GOOGLEBOT,
+        &pageview("s", "/robots"),
+    )
+    .await;
+    let lists = |data: &Value| LISTS.map(|list| rows(data, list));
+    let pageviews = |data: &Value| -> u64 {
+        data["series"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["pageviews"].as_u64().unwrap())
+            .sum()
+    };
+    let before = server.breakdown_q("s", "?include_bots=true").await;
+    assert_eq!(pageviews(&before), 8);
+
+    let status = server.restart();
+    assert_eq!(status.code(), Some(0), "exit status after SIGTERM");
+    server.wait_ready(Duration::from_secs(20)).await;
+
+    let after = server.breakdown_q("s", "?include_bots=true").await;
+    assert_eq!(lists(&after), lists(&before));
+    assert_eq!(pageviews(&after), 8);
+    let humans = server.breakdown_q("s", "").await;
+    assert_eq!(rows(&humans, "pages")[0], row("/pricing", 2, 3));
 }
