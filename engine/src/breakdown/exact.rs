@@ -5,9 +5,11 @@
 //!   in-order event appends, a late one is inserted at its place (the distance from the back),
 //!   and expiry pops from the front, so each event is touched twice in all.
 //! - One node per active visitor (found through a `hashbrown::HashTable` of slot indices),
-//!   holding the visitor's own `(value id, events)` pairs inline — a visitor usually has a
-//!   handful — and a bitmask of the minutes it was seen in. A value's `visitors` is the number
-//!   of nodes holding a pair for it, kept as pairs appear and disappear.
+//!   holding the visitor's first `(value id, events)` pairs inline — a human visitor usually has
+//!   a handful — and a bitmask of the minutes it was seen in. Pairs past the inline ones (a
+//!   crawler's hundreds of pages) go to one shared table keyed by `(visitor slot, value id)`,
+//!   so no visitor's pairs are ever scanned. A value's `visitors` is the number of visitors
+//!   holding a pair for it, kept as pairs appear and disappear.
 //! - One slot per minute for the series: distinct visitors (counted when a node's minute bit
 //!   is first set) and pageviews. Every minute the series shows lies wholly inside the window, so a slot
 //!   only ever grows until its minute leaves the series.
@@ -39,8 +41,85 @@ struct Record {
     values: PackedValues,
 }
 
-/// Pairs a visitor keeps without a heap allocation.
+/// Pairs a visitor keeps in its node; the rest go to the shared spill table.
 const INLINE_PAIRS: usize = 6;
+
+/// A pair that did not fit in its visitor's node.
+#[derive(Debug, Clone, Copy)]
+struct SpilledPair {
+    slot: u32,
+    value: u32,
+    events: u32,
+}
+
+fn pair_hash(slot: u32, value: u32) -> u64 {
+    spread((u64::from(slot) << 32) | u64::from(value))
+}
+
+/// Adds `events` to the pair `(slot, id)`, returning whether the pair is new.
+fn add_pair(
+    node: &mut VisitorNode,
+    slot: u32,
+    spilled: &mut HashTable<SpilledPair>,
+    id: u32,
+    events: u32,
+) -> bool {
+    if let Some((_, held)) = node.pairs.iter_mut().find(|(value, _)| *value == id) {
+        *held += events;
+        return false;
+    }
+    let hash = pair_hash(slot, id);
+    if node.spilled > 0 {
+        if let Some(pair) = spilled.find_mut(hash, |p| p.slot == slot && p.value == id) {
+            pair.events += events;
+            return false;
+        }
+    }
+    if node.pairs.len() < INLINE_PAIRS {
+        node.pairs.push((id, events));
+    } else {
+        let pair = SpilledPair {
+            slot,
+            value: id,
+            events,
+        };
+        spilled.insert_unique(hash, pair, |p| pair_hash(p.slot, p.value));
+        node.spilled += 1;
+    }
+    true
+}
+
+/// Takes one event from the pair `(slot, id)`, returning whether the pair is gone.
+fn remove_one(
+    node: &mut VisitorNode,
+    slot: u32,
+    spilled: &mut HashTable<SpilledPair>,
+    id: u32,
+) -> bool {
+    if let Some(at) = node.pairs.iter().position(|(value, _)| *value == id) {
+        node.pairs[at].1 -= 1;
+        if node.pairs[at].1 == 0 {
+            node.pairs.swap_remove(at);
+            return true;
+        }
+        return false;
+    }
+    if node.spilled == 0 {
+        return false;
+    }
+    match spilled.find_entry(pair_hash(slot, id), |p| p.slot == slot && p.value == id) {
+        Ok(entry) if entry.get().events <= 1 => {
+            entry.remove();
+            node.spilled -= 1;
+            true
+        }
+        Ok(entry) => {
+            entry.into_mut().events -= 1;
+            false
+        }
+        Err(_) => false,
+    }
+}
 
 #[derive(Debug)]
 struct VisitorNode {
@@ -50,19 +129,14 @@ struct VisitorNode {
     newest_minute: i64,
     /// Records in the queue that count for this visitor; the node is freed at 0.
     live: u32,
-    /// `(value id, events)` for every value this visitor's events carry.
+    /// `(value id, events)` for the first values this visitor's events carry (never more
+    /// than `INLINE_PAIRS`, so it never allocates).
     pairs: SmallVec<[(u32, u32); INLINE_PAIRS]>,
+    /// Pairs of this visitor in the spill table.
+    spilled: u32,
 }
 
 impl VisitorNode {
-    fn heap_bytes(&self) -> usize {
-        if self.pairs.spilled() {
-            self.pairs.capacity() * std::mem::size_of::<(u32, u32)>()
-        } else {
-            0
-        }
-    }
-
     /// Sets the bit of `minute`, returning whether it was clear.
     fn mark_minute(&mut self, minute: i64) -> bool {
         if minute > self.newest_minute {
@@ -134,8 +208,7 @@ pub(crate) struct ExactBreakdown {
     table: HashTable<u32>,
     counts: Vec<ValueCounts>,
     minutes: [MinuteCounts; MINUTE_SLOTS],
-    /// Bytes of the nodes' spilled pair lists.
-    heap_bytes: usize,
+    spilled: HashTable<SpilledPair>,
 }
 
 impl ExactBreakdown {
@@ -147,7 +220,7 @@ impl ExactBreakdown {
             table: HashTable::new(),
             counts: Vec::new(),
             minutes: [NO_MINUTE; MINUTE_SLOTS],
-            heap_bytes: 0,
+            spilled: HashTable::new(),
         }
     }
 
@@ -163,7 +236,7 @@ impl ExactBreakdown {
             + self.free_nodes.capacity() * std::mem::size_of::<u32>()
             + self.table.allocation_size()
             + self.counts.capacity() * std::mem::size_of::<ValueCounts>()
-            + self.heap_bytes
+            + self.spilled.allocation_size()
     }
 
     /// Bytes the next event could add by making the queue, the nodes or the table grow (0 when
@@ -178,6 +251,9 @@ impl ExactBreakdown {
         }
         if self.table.len() == self.table.capacity() {
             growth += self.table.allocation_size().max(64);
+        }
+        if self.spilled.len() == self.spilled.capacity() {
+            growth += self.spilled.allocation_size().max(64);
         }
         growth
     }
@@ -245,7 +321,6 @@ impl ExactBreakdown {
         }
         let fresh_minute = node.mark_minute(minute) || first_record;
         node.live += 1;
-        let heap_before = node.heap_bytes();
         let bound = values.iter().max().map_or(0, |id| id as usize + 1);
         if self.counts.len() < bound {
             self.counts.resize(bound, ValueCounts::default());
@@ -253,15 +328,10 @@ impl ExactBreakdown {
         for id in values.iter() {
             let counts = &mut self.counts[id as usize];
             counts.events += 1;
-            match node.pairs.iter_mut().find(|(value, _)| *value == id) {
-                Some((_, events)) => *events += 1,
-                None => {
-                    node.pairs.push((id, 1));
-                    counts.visitors += 1;
-                }
+            if add_pair(node, slot, &mut self.spilled, id, 1) {
+                counts.visitors += 1;
             }
         }
-        self.heap_bytes = self.heap_bytes + node.heap_bytes() - heap_before;
         let minute_slot = &mut self.minutes[minute.rem_euclid(MINUTE_SLOTS as i64) as usize];
         if minute_slot.minute < minute {
             *minute_slot = MinuteCounts {
@@ -296,24 +366,16 @@ impl ExactBreakdown {
             self.queue.pop_front();
             let values = record.values.unpack();
             table.release(&values);
-            let node = &mut self.nodes[record.visitor as usize];
-            let heap_before = node.heap_bytes();
+            let slot = record.visitor;
+            let node = &mut self.nodes[slot as usize];
             for id in values.iter() {
                 let counts = &mut self.counts[id as usize];
                 counts.events -= 1;
-                if let Some(at) = node.pairs.iter().position(|(value, _)| *value == id) {
-                    node.pairs[at].1 -= 1;
-                    if node.pairs[at].1 == 0 {
-                        node.pairs.swap_remove(at);
-                        counts.visitors -= 1;
-                    }
+                if remove_one(node, slot, &mut self.spilled, id) {
+                    counts.visitors -= 1;
                 }
             }
             node.live -= 1;
-            if node.live == 0 {
-                node.pairs = SmallVec::new();
-            }
-            self.heap_bytes = self.heap_bytes + node.heap_bytes() - heap_before;
             if node.live == 0 {
                 self.release_node(record.visitor);
             }
@@ -327,6 +389,7 @@ impl ExactBreakdown {
             newest_minute: i64::MIN,
             live: 0,
             pairs: SmallVec::new(),
+            spilled: 0,
         };
         let slot = match self.free_nodes.pop() {
             Some(slot) => {
@@ -377,42 +440,40 @@ impl ExactBreakdown {
 
     /// Folds node `from` (already out of the table) into node `to`.
     fn merge(&mut self, from: u32, to: u32) {
-        let taken = std::mem::take(&mut self.nodes[from as usize].pairs);
-        let from_heap = if taken.spilled() {
-            taken.capacity() * std::mem::size_of::<(u32, u32)>()
-        } else {
-            0
-        };
+        let mut moved: Vec<(u32, u32)> = std::mem::take(&mut self.nodes[from as usize].pairs)
+            .into_iter()
+            .collect();
+        if self.nodes[from as usize].spilled > 0 {
+            self.spilled.retain(|p| {
+                let mine = p.slot == from;
+                if mine {
+                    moved.push((p.value, p.events));
+                }
+                !mine
+            });
+        }
         let (from_minutes, from_newest, from_live) = {
             let node = &self.nodes[from as usize];
             (node.minutes, node.newest_minute, node.live)
         };
         let node = &mut self.nodes[to as usize];
-        let heap_before = node.heap_bytes();
-        for (id, events) in taken {
-            match node.pairs.iter_mut().find(|(value, _)| *value == id) {
-                Some((_, held)) => {
-                    *held += events;
-                    self.counts[id as usize].visitors -= 1;
-                }
-                None => node.pairs.push((id, events)),
+        for (id, events) in moved {
+            if !add_pair(node, to, &mut self.spilled, id, events) {
+                self.counts[id as usize].visitors -= 1;
             }
         }
         let newest = node.newest_minute.max(from_newest);
-        let from_aligned = VisitorNode {
-            id: 0,
-            minutes: from_minutes,
-            newest_minute: from_newest,
-            live: 0,
-            pairs: SmallVec::new(),
-        }
-        .minutes_as_of(newest);
+        let shift = newest - from_newest;
+        let from_aligned = if shift >= 64 {
+            0
+        } else {
+            from_minutes << shift
+        };
         let to_aligned = node.minutes_as_of(newest);
         let both = from_aligned & to_aligned;
         node.minutes = from_aligned | to_aligned;
         node.newest_minute = newest;
         node.live += from_live;
-        self.heap_bytes = self.heap_bytes + node.heap_bytes() - heap_before - from_heap;
         for back in 0..64_i64 {
             if both & (1 << back) != 0 {
                 let minute = newest - back;
@@ -425,7 +486,9 @@ impl ExactBreakdown {
         for record in self.queue.iter_mut().filter(|r| r.visitor == from) {
             record.visitor = to;
         }
-        self.nodes[from as usize].live = 0;
+        let from_node = &mut self.nodes[from as usize];
+        from_node.live = 0;
+        from_node.spilled = 0;
         self.free_nodes.push(from);
     }
 }

@@ -608,4 +608,36 @@ mod tests {
         let answer = gathered.rank(T0 + 100, 10);
         assert_eq!(pages(&answer), [row("/x", 100, 100)]);
     }
+
+    /// A crawler's pairs overflow its node into the shared table; counts stay exact, and
+    /// everything is given back when its events leave.
+    #[test]
+    fn a_crawler_with_a_thousand_pages_counts_exactly_and_leaves_nothing_behind() {
+        let engine = engine(EngineLimits::default());
+        for page in 0..1_000_i64 {
+            let path = format!("/p/{page}");
+            engine.ingest(event(T0 + page, 7, &path), None).unwrap();
+            engine.ingest(event(T0 + page, 8, &path), None).unwrap();
+        }
+        let answer = engine.breakdown(&site(), T0 + 1_000, false, 100).unwrap();
+        assert_eq!(answer.list(BreakdownList::Pages).len(), 100);
+        assert!(answer
+            .list(BreakdownList::Pages)
+            .iter()
+            .all(|r| (r.visitors, r.events) == (2, 2)));
+        let browsers = answer.list(BreakdownList::Browsers);
+        assert_eq!((browsers[0].visitors, browsers[0].events), (2, 2_000));
+        let later = T0 + 1_800_000 + 1_000;
+        let answer = engine.breakdown(&site(), later, false, 100).unwrap();
+        assert_eq!(answer.list(BreakdownList::Pages).len(), 0);
+        let mut class = ClassBreakdown::new(1800, 4_096);
+        let budget = MemoryBudget::new(usize::MAX);
+        for page in 0..1_000_i64 {
+            class.record(&event(T0 + page, 7, &format!("/p/{page}")), None, &budget);
+        }
+        class.advance_to(later, 0, &budget);
+        let mut gathered = Gathered::new(later);
+        class.gather(0, &mut gathered);
+        assert!(gathered.lists.iter().all(Vec::is_empty));
+    }
 }
