@@ -42,7 +42,7 @@ struct Record {
 }
 
 /// Pairs a visitor keeps in its node; the rest go to the shared spill table.
-const INLINE_PAIRS: usize = 6;
+const INLINE_PAIRS: usize = 8;
 
 /// A pair that did not fit in its visitor's node.
 #[derive(Debug, Clone, Copy)]
@@ -490,5 +490,16 @@ impl ExactBreakdown {
         from_node.live = 0;
         from_node.spilled = 0;
         self.free_nodes.push(from);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_and_nodes_keep_their_documented_sizes() {
+        assert_eq!(std::mem::size_of::<Record>(), 24);
+        assert_eq!(std::mem::size_of::<VisitorNode>(), 112);
     }
 }

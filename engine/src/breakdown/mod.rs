@@ -30,9 +30,9 @@ pub use values::{BreakdownList, OTHER_VALUE};
 pub const SERIES_MINUTES: usize = 30;
 
 /// Bytes an exact breakdown needs per active visitor and per event, used to decide when an
-/// estimated one would fit again (a node of 88 bytes plus its table slot, a 24-byte record,
+/// estimated one would fit again (a node of 112 bytes plus its table slot, a 24-byte record,
 /// rounded up for the containers' growth headroom).
-const EXACT_BYTES_PER_VISITOR: usize = 128;
+const EXACT_BYTES_PER_VISITOR: usize = 160;
 const EXACT_BYTES_PER_EVENT: usize = 32;
 
 /// One value of a list.
@@ -94,7 +94,8 @@ pub(crate) struct Gathered<'a> {
     series: [(u64, u64); SERIES_MINUTES],
     first_minute: i64,
     approximate: bool,
-    classes: usize,
+    /// Per list, how many classes contributed rows: only then are equal texts summed.
+    contributors: [u8; 6],
 }
 
 impl<'a> Gathered<'a> {
@@ -105,14 +106,16 @@ impl<'a> Gathered<'a> {
             series: [(0, 0); SERIES_MINUTES],
             first_minute: as_of_ms.div_euclid(MINUTE_MS) - (SERIES_MINUTES as i64 - 1),
             approximate: false,
-            classes: 0,
+            contributors: [0; 6],
         }
     }
 
     /// Ranks each list and keeps its first `limit` rows.
     pub fn rank(self, as_of_ms: i64, limit: usize) -> Breakdown {
-        let merge = self.classes > 1;
-        let lists = self.lists.map(|tallies| rank(tallies, merge, limit));
+        let mut merge = self.contributors.map(|classes| classes > 1).into_iter();
+        let lists = self
+            .lists
+            .map(|tallies| rank(tallies, merge.next().unwrap_or(true), limit));
         let series = (0..SERIES_MINUTES)
             .map(|i| MinutePoint {
                 minute_ms: (self.first_minute + i as i64) * MINUTE_MS,
@@ -393,7 +396,7 @@ impl ClassBreakdown {
     /// Adds this class's values and series to `into`. `visitors_in_window` and the estimate's
     /// events scale estimated visitor counts.
     pub fn gather<'a>(&'a self, visitors_in_window: u64, into: &mut Gathered<'a>) {
-        into.classes += 1;
+        let before = into.lists.each_ref().map(Vec::len);
         let first_minute = into.first_minute;
         for id in 0..self.values.id_bound() {
             let (visitors, events) = match &self.mode {
@@ -416,6 +419,11 @@ impl ClassBreakdown {
                 visitors,
                 events,
             });
+        }
+        for (list, len) in before.into_iter().enumerate() {
+            if into.lists[list].len() > len {
+                into.contributors[list] += 1;
+            }
         }
         for (i, point) in into.series.iter_mut().enumerate() {
             let minute = first_minute + i as i64;
