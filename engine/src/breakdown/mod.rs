@@ -26,7 +26,9 @@ use exact::{ExactBreakdown, MINUTE_MS};
 use values::ValueTable;
 pub use values::{BreakdownList, OTHER_VALUE};
 
-/// Points in a breakdown's series: one per UTC minute, the last being the current one.
+/// Points in a breakdown's series: one per UTC minute, the last being the current one. With the
+/// default 30-minute window every minute shown lies wholly inside the window, which is what keeps
+/// the series exact; with a shorter window a minute's events may leave it before the minute does.
 pub const SERIES_MINUTES: usize = 30;
 
 /// Bytes an exact breakdown needs per active visitor and per event, used to decide when an
