@@ -41,6 +41,8 @@ const BUCKETS_SECS: [f64; 15] = [
 pub enum Route {
     Collect,
     Realtime,
+    /// The realtime breakdown (`/api/websites/{id}/realtime/breakdown`).
+    Breakdown,
     /// The website list and single websites (`/api/websites`, `/api/websites/{id}`).
     Websites,
     Healthz,
@@ -58,6 +60,7 @@ impl Route {
         match self {
             Self::Collect => "collect",
             Self::Realtime => "realtime",
+            Self::Breakdown => "breakdown",
             Self::Websites => "websites",
             Self::Healthz => "healthz",
             Self::Readyz => "readyz",
