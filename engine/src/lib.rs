@@ -47,8 +47,10 @@ pub use event::{
     Browser, CountryCode, DeviceType, Event, EventKind, Timestamp, Touch, VisitorId, WebsiteId,
 };
 pub use export::{
-    ApproximateExport, ClassExport, HllExport, RecentExport, RingExport, RingSlot, ShadowExport,
-    TallyExport, VisitorCountExport, WebsiteCounts, WebsiteExport, WindowExport,
+    ApproximateExport, BreakdownEventExport, BreakdownExport, BreakdownShadowExport,
+    BreakdownVisitorExport, ClassExport, EstimateMinuteExport, EstimatedBreakdownExport,
+    ExactBreakdownExport, HllExport, RecentExport, RingExport, RingSlot, ShadowExport, TallyExport,
+    TextValuesExport, VisitorCountExport, WebsiteCounts, WebsiteExport, WindowExport,
 };
 pub use identity::{
     client_visitor_id, visitor_id, DailySalt, Identity, Salt, SaltSchedule, CLIENT_ID_DOMAIN,

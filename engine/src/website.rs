@@ -105,16 +105,19 @@ impl ClassWindow {
         ClassExport {
             visitors: self.visitors.export(),
             events: self.events.export(),
+            breakdown: self.breakdown.export(),
         }
     }
 
-    // MERGE GAP (h/merge-bd): the breakdown is not in `ClassExport` yet, so a restored class
-    // starts with an empty breakdown. Closed before this reaches main.
     fn import(limits: &EngineLimits, export: ClassExport) -> Result<Self, EngineError> {
         Ok(Self {
             visitors: VisitorCount::import(limits.window_secs, export.visitors)?,
             events: EventTally::import(limits.window_secs, export.events)?,
-            breakdown: ClassBreakdown::new(limits.window_secs, limits.breakdown_values_per_list),
+            breakdown: ClassBreakdown::import(
+                limits.window_secs,
+                limits.breakdown_values_per_list,
+                export.breakdown,
+            )?,
         })
     }
 }

@@ -201,3 +201,101 @@ impl EstimatedBreakdown {
         }
     }
 }
+
+// Checkpoints: the estimate as plain data and back. The per-value totals are rebuilt from the
+// minutes.
+
+use crate::error::EngineError;
+use crate::export::EstimateMinuteExport;
+
+impl EstimatedBreakdown {
+    /// The minutes as plain data, value ids as they are (the caller describes their layout),
+    /// and the capacity of the per-value totals.
+    pub fn export(&self) -> (Vec<EstimateMinuteExport>, u64) {
+        let minutes = self
+            .minutes
+            .iter()
+            .map(|slot| {
+                let mut values: Vec<(u32, u32)> = slot.values.iter().copied().collect();
+                values.sort_unstable();
+                EstimateMinuteExport {
+                    minute: slot.minute,
+                    events: slot.events,
+                    pageviews: slot.pageviews,
+                    registers: slot.registers.to_vec(),
+                    values,
+                    values_capacity: slot.values.capacity() as u64,
+                }
+            })
+            .collect();
+        (minutes, self.events.capacity() as u64)
+    }
+
+    /// Rebuilds an estimate from `minutes`, whose value ids the caller already translated to
+    /// this build's and counted as references, with a clock at `clock_ms`.
+    pub fn import(
+        minutes: Vec<EstimateMinuteExport>,
+        events_capacity: u64,
+        clock_ms: i64,
+    ) -> Result<Self, EngineError> {
+        let invalid = EngineError::InvalidExport;
+        let too_many = |n: u64| n >= u64::from(u32::MAX);
+        if minutes.len() != MINUTE_SLOTS || too_many(events_capacity) {
+            return Err(invalid("estimated breakdown of the wrong shape"));
+        }
+        let clock_minute = clock_ms.div_euclid(MINUTE_MS);
+        let mut estimate = Self {
+            minutes: Vec::with_capacity(MINUTE_SLOTS),
+            events: Vec::with_capacity(events_capacity as usize),
+            total_events: 0,
+        };
+        for (at, minute) in minutes.into_iter().enumerate() {
+            let empty = minute.minute == i64::MIN;
+            let placed = !empty
+                && minute.minute <= clock_minute
+                && minute.minute.rem_euclid(MINUTE_SLOTS as i64) as usize == at;
+            let registers: [u8; REGISTERS] = minute
+                .registers
+                .as_slice()
+                .try_into()
+                .map_err(|_| invalid("estimated breakdown sketch of the wrong size"))?;
+            let blank = minute.events == 0
+                && minute.pageviews == 0
+                && minute.values.is_empty()
+                && registers.iter().all(|&r| r == 0);
+            if !(placed || (empty && blank))
+                || minute.pageviews > minute.events
+                || too_many(minute.values_capacity)
+                || minute.values.len() as u64 > minute.values_capacity
+                || registers.iter().any(|&r| r > 64)
+            {
+                return Err(invalid("estimated breakdown minute out of place"));
+            }
+            let mut values = HashTable::with_capacity(minute.values_capacity as usize);
+            for (id, events) in minute.values {
+                let hash = hash_id(id);
+                let listed = values.find(hash, |&(value, _)| value == id).is_some();
+                if events == 0 || events > minute.events || listed {
+                    return Err(invalid("estimated breakdown value empty or listed twice"));
+                }
+                values.insert_unique(hash, (id, events), |&(value, _)| hash_id(value));
+                if estimate.events.len() <= id as usize {
+                    estimate.events.resize(id as usize + 1, 0);
+                }
+                let total = &mut estimate.events[id as usize];
+                *total = total
+                    .checked_add(events)
+                    .ok_or(invalid("estimated breakdown value counts overflow"))?;
+            }
+            estimate.total_events += u64::from(minute.events);
+            estimate.minutes.push(EstimateMinute {
+                minute: minute.minute,
+                events: minute.events,
+                pageviews: minute.pageviews,
+                registers,
+                values,
+            });
+        }
+        Ok(estimate)
+    }
+}

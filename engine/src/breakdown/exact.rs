@@ -493,6 +493,200 @@ impl ExactBreakdown {
     }
 }
 
+// Checkpoints: the state as plain data and back. Only the events, the visitors' minute masks
+// and the series are written; the nodes' pairs and the per-value counts are rebuilt by
+// counting the events again (so the spill of a visitor past `INLINE_PAIRS` values may land
+// on other values than before; the counts are the same).
+
+use crate::error::EngineError;
+use crate::export::{BreakdownEventExport, BreakdownVisitorExport, ExactBreakdownExport};
+
+impl ExactBreakdown {
+    /// The state as plain data: value ids are written as they are (the caller describes their
+    /// layout), visitors by id.
+    pub fn export(&self) -> ExactBreakdownExport {
+        let events = self
+            .queue
+            .iter()
+            .map(|record| {
+                let values = record.values.unpack();
+                BreakdownEventExport {
+                    ts_ms: record.ts_ms,
+                    visitor: self.nodes[record.visitor as usize].id,
+                    values: values.ids,
+                    pageview: values.is_pageview,
+                }
+            })
+            .collect();
+        let mut visitors: Vec<BreakdownVisitorExport> = self
+            .table
+            .iter()
+            .map(|&slot| {
+                let node = &self.nodes[slot as usize];
+                BreakdownVisitorExport {
+                    id: node.id,
+                    slot,
+                    newest_minute: node.newest_minute,
+                    minutes: node.minutes,
+                }
+            })
+            .collect();
+        visitors.sort_unstable_by_key(|v| v.slot);
+        ExactBreakdownExport {
+            events,
+            visitors,
+            visitor_slots: self.nodes.len() as u64,
+            free_slots: self.free_nodes.clone(),
+            series: self
+                .minutes
+                .iter()
+                .map(|m| (m.minute, m.visitors, m.pageviews))
+                .collect(),
+            capacities: [
+                self.queue.capacity() as u64,
+                self.nodes.capacity() as u64,
+                self.free_nodes.capacity() as u64,
+                self.table.capacity() as u64,
+                self.counts.capacity() as u64,
+                self.spilled.capacity() as u64,
+            ],
+        }
+    }
+
+    /// Rebuilds the state of `export`, whose events' values (already checked and translated to
+    /// this build's ids, in the same order) are `values`, with a clock at `clock_ms`. The
+    /// caller checked the events' timestamps (in order, inside the window).
+    pub fn import(
+        export: &ExactBreakdownExport,
+        values: Vec<EventValues>,
+        clock_ms: i64,
+    ) -> Result<Self, EngineError> {
+        let invalid = EngineError::InvalidExport;
+        let [queue, nodes, free_nodes, table, counts, spilled] = export.capacities;
+        let too_many = |n: u64| n >= u64::from(u32::MAX);
+        let slots = export.visitor_slots;
+        if export.capacities.iter().any(|&n| too_many(n))
+            || export.events.len() as u64 > queue
+            || slots > nodes
+            || export.visitors.len() as u64 > table
+            || export.free_slots.len() as u64 > free_nodes
+            || export.visitors.len() + export.free_slots.len() != slots as usize
+            || values.len() != export.events.len()
+            || export.series.len() != MINUTE_SLOTS
+        {
+            return Err(invalid("exact breakdown larger than its allocations"));
+        }
+        let mut state = Self {
+            queue: VecDeque::with_capacity(queue as usize),
+            nodes: Vec::with_capacity(nodes as usize),
+            free_nodes: Vec::with_capacity(free_nodes as usize),
+            table: HashTable::with_capacity(table as usize),
+            counts: Vec::with_capacity(counts as usize),
+            minutes: [NO_MINUTE; MINUTE_SLOTS],
+            spilled: HashTable::with_capacity(spilled as usize),
+        };
+        // Every slot where it was, so the slots fill and grow as the original's would.
+        let mut placed = vec![false; slots as usize];
+        let mut take = |slot: u32| match placed.get_mut(slot as usize) {
+            Some(used) if !*used => {
+                *used = true;
+                Ok(())
+            }
+            _ => Err(invalid(
+                "exact breakdown visitor slot out of range or used twice",
+            )),
+        };
+        state.nodes.resize_with(slots as usize, || VisitorNode {
+            id: 0,
+            minutes: 0,
+            newest_minute: i64::MIN,
+            live: 0,
+            pairs: SmallVec::new(),
+            spilled: 0,
+        });
+        for &slot in &export.free_slots {
+            take(slot)?;
+            state.free_nodes.push(slot);
+        }
+        for visitor in &export.visitors {
+            take(visitor.slot)?;
+            if state.find(visitor.id).is_some() {
+                return Err(invalid("exact breakdown visitor listed twice"));
+            }
+            state.nodes[visitor.slot as usize].id = visitor.id;
+            let nodes = &state.nodes;
+            state
+                .table
+                .insert_unique(spread(visitor.id), visitor.slot, |&i| {
+                    spread(nodes[i as usize].id)
+                });
+        }
+        for (event, values) in export.events.iter().zip(values) {
+            if state.find(event.visitor).is_none() {
+                return Err(invalid("exact breakdown event of no active visitor"));
+            }
+            state.record(VisitorId(event.visitor), event.ts_ms, None, values);
+        }
+        let clock_minute = clock_ms.div_euclid(MINUTE_MS);
+        for visitor in &export.visitors {
+            let node = &mut state.nodes[visitor.slot as usize];
+            // Every minute the visitor's events are in must be marked, and nothing after the
+            // clock (so minute arithmetic stays in range).
+            let newest = visitor.newest_minute;
+            let shift = newest.checked_sub(node.newest_minute).unwrap_or(-1);
+            let covered = node.live > 0
+                && (0..64).contains(&shift)
+                && (node.minutes << shift) & !visitor.minutes == 0;
+            if !covered || newest > clock_minute {
+                return Err(invalid("exact breakdown visitor without events or minutes"));
+            }
+            node.newest_minute = newest;
+            node.minutes = visitor.minutes;
+        }
+        let mut marked = [0_u32; MINUTE_SLOTS];
+        for (at, &(minute, visitors, pageviews)) in export.series.iter().enumerate() {
+            let empty = minute == i64::MIN && visitors == 0 && pageviews == 0;
+            let placed = minute != i64::MIN
+                && minute <= clock_minute
+                && minute.rem_euclid(MINUTE_SLOTS as i64) as usize == at;
+            if !empty && !placed {
+                return Err(invalid("exact breakdown series slot out of place"));
+            }
+            state.minutes[at] = MinuteCounts {
+                minute,
+                visitors,
+                pageviews,
+            };
+        }
+        // A merge of two visitors takes one visitor off each minute both were seen in: each
+        // slot must count at least the visitors marking it.
+        for &slot in state.table.iter() {
+            let node = &state.nodes[slot as usize];
+            let mut mask = node.minutes;
+            while mask != 0 {
+                let back = i64::from(mask.trailing_zeros());
+                mask &= mask - 1;
+                let minute = node.newest_minute - back;
+                let at = minute.rem_euclid(MINUTE_SLOTS as i64) as usize;
+                if state.minutes[at].minute == minute {
+                    marked[at] += 1;
+                }
+            }
+        }
+        if state
+            .minutes
+            .iter()
+            .zip(marked)
+            .any(|(slot, marked)| slot.visitors < marked)
+        {
+            return Err(invalid(
+                "exact breakdown series counts fewer visitors than marked",
+            ));
+        }
+        Ok(state)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,6 +7,7 @@
 //! - `values`: `ValueTable`, dense ids for the values, with a per-list cap and `(other)`.
 //! - `exact`: `ExactBreakdown`, the event queue, per-visitor value pairs and minute bits.
 //! - `estimate`: `EstimatedBreakdown`, per-minute value counts and visitor sketches.
+//! - `export`: `ClassBreakdown::export` and `import`, for checkpoints.
 //! - here: `ClassBreakdown`, which switches between the two under the budget (with a shadow
 //!   exact state to come back, as `VisitorCount` does), and the answer: `Breakdown`, ranked.
 //!
@@ -15,6 +16,7 @@
 
 mod estimate;
 mod exact;
+mod export;
 mod values;
 
 use std::sync::Arc;

@@ -374,3 +374,283 @@ static COUNTRY_LETTERS: [u8; 2 * COUNTRIES as usize] = {
     }
     out
 };
+
+// Checkpoints: the table as plain data and back (see `crate::export::BreakdownExport` for the
+// value codes). Kept apart from the ingest path above.
+
+use crate::error::EngineError;
+use crate::export::TextValuesExport;
+
+/// Browser names in the order of their ids, as an export describes its codes.
+pub(crate) fn browser_names() -> Vec<String> {
+    Browser::ALL.iter().map(|b| b.as_str().to_owned()).collect()
+}
+
+/// Device names in the order of their ids.
+pub(crate) fn device_names() -> Vec<String> {
+    DeviceType::ALL
+        .iter()
+        .map(|d| d.as_str().to_owned())
+        .collect()
+}
+
+fn text_list_code(list: BreakdownList) -> u8 {
+    text_list_index(list) as u8
+}
+
+fn text_list_of_code(code: u8) -> Option<BreakdownList> {
+    match code {
+        0 => Some(BreakdownList::Pages),
+        1 => Some(BreakdownList::Events),
+        2 => Some(BreakdownList::Referrers),
+        _ => None,
+    }
+}
+
+/// How the value codes of one export map to this build's ids.
+#[derive(Debug)]
+pub(crate) struct CodeMap {
+    browsers: Vec<u32>,
+    devices: Vec<u32>,
+    text_slots: u32,
+}
+
+impl CodeMap {
+    /// The map of an export naming `browser_names` and `device_names` and holding
+    /// `text_slots` text slots; an error when a name is unknown here.
+    pub fn new(
+        browser_names: &[String],
+        device_names: &[String],
+        text_slots: usize,
+    ) -> Result<Self, EngineError> {
+        let invalid = EngineError::InvalidExport;
+        let browsers = browser_names
+            .iter()
+            .map(|name| Browser::ALL.iter().position(|b| b.as_str() == name))
+            .map(|at| at.map(|at| at as u32))
+            .collect::<Option<Vec<u32>>>()
+            .ok_or(invalid("breakdown names an unknown browser"))?;
+        let devices = device_names
+            .iter()
+            .map(|name| DeviceType::ALL.iter().position(|d| d.as_str() == name))
+            .map(|at| at.map(|at| DEVICE_BASE + at as u32))
+            .collect::<Option<Vec<u32>>>()
+            .ok_or(invalid("breakdown names an unknown device"))?;
+        let fixed = (browsers.len() + devices.len()) as u64 + u64::from(COUNTRIES + 3);
+        if fixed + text_slots as u64 >= u64::from(NO_VALUE) {
+            return Err(invalid("breakdown holds more values than ids"));
+        }
+        Ok(Self {
+            browsers,
+            devices,
+            text_slots: text_slots as u32,
+        })
+    }
+
+    /// This build's id of `code`, or `NO_VALUE` for "no value"; `None` when out of range.
+    fn id(&self, code: u32) -> Option<u32> {
+        if code == NO_VALUE {
+            return Some(NO_VALUE);
+        }
+        let mut code = code as usize;
+        if let Some(&id) = self.browsers.get(code) {
+            return Some(id);
+        }
+        code -= self.browsers.len();
+        if let Some(&id) = self.devices.get(code) {
+            return Some(id);
+        }
+        code -= self.devices.len();
+        let code = code as u32;
+        if code < COUNTRIES + 3 {
+            // Countries and then the three `(other)` values lie back to back in both layouts.
+            return Some(COUNTRY_BASE + code);
+        }
+        let slot = code - COUNTRIES - 3;
+        (slot < self.text_slots).then_some(FIXED_IDS + slot)
+    }
+
+    /// This build's id of a value code that must be present, or an error.
+    pub fn value_id(&self, code: u32) -> Result<u32, EngineError> {
+        match self.id(code) {
+            Some(id) if id != NO_VALUE => Ok(id),
+            _ => Err(EngineError::InvalidExport(
+                "breakdown value code out of range",
+            )),
+        }
+    }
+
+    /// An event's values from its codes, each checked to be of the kind its position needs
+    /// (texts are checked against the table by `ValueTable::holds`).
+    pub fn event_values(
+        &self,
+        codes: [u32; 5],
+        pageview: bool,
+    ) -> Result<EventValues, EngineError> {
+        let invalid = EngineError::InvalidExport("breakdown event value of the wrong kind");
+        let mut ids = [NO_VALUE; 5];
+        for (id, code) in ids.iter_mut().zip(codes) {
+            *id = self.id(code).ok_or(EngineError::InvalidExport(
+                "breakdown value code out of range",
+            ))?;
+        }
+        let [target, referrer, browser, device, country] = ids;
+        let text_or_other = |id: u32| id >= OTHER_BASE && id != NO_VALUE;
+        let kinds_ok = text_or_other(target)
+            && (referrer == NO_VALUE || text_or_other(referrer))
+            && browser < DEVICE_BASE
+            && (DEVICE_BASE..COUNTRY_BASE).contains(&device)
+            && (country == NO_VALUE || (COUNTRY_BASE..OTHER_BASE).contains(&country));
+        if !kinds_ok {
+            return Err(invalid);
+        }
+        Ok(EventValues {
+            ids,
+            is_pageview: pageview,
+        })
+    }
+}
+
+impl ValueTable {
+    /// The texts as plain data, codes as `CodeMap` reads them back.
+    pub fn export(&self) -> TextValuesExport {
+        TextValuesExport {
+            slots: self
+                .slots
+                .iter()
+                .map(|slot| {
+                    let text = slot.text.as_deref()?;
+                    Some((text_list_code(slot.list), text.to_owned()))
+                })
+                .collect(),
+            free: self.free.iter().map(|id| id - FIXED_IDS).collect(),
+            slots_capacity: self.slots.capacity() as u64,
+            table_capacity: self.table.capacity() as u64,
+            free_capacity: self.free.capacity() as u64,
+        }
+    }
+
+    /// Rebuilds a table holding at most `per_list_cap` texts per list from `export`, where
+    /// `refs[i]` is the number of references the restored events hold on text slot `i`; an
+    /// error when a text is held by nothing, a free slot by something, or a list is over its cap.
+    pub fn import(
+        per_list_cap: usize,
+        export: TextValuesExport,
+        refs: &[u32],
+    ) -> Result<Self, EngineError> {
+        let invalid = EngineError::InvalidExport;
+        let too_many = |n: u64| n >= u64::from(NO_VALUE - FIXED_IDS);
+        if too_many(export.slots_capacity)
+            || too_many(export.table_capacity)
+            || too_many(export.free_capacity)
+            || export.slots.len() as u64 > export.slots_capacity
+            || export.free.len() as u64 > export.free_capacity
+            || refs.len() != export.slots.len()
+        {
+            return Err(invalid("breakdown texts larger than their allocations"));
+        }
+        let mut table = Self::new(per_list_cap);
+        table.slots = Vec::with_capacity(export.slots_capacity as usize);
+        table.table = HashTable::with_capacity(export.table_capacity as usize);
+        table.free = Vec::with_capacity(export.free_capacity as usize);
+        for (slot, refs) in export.slots.into_iter().zip(refs.iter().copied()) {
+            let id = FIXED_IDS + table.slots.len() as u32;
+            let Some((code, text)) = slot else {
+                if refs > 0 {
+                    return Err(invalid("breakdown event holds a free text slot"));
+                }
+                table.slots.push(TextSlot {
+                    text: None,
+                    hash: 0,
+                    list: BreakdownList::Pages,
+                    refs: 0,
+                });
+                continue;
+            };
+            let list = text_list_of_code(code).ok_or(invalid("breakdown text of no list"))?;
+            if refs == 0 {
+                return Err(invalid("breakdown text held by no event"));
+            }
+            let text: Arc<str> = Arc::from(text);
+            let hash = table.hasher.hash_one((text_list_index(list), &*text));
+            let slots = &table.slots;
+            let seen = table.table.find(hash, |&other| {
+                let slot = &slots[(other - FIXED_IDS) as usize];
+                slot.list == list && slot.text.as_deref() == Some(&*text)
+            });
+            if seen.is_some() {
+                return Err(invalid("breakdown text listed twice"));
+            }
+            let live = &mut table.live_per_list[text_list_index(list)];
+            *live += 1;
+            if *live > per_list_cap {
+                return Err(invalid("breakdown list over its cap"));
+            }
+            table.text_bytes += text_cost(&text);
+            table.slots.push(TextSlot {
+                text: Some(text),
+                hash,
+                list,
+                refs,
+            });
+            let slots = &table.slots;
+            table
+                .table
+                .insert_unique(hash, id, |&i| slots[(i - FIXED_IDS) as usize].hash);
+        }
+        let mut listed = vec![false; table.slots.len()];
+        for slot in export.free {
+            let free_ok = table
+                .slots
+                .get(slot as usize)
+                .is_some_and(|s| s.text.is_none())
+                && !std::mem::replace(&mut listed[slot as usize], true);
+            if !free_ok {
+                return Err(invalid("breakdown free list names a held or repeated slot"));
+            }
+            table.free.push(FIXED_IDS + slot);
+        }
+        if table.free.len() + table.table.len() != table.slots.len() {
+            return Err(invalid("breakdown free list misses a free slot"));
+        }
+        Ok(table)
+    }
+
+    /// Whether `values`' texts are held here and in the lists their positions need: the target
+    /// a page (pageview) or event name (custom event), the referrer a referrer.
+    pub fn holds(&self, values: &EventValues) -> bool {
+        let [target, referrer, ..] = values.ids;
+        let target_list = if values.is_pageview {
+            BreakdownList::Pages
+        } else {
+            BreakdownList::Events
+        };
+        let in_list = |id: u32, list: BreakdownList| {
+            if id < FIXED_IDS {
+                id == OTHER_BASE + text_list_index(list) as u32
+            } else {
+                self.slots
+                    .get((id - FIXED_IDS) as usize)
+                    .is_some_and(|slot| slot.text.is_some() && slot.list == list)
+            }
+        };
+        in_list(target, target_list)
+            && (referrer == NO_VALUE || in_list(referrer, BreakdownList::Referrers))
+    }
+
+    /// Adds `count` references on `id` to `refs` (indexed by text slot), for import.
+    pub fn count_ref(refs: &mut [u32], id: u32, count: u32) -> Result<(), EngineError> {
+        let Some(slot) = id.checked_sub(FIXED_IDS) else {
+            return Ok(());
+        };
+        let held = refs
+            .get_mut(slot as usize)
+            .ok_or(EngineError::InvalidExport(
+                "breakdown value code out of range",
+            ))?;
+        *held = held
+            .checked_add(count)
+            .ok_or(EngineError::InvalidExport("breakdown text held too often"))?;
+        Ok(())
+    }
+}
