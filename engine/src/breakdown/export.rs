@@ -151,3 +151,193 @@ impl ClassBreakdown {
         Ok(class)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::breakdown::{Breakdown, Gathered};
+    use crate::budget::MemoryBudget;
+    use crate::event::{
+        Browser, CountryCode, DeviceType, Event, EventKind, Timestamp, VisitorId, WebsiteId,
+    };
+
+    const T0: i64 = 1_772_532_000_000;
+
+    fn event(ts: i64, visitor: u64, target: &str, kind: EventKind) -> Event {
+        Event {
+            website: WebsiteId::new("s").unwrap(),
+            ts: Timestamp::from_unix_ms(ts).unwrap(),
+            visitor: VisitorId(visitor),
+            kind,
+            target: Arc::from(target),
+            referrer_domain: (visitor % 2 == 0).then(|| Arc::from("r.example")),
+            is_bot: false,
+            browser: Browser::Firefox,
+            device: DeviceType::Mobile,
+            country: CountryCode::new("se"),
+        }
+    }
+
+    /// A class with pageviews and custom events of 20 visitors over five minutes, some late,
+    /// and a midnight-style carry-over; two texts per list, so the rest count as `(other)`.
+    fn filled() -> ClassBreakdown {
+        let mut class = ClassBreakdown::new(1800, 2);
+        let budget = MemoryBudget::new(usize::MAX);
+        for i in 0..200_i64 {
+            let ts = T0 + i * 1_500 - if i % 7 == 0 { 40_000 } else { 0 };
+            let kind = if i % 5 == 0 {
+                EventKind::Custom
+            } else {
+                EventKind::Pageview
+            };
+            let carried = (i == 150).then_some(VisitorId(99));
+            let visitor = (i % 20) as u64;
+            class.record(
+                &event(ts, visitor, &format!("/p/{}", i % 4), kind),
+                carried,
+                &budget,
+            );
+        }
+        class
+    }
+
+    fn answer(class: &ClassBreakdown) -> Breakdown {
+        let now = class.clock_ms;
+        let mut gathered = Gathered::new(now);
+        class.gather(20, &mut gathered);
+        gathered.rank(now, 100)
+    }
+
+    fn round_trip(class: &ClassBreakdown) -> ClassBreakdown {
+        ClassBreakdown::import(1800, 2, class.export()).unwrap()
+    }
+
+    #[test]
+    fn an_imported_breakdown_answers_and_holds_as_the_exported_one() {
+        let mut class = filled();
+        let pages = answer(&class).lists[0].clone();
+        assert!(
+            pages.iter().any(|r| &*r.value == crate::OTHER_VALUE),
+            "{pages:?}"
+        );
+        for _ in 0..2 {
+            let restored = round_trip(&class);
+            assert_eq!(answer(&restored), answer(&class));
+            assert_eq!(restored.memory_bytes(), class.memory_bytes());
+            assert_eq!(restored.export(), class.export());
+            assert_eq!(restored.is_approximate(), class.is_approximate());
+            class.switch_to_estimate();
+        }
+        assert!(class.is_approximate());
+    }
+
+    /// Every damaged export is refused with `InvalidExport`, never a panic.
+    #[test]
+    fn a_damaged_export_is_refused() {
+        let exact = filled().export();
+        let mut estimated_class = filled();
+        estimated_class.switch_to_estimate();
+        let estimated = estimated_class.export();
+        type Spoil = fn(&mut BreakdownExport);
+        let spoils: [(&str, Spoil); 13] = [
+            ("unknown browser", |e| {
+                e.browser_names[0] = "Netscape".into()
+            }),
+            ("cutoff off the clock", |e| e.cutoff_ms += 1),
+            ("both modes", |e| e.estimated = filled_estimate()),
+            ("no mode", |e| e.exact = None),
+            ("code out of range", |e| {
+                exact_of(e).events[0].values[0] = 1 << 30
+            }),
+            ("browser where a page goes", |e| {
+                exact_of(e).events[0].values[0] = 0;
+            }),
+            ("event after the clock", |e| {
+                let clock = e.clock_ms;
+                exact_of(e).events.last_mut().unwrap().ts_ms = clock + 1;
+            }),
+            ("events out of order", |e| exact_of(e).events.swap(0, 50)),
+            ("held text freed", |e| e.texts.slots[0] = None),
+            ("visitor slot twice", |e| {
+                let exact = exact_of(e);
+                exact.visitors[1].slot = exact.visitors[0].slot;
+            }),
+            ("visitor minutes missing", |e| {
+                exact_of(e).visitors[0].minutes = 0
+            }),
+            ("series slot out of place", |e| exact_of(e).series[0].0 = 5),
+            ("series under its visitors", |e| {
+                exact_of(e).series.iter_mut().for_each(|s| s.1 = 0);
+            }),
+        ];
+        for (what, spoil) in spoils {
+            let mut export = exact.clone();
+            spoil(&mut export);
+            assert!(
+                matches!(
+                    ClassBreakdown::import(1800, 2, export),
+                    Err(EngineError::InvalidExport(_))
+                ),
+                "{what}"
+            );
+        }
+        let estimate_spoils: [(&str, Spoil); 4] = [
+            ("sketch of the wrong size", |e| {
+                minutes_of(e)
+                    .iter_mut()
+                    .for_each(|m| m.registers.truncate(255));
+            }),
+            ("minute out of place", |e| {
+                let minutes = minutes_of(e);
+                let at = minutes.iter().position(|m| m.minute != i64::MIN).unwrap();
+                minutes[at].minute += 1;
+            }),
+            ("value listed twice", |e| {
+                let minute = minutes_of(e)
+                    .iter_mut()
+                    .find(|m| !m.values.is_empty())
+                    .unwrap();
+                let first = minute.values[0];
+                minute.values.push(first);
+            }),
+            ("text held by nothing", |e| {
+                e.texts.slots.push(Some((0, "/extra".into())));
+            }),
+        ];
+        for (what, spoil) in estimate_spoils {
+            let mut export = estimated.clone();
+            spoil(&mut export);
+            assert!(
+                matches!(
+                    ClassBreakdown::import(1800, 2, export),
+                    Err(EngineError::InvalidExport(_))
+                ),
+                "{what}"
+            );
+        }
+        assert!(
+            matches!(
+                ClassBreakdown::import(1800, 1, estimated.clone()),
+                Err(EngineError::InvalidExport("breakdown list over its cap"))
+            ),
+            "made under a larger cap"
+        );
+        assert!(ClassBreakdown::import(1800, 2, estimated).is_ok());
+    }
+
+    fn filled_estimate() -> Option<EstimatedBreakdownExport> {
+        let mut class = filled();
+        class.switch_to_estimate();
+        class.export().estimated
+    }
+
+    fn exact_of(export: &mut BreakdownExport) -> &mut ExactBreakdownExport {
+        export.exact.as_mut().unwrap()
+    }
+
+    fn minutes_of(export: &mut BreakdownExport) -> &mut Vec<crate::export::EstimateMinuteExport> {
+        &mut export.estimated.as_mut().unwrap().minutes
+    }
+}
