@@ -1,6 +1,7 @@
 //! Criterion benches of the engine on one core: ingest with and without the sha256 visitor-id
-//! step, realtime query latency at 1k / 100k / 1M active visitors against a naive scan baseline,
-//! eviction cost, and a printed bytes-per-active-visitor figure.
+//! step (and with varied breakdown values), realtime and breakdown query latency at 1k / 100k /
+//! 1M active visitors against a naive scan baseline, eviction cost, and printed
+//! bytes-per-active-visitor figures.
 //!
 //! Run: `cargo bench -p pulse-benches --bench engine`.
 
@@ -12,8 +13,13 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use std::sync::Arc;
+
 use pulse_benches::{cheap_visitor, filled_engine, EventFactory, T0_MS};
-use pulse_engine::{Engine, EngineLimits, Event, SlidingHll, VisitorWindow};
+use pulse_engine::{
+    Browser, CountryCode, DeviceType, Engine, EngineLimits, Event, EventKind, SlidingHll,
+    VisitorWindow,
+};
 
 /// Steady-state ingest: 200k distinct visitors cycling, the clock moving 1 ms per 4 events, so
 /// the window fills and evicts as it would under ~4k events/s of real traffic.
@@ -48,6 +54,147 @@ fn ingest(c: &mut Criterion) {
                     }
                 }
                 start.elapsed()
+            });
+        });
+    }
+    group.finish();
+}
+
+/// Values spread the way a busy site's are: 500 pages, 5% custom events among 8 names, a
+/// third of events referred by one of 20 sites, 6 browsers, 3 devices, 30 countries; each
+/// visitor keeps its browser, device and country.
+#[derive(Debug)]
+struct VariedValues {
+    pages: Vec<Arc<str>>,
+    names: Vec<Arc<str>>,
+    referrers: Vec<Arc<str>>,
+    countries: Vec<CountryCode>,
+}
+
+impl VariedValues {
+    fn new() -> Self {
+        let text = |prefix: &str, n: usize| -> Vec<Arc<str>> {
+            (0..n).map(|i| Arc::from(format!("{prefix}{i}"))).collect()
+        };
+        let countries = (0..30_u8)
+            .map(|i| {
+                let code = [b'A' + i / 26, b'A' + i % 26];
+                CountryCode::new(std::str::from_utf8(&code).unwrap()).unwrap()
+            })
+            .collect();
+        Self {
+            pages: text("/docs/page-", 500),
+            names: text("signup-", 8),
+            referrers: text("site-", 20)
+                .into_iter()
+                .map(|r| Arc::from(format!("{r}.example")))
+                .collect(),
+            countries,
+        }
+    }
+
+    fn apply(&self, event: &mut Event, n: u64, client: u64) {
+        let spread = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
+        if spread % 20 == 0 {
+            event.kind = EventKind::Custom;
+            event.target = Arc::clone(&self.names[(spread / 20 % 8) as usize]);
+        } else {
+            event.target = Arc::clone(&self.pages[(spread % 500) as usize]);
+        }
+        event.referrer_domain =
+            (spread % 3 == 0).then(|| Arc::clone(&self.referrers[(spread / 3 % 20) as usize]));
+        event.browser = Browser::ALL[(client % 6) as usize];
+        event.device = DeviceType::ALL[(client % 3) as usize];
+        event.country = Some(self.countries[(client % 30) as usize]);
+    }
+}
+
+/// Ingest as `ingest/precomputed_id`, with `VariedValues` for the breakdowns to count.
+fn ingest_varied(c: &mut Criterion) {
+    let mut group = c.benchmark_group("ingest");
+    const BATCH: u64 = 10_000;
+    group.throughput(Throughput::Elements(BATCH));
+    group.bench_function("precomputed_id_varied_values", |b| {
+        let factory = EventFactory::new("bench");
+        let varied = VariedValues::new();
+        let engine = Engine::new(EngineLimits::default()).unwrap();
+        engine.add_website(factory.website().clone()).unwrap();
+        let mut n = 0_u64;
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            for _ in 0..iters {
+                for _ in 0..BATCH {
+                    let client = n % 200_000;
+                    let mut event = factory.event(n, T0_MS + (n / 4) as i64, cheap_visitor(client));
+                    varied.apply(&mut event, n, client);
+                    black_box(engine.ingest(event, None).ok());
+                    n += 1;
+                }
+            }
+            start.elapsed()
+        });
+    });
+    group.finish();
+}
+
+/// Breakdown query latency (limit 10) at 1k / 100k / 1M active visitors: the factory's few
+/// values, and at 1M also `VariedValues` plus 4,000 more pages (about 4,600 distinct values to
+/// rank). Prints the bytes the budget accounts per active visitor (window, tally and breakdown).
+fn breakdown(c: &mut Criterion) {
+    let mut group = c.benchmark_group("breakdown");
+    for visitors in [1_000_u64, 100_000, 1_000_000] {
+        let factory = EventFactory::new("bench");
+        let (engine, now) = filled_engine(&factory, visitors);
+        let answer = engine.breakdown(factory.website(), now, false, 10).unwrap();
+        assert!(!answer.approximate);
+        println!(
+            "accounted_bytes_per_active_visitor/{visitors}: {:.1} (visitor window, tally and breakdown)",
+            engine.budget().used_bytes() as f64 / visitors as f64
+        );
+        group.bench_with_input(BenchmarkId::new("engine", visitors), &visitors, |b, _| {
+            b.iter(|| black_box(engine.breakdown(factory.website(), now, false, 10).ok()));
+        });
+    }
+    let visitors = 1_000_000_u64;
+    let factory = EventFactory::new("bench");
+    let varied = VariedValues::new();
+    let extra: Vec<Arc<str>> = (0..4_000)
+        .map(|i| Arc::from(format!("/blog/{i}")))
+        .collect();
+    let engine = Engine::new(EngineLimits::default()).unwrap();
+    engine.add_website(factory.website().clone()).unwrap();
+    let span_ms = 29 * 60 * 1000;
+    for v in 0..visitors {
+        let ts = T0_MS + (v as i64 * span_ms) / visitors as i64;
+        let mut event = factory.event(v, ts, cheap_visitor(v));
+        event.is_bot = false;
+        varied.apply(&mut event, v, v);
+        if v % 4 == 0 {
+            event.kind = EventKind::Pageview;
+            event.target = Arc::clone(&extra[(v / 4 % 4_000) as usize]);
+        }
+        engine.ingest(event, None).unwrap();
+    }
+    let now = T0_MS + span_ms;
+    let answer = engine.breakdown(factory.website(), now, true, 10).unwrap();
+    assert!(!answer.approximate);
+    println!(
+        "accounted_bytes_per_active_visitor/1000000_varied: {:.1}",
+        engine.budget().used_bytes() as f64 / visitors as f64
+    );
+    for include_bots in [false, true] {
+        let name = if include_bots {
+            "varied_with_bots"
+        } else {
+            "varied"
+        };
+        group.bench_with_input(BenchmarkId::new(name, visitors), &visitors, |b, _| {
+            b.iter(|| {
+                black_box(
+                    engine
+                        .breakdown(factory.website(), now, include_bots, 10)
+                        .ok(),
+                )
             });
         });
     }
@@ -203,7 +350,9 @@ fn approximate_accuracy(_: &mut Criterion) {
 criterion_group!(
     benches,
     ingest,
+    ingest_varied,
     realtime,
+    breakdown,
     eviction,
     bytes_per_visitor,
     approximate_accuracy

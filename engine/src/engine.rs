@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use dashmap::DashMap;
 
+use crate::breakdown::Breakdown;
 use crate::budget::MemoryBudget;
 use crate::error::EngineError;
 use crate::event::{Event, Touch, VisitorId, WebsiteId};
@@ -169,6 +170,20 @@ impl Engine {
         include_bots: bool,
     ) -> Result<Realtime, EngineError> {
         Ok(self.website(website)?.realtime(now_ms, include_bots))
+    }
+
+    /// The ranked breakdown lists and minute series of `website` at `now_ms`, each list cut to
+    /// `limit` rows.
+    pub fn breakdown(
+        &self,
+        website: &WebsiteId,
+        now_ms: i64,
+        include_bots: bool,
+        limit: usize,
+    ) -> Result<Breakdown, EngineError> {
+        Ok(self
+            .website(website)?
+            .breakdown(now_ms, include_bots, limit))
     }
 
     /// Advances every website to `now_ms`, evicting what expired, and — if the visitor budget is

@@ -42,13 +42,15 @@ pub struct WebsiteCounts {
     pub bots: ClassExport,
 }
 
-/// One class's visitor count and event tally.
+/// One class's visitor count, event tally and breakdown.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClassExport {
     /// Active visitors, exact or approximate.
     pub visitors: VisitorCountExport,
     /// Events in the window.
     pub events: TallyExport,
+    /// The breakdown's lists and series.
+    pub breakdown: BreakdownExport,
 }
 
 /// A `VisitorCount`: exactly one of `exact` and `approximate` is set.
@@ -155,4 +157,132 @@ pub struct RingSlot {
     pub bound_ts: i64,
     /// The event.
     pub event: Arc<Event>,
+}
+
+/// A `ClassBreakdown`: exactly one of `exact` and `estimated` is set.
+///
+/// Values are written as codes in the layout this export describes itself, never in the order
+/// of the engine's enums: browsers `0..B` (positions in `browser_names`), devices `B..B+D`
+/// (positions in `device_names`), countries `B+D..B+D+676` (`26 × first letter + second
+/// letter`, `A` = 0), then the three `(other)` values of pages, custom events and referrers,
+/// then text slot `i` of `texts` at `B+D+679+i`. `u32::MAX` means "no value".
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BreakdownExport {
+    /// The breakdown's clock (unix ms).
+    pub clock_ms: i64,
+    /// Events at or before this instant have left the breakdown (unix ms).
+    pub cutoff_ms: i64,
+    /// Browser names, in the order of their codes.
+    pub browser_names: Vec<String>,
+    /// Device names, in the order of their codes.
+    pub device_names: Vec<String>,
+    /// The interned texts.
+    pub texts: TextValuesExport,
+    /// The exact state, in exact mode.
+    pub exact: Option<ExactBreakdownExport>,
+    /// The estimate, in estimated mode.
+    pub estimated: Option<EstimatedBreakdownExport>,
+}
+
+/// The interned texts of a breakdown (page paths, custom event names, referrer domains) with
+/// their slot numbers, so the restored values keep their codes. Reference counts are not
+/// written: import counts the events that hold each text.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TextValuesExport {
+    /// Per slot, in slot order: `(list, text)`, list 0 pages, 1 custom events, 2 referrers;
+    /// `None` for a free slot.
+    pub slots: Vec<Option<(u8, String)>>,
+    /// Free slot numbers, the next to be reused last.
+    pub free: Vec<u32>,
+    /// Slots the slot vector holds before it must grow.
+    pub slots_capacity: u64,
+    /// Texts the lookup table holds before it must grow.
+    pub table_capacity: u64,
+    /// Entries the free list holds before it must grow.
+    pub free_capacity: u64,
+}
+
+/// An exact breakdown: its events (from which the per-visitor pairs and the per-value counts
+/// are rebuilt), the minutes each visitor was seen in, the series, and the sizes of its
+/// allocations, so the restored state accounts the same bytes and grows at the same moments.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExactBreakdownExport {
+    /// The events, oldest first.
+    pub events: Vec<BreakdownEventExport>,
+    /// The active visitors, by slot.
+    pub visitors: Vec<BreakdownVisitorExport>,
+    /// Slots in use or free: the active visitors' and `free_slots`.
+    pub visitor_slots: u64,
+    /// Free visitor slots, the next to be reused last.
+    pub free_slots: Vec<u32>,
+    /// The series slots: `(minute, distinct visitors, pageviews)`, slot `minute mod 32`.
+    pub series: Vec<(i64, u32, u32)>,
+    /// Capacities: event queue, visitor nodes, free-node list, visitor table, value counts,
+    /// spilled-pair table.
+    pub capacities: [u64; 6],
+}
+
+/// An active visitor of an exact breakdown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BreakdownVisitorExport {
+    /// Its id.
+    pub id: u64,
+    /// Its slot.
+    pub slot: u32,
+    /// The newest minute it was seen in (minutes since the epoch).
+    pub newest_minute: i64,
+    /// Bit `d` set: it was seen in minute `newest_minute - d`.
+    pub minutes: u64,
+}
+
+/// One event of an exact breakdown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BreakdownEventExport {
+    /// Its timestamp (unix ms).
+    pub ts_ms: i64,
+    /// Its visitor (after any midnight carry-over).
+    pub visitor: u64,
+    /// Value codes (see `BreakdownExport`): target, referrer, browser, device, country.
+    pub values: [u32; 5],
+    /// Whether it is a pageview (otherwise a custom event).
+    pub pageview: bool,
+}
+
+/// An estimated breakdown, and the exact state growing in its shadow.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EstimatedBreakdownExport {
+    /// The 32 minute slots, in slot order.
+    pub minutes: Vec<EstimateMinuteExport>,
+    /// Value counters the per-value total holds before it must grow.
+    pub events_capacity: u64,
+    /// The exact state that may replace the estimate.
+    pub shadow: Option<BreakdownShadowExport>,
+    /// No new shadow before this instant (unix ms).
+    pub retry_at_ms: i64,
+}
+
+/// One minute of an estimated breakdown.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EstimateMinuteExport {
+    /// Minutes since the epoch; `i64::MIN` for an empty slot.
+    pub minute: i64,
+    /// Events in it.
+    pub events: u32,
+    /// Pageviews in it.
+    pub pageviews: u32,
+    /// The visitor sketch's 256 registers.
+    pub registers: Vec<u8>,
+    /// `(value code, events)`, by code.
+    pub values: Vec<(u32, u32)>,
+    /// Values its table holds before it must grow.
+    pub values_capacity: u64,
+}
+
+/// An exact breakdown recording in the shadow of an estimate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BreakdownShadowExport {
+    /// The exact state.
+    pub exact: ExactBreakdownExport,
+    /// When it started recording (unix ms).
+    pub since_ms: i64,
 }

@@ -13,6 +13,8 @@
 //! - `budget`: `MemoryBudget`, the bytes visitor counts may hold together.
 //! - `tally`: `EventTally`, the exact sliding count of events.
 //! - `export`: `WebsiteExport` and its parts, a website's state as plain data (checkpoints).
+//! - `breakdown`: `ClassBreakdown` and `Breakdown`, the ranked lists and minute series of a
+//!   class, exact or estimated under the budget.
 //! - `website`: `WebsiteState`, one website's rings and windows behind one writer lock.
 //! - `engine`: `Engine`, the websites and the `ingest` / `touch` / `realtime` calls.
 //! - `error`: `EngineError`.
@@ -20,6 +22,7 @@
 #![deny(missing_docs)]
 
 mod approx;
+mod breakdown;
 mod budget;
 mod engine;
 mod error;
@@ -34,6 +37,9 @@ mod website;
 mod window;
 
 pub use approx::SlidingHll;
+pub use breakdown::{
+    Breakdown, BreakdownList, BreakdownRow, MinutePoint, OTHER_VALUE, SERIES_MINUTES,
+};
 pub use budget::MemoryBudget;
 pub use engine::Engine;
 pub use error::EngineError;
@@ -41,8 +47,10 @@ pub use event::{
     Browser, CountryCode, DeviceType, Event, EventKind, Timestamp, Touch, VisitorId, WebsiteId,
 };
 pub use export::{
-    ApproximateExport, ClassExport, HllExport, RecentExport, RingExport, RingSlot, ShadowExport,
-    TallyExport, VisitorCountExport, WebsiteCounts, WebsiteExport, WindowExport,
+    ApproximateExport, BreakdownEventExport, BreakdownExport, BreakdownShadowExport,
+    BreakdownVisitorExport, ClassExport, EstimateMinuteExport, EstimatedBreakdownExport,
+    ExactBreakdownExport, HllExport, RecentExport, RingExport, RingSlot, ShadowExport, TallyExport,
+    TextValuesExport, VisitorCountExport, WebsiteCounts, WebsiteExport, WindowExport,
 };
 pub use identity::{
     client_visitor_id, visitor_id, DailySalt, Identity, Salt, SaltSchedule, CLIENT_ID_DOMAIN,

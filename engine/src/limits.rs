@@ -21,6 +21,9 @@ pub struct EngineLimits {
     /// Bytes all websites' visitor windows and event tallies may hold together. A website past
     /// its share of a full budget counts visitors approximately until it fits again.
     pub visitor_memory_bytes: usize,
+    /// Distinct texts a breakdown list (pages, referrers, custom events) holds per website and
+    /// class; further values are counted under `(other)` until some leave the window.
+    pub breakdown_values_per_list: usize,
 }
 
 impl EngineLimits {
@@ -34,6 +37,8 @@ impl EngineLimits {
     pub const DEFAULT_MAX_WEBSITES: usize = 1_000;
     /// No budget: the engine alone never degrades. The server sets one from `--memory-limit`.
     pub const DEFAULT_VISITOR_MEMORY_BYTES: usize = usize::MAX;
+    /// Default `breakdown_values_per_list`.
+    pub const DEFAULT_BREAKDOWN_VALUES_PER_LIST: usize = 4_096;
 
     /// The window in milliseconds.
     pub fn window_ms(&self) -> i64 {
@@ -72,6 +77,7 @@ impl Default for EngineLimits {
             recent_limit: Self::DEFAULT_RECENT_LIMIT,
             max_websites: Self::DEFAULT_MAX_WEBSITES,
             visitor_memory_bytes: Self::DEFAULT_VISITOR_MEMORY_BYTES,
+            breakdown_values_per_list: Self::DEFAULT_BREAKDOWN_VALUES_PER_LIST,
         }
     }
 }

@@ -1,5 +1,6 @@
 //! `WebsiteState`: everything the engine holds for one website — two event rings (humans, bots),
-//! and per class a `VisitorCount` and an `EventTally` — and the one lock that orders its writes.
+//! and per class a `VisitorCount`, an `EventTally` and a `ClassBreakdown` — and the one lock
+//! that orders its writes.
 //! It reports every change of its memory to the shared `MemoryBudget`.
 //!
 //! Two writes: `ingest` (an event: ring, tally and visitor count) and `touch` (a visitor seen
@@ -11,6 +12,7 @@
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use crate::breakdown::{Breakdown, ClassBreakdown, Gathered};
 use crate::budget::MemoryBudget;
 use crate::error::EngineError;
 use crate::event::{Event, VisitorId};
@@ -76,36 +78,46 @@ pub struct Realtime {
 struct ClassWindow {
     visitors: VisitorCount,
     events: EventTally,
+    breakdown: ClassBreakdown,
 }
 
 impl ClassWindow {
-    fn new(window_secs: u32) -> Self {
+    fn new(limits: &EngineLimits) -> Self {
         Self {
-            visitors: VisitorCount::new(window_secs),
-            events: EventTally::new(window_secs),
+            visitors: VisitorCount::new(limits.window_secs),
+            events: EventTally::new(limits.window_secs),
+            breakdown: ClassBreakdown::new(limits.window_secs, limits.breakdown_values_per_list),
         }
     }
 
     fn advance_to(&mut self, now_ms: i64, budget: &MemoryBudget) {
         self.visitors.advance_to(now_ms, budget);
         self.events.advance_to(now_ms);
+        self.breakdown
+            .advance_to(now_ms, self.visitors.count(), budget);
     }
 
     fn memory_bytes(&self) -> usize {
-        self.visitors.memory_bytes() + self.events.memory_bytes()
+        self.visitors.memory_bytes() + self.events.memory_bytes() + self.breakdown.memory_bytes()
     }
 
     fn export(&self) -> ClassExport {
         ClassExport {
             visitors: self.visitors.export(),
             events: self.events.export(),
+            breakdown: self.breakdown.export(),
         }
     }
 
-    fn import(window_secs: u32, export: ClassExport) -> Result<Self, EngineError> {
+    fn import(limits: &EngineLimits, export: ClassExport) -> Result<Self, EngineError> {
         Ok(Self {
-            visitors: VisitorCount::import(window_secs, export.visitors)?,
-            events: EventTally::import(window_secs, export.events)?,
+            visitors: VisitorCount::import(limits.window_secs, export.visitors)?,
+            events: EventTally::import(limits.window_secs, export.events)?,
+            breakdown: ClassBreakdown::import(
+                limits.window_secs,
+                limits.breakdown_values_per_list,
+                export.breakdown,
+            )?,
         })
     }
 }
@@ -159,8 +171,8 @@ impl WebsiteState {
             writer: Mutex::new(Writer {
                 clock_ms: i64::MIN,
                 next_arrival: 0,
-                humans: ClassWindow::new(limits.window_secs),
-                bots: ClassWindow::new(limits.window_secs),
+                humans: ClassWindow::new(&limits),
+                bots: ClassWindow::new(&limits),
                 held_bytes: 0,
             }),
             human_ring: EventRing::new(limits.ring_capacity),
@@ -205,8 +217,8 @@ impl WebsiteState {
         let mut writer = Writer {
             clock_ms: counts.clock_ms,
             next_arrival: counts.next_arrival,
-            humans: ClassWindow::import(limits.window_secs, counts.humans)?,
-            bots: ClassWindow::import(limits.window_secs, counts.bots)?,
+            humans: ClassWindow::import(&limits, counts.humans)?,
+            bots: ClassWindow::import(&limits, counts.bots)?,
             held_bytes: 0,
         };
         let human_ring = EventRing::import(limits.ring_capacity, recent.humans)?;
@@ -247,6 +259,7 @@ impl WebsiteState {
         let recorded = class
             .visitors
             .record(event.visitor, ts, carried_from, &self.budget);
+        class.breakdown.record(&event, carried_from, &self.budget);
         writer.report(&self.budget);
         let arrival = writer.next_arrival;
         writer.next_arrival += 1;
@@ -353,6 +366,25 @@ impl WebsiteState {
         }
     }
 
+    /// The breakdown at `now_ms`, each list cut to `limit` rows; bots are counted only when
+    /// `include_bots`.
+    pub fn breakdown(&self, now_ms: i64, include_bots: bool, limit: usize) -> Breakdown {
+        let mut writer = self.lock();
+        writer.advance_to(now_ms, &self.budget);
+        writer.report(&self.budget);
+        let as_of_ms = writer.clock_ms;
+        let mut gathered = Gathered::new(as_of_ms);
+        let humans = &writer.humans;
+        humans
+            .breakdown
+            .gather(humans.visitors.count(), &mut gathered);
+        if include_bots {
+            let bots = &writer.bots;
+            bots.breakdown.gather(bots.visitors.count(), &mut gathered);
+        }
+        gathered.rank(as_of_ms, limit)
+    }
+
     /// Bytes this website holds in windows, tallies and rings.
     pub fn memory_bytes(&self) -> usize {
         self.window_bytes() + self.human_ring.memory_bytes() + self.bot_ring.memory_bytes()
@@ -369,17 +401,18 @@ impl WebsiteState {
         writer.humans.visitors.is_approximate() || writer.bots.visitors.is_approximate()
     }
 
-    /// Gives memory back from the class holding the most that can still give some (see
-    /// `VisitorCount::shed_memory`). Returns false when neither can.
+    /// Gives memory back from the class holding the most that can still give some: its exact
+    /// breakdown turns estimated first (it holds the most per visitor), then its visitor count
+    /// sheds (see `VisitorCount::shed_memory`). Returns false when neither class can.
     pub fn shed_memory(&self) -> bool {
         let mut writer = self.lock();
         let writer = &mut *writer;
         let mut classes = [&mut writer.humans, &mut writer.bots];
-        classes.sort_by_key(|c| std::cmp::Reverse(c.visitors.memory_bytes()));
+        classes.sort_by_key(|c| std::cmp::Reverse(c.memory_bytes()));
         let share_bytes = self.budget.share_bytes();
         let shed = classes
             .into_iter()
-            .any(|class| class.visitors.shed_memory(share_bytes));
+            .any(|class| class.breakdown.shed_memory() || class.visitors.shed_memory(share_bytes));
         let now = writer.humans.memory_bytes() + writer.bots.memory_bytes();
         self.budget.update(writer.held_bytes, now);
         writer.held_bytes = now;

@@ -230,3 +230,30 @@ fn midnight_does_not_double_count_an_active_visitor() {
     assert_eq!(answer.active_visitors, 1);
     assert_eq!(answer.total_in_window, 2);
 }
+
+/// A person whose first event after midnight found yesterday's id inactive, then sent a late
+/// event from before midnight (under yesterday's id), then another after midnight: the two ids
+/// are active at once and must become one visitor in the breakdown as in the visitor count.
+#[test]
+fn a_late_event_under_yesterdays_id_merges_into_todays_visitor() {
+    let ingest = |step_ms: i64, target: usize| Op::Ingest {
+        site: 0,
+        person: 2,
+        step_ms,
+        target,
+    };
+    let ops = [
+        // 00:00:30, today's id; yesterday's is not active.
+        ingest(50 * 60_000 + 30_000, 0),
+        // 23:59:30, late, under yesterday's id.
+        ingest(-60_000, 0),
+        // 00:00:40, carried from yesterday's id, which is active now.
+        ingest(10_000, 1),
+        Op::Query {
+            site: 0,
+            step_ms: 0,
+            include_bots: false,
+        },
+    ];
+    run(EngineLimits::default(), BEFORE_MIDNIGHT_MS, &ops).unwrap();
+}

@@ -42,6 +42,8 @@ const BUCKETS_SECS: [f64; 15] = [
 pub enum Route {
     Collect,
     Realtime,
+    /// The realtime breakdown (`/api/websites/{id}/realtime/breakdown`).
+    Breakdown,
     /// The website list and single websites (`/api/websites`, `/api/websites/{id}`).
     Websites,
     Healthz,
@@ -59,6 +61,7 @@ impl Route {
         match self {
             Self::Collect => "collect",
             Self::Realtime => "realtime",
+            Self::Breakdown => "breakdown",
             Self::Websites => "websites",
             Self::Healthz => "healthz",
             Self::Readyz => "readyz",

@@ -11,7 +11,7 @@
 //!
 //! ```text
 //! [u8; 8]  magic "PULSECKP"
-//! u16      format version (1)
+//! u16      format version (2: the breakdowns joined the body)
 //! u16      reserved, zero
 //! u64      sequence number: every website's state holds all its events below it (at least)
 //! i64      creation time, unix ms
@@ -52,7 +52,7 @@ use crate::writer::{create_private_dir, private_file};
 /// The first 8 bytes of every checkpoint file.
 pub const MAGIC: [u8; 8] = *b"PULSECKP";
 /// The checkpoint format version this code writes and reads.
-pub const FORMAT_VERSION: u16 = 1;
+pub const FORMAT_VERSION: u16 = 2;
 /// Bytes of the fixed header.
 pub const HEADER_BYTES: usize = 84;
 /// Largest body decoded (16 GiB): bincode refuses any length that claims more.
@@ -578,14 +578,17 @@ mod tests {
             decode(&bytes, &other),
             Err(Refusal::Limits { .. })
         ));
-        let mut future = bytes.clone();
-        future[8..10].copy_from_slice(&2_u16.to_le_bytes());
-        let crc = crc32c::crc32c(&future[..80]);
-        future[80..84].copy_from_slice(&crc.to_le_bytes());
-        assert_eq!(
-            decode(&future, &EngineLimits::default()),
-            Err(Refusal::Version { found: 2 })
-        );
+        // A newer format, and version 1 (made before the breakdowns were in the body).
+        for version in [FORMAT_VERSION + 1, 1] {
+            let mut other = bytes.clone();
+            other[8..10].copy_from_slice(&version.to_le_bytes());
+            let crc = crc32c::crc32c(&other[..80]);
+            other[80..84].copy_from_slice(&crc.to_le_bytes());
+            assert_eq!(
+                decode(&other, &EngineLimits::default()),
+                Err(Refusal::Version { found: version })
+            );
+        }
     }
 
     #[test]

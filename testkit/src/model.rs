@@ -8,21 +8,69 @@
 //! small visitor budget over), its visitor count must be within 2% of the model's — widened by
 //! the estimate's one-tick window edge — and everything else must still be identical; once it
 //! says exact again, every answer must be identical again.
+//!
+//! Besides the realtime answer, every query compares the breakdown (every list and the minute
+//! series) with one computed from the model's events in the window; touches never count there.
+//! While the engine calls a breakdown approximate it is not compared (estimates are checked by
+//! the engine's own breakdown tests).
 
 // Test code: a failed unwrap is a failed check, which is what we want here.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 use pulse_engine::{
-    Browser, DailySalt, DeviceType, Engine, EngineLimits, Event, EventKind, Identity, Ingested,
-    Salt, SaltSchedule, Timestamp, Touch, Touched, VisitorId, WebsiteId,
+    Breakdown, BreakdownList, Browser, CountryCode, DailySalt, DeviceType, Engine, EngineLimits,
+    Event, EventKind, Identity, Ingested, Salt, SaltSchedule, Timestamp, Touch, Touched, VisitorId,
+    WebsiteId, SERIES_MINUTES,
 };
 
 pub const SITES: usize = 3;
 pub const PEOPLE: u8 = 12;
-pub const TARGETS: [&str; 5] = ["/", "/pricing", "/blog", "/docs", "signup"];
+pub const TARGETS: [&str; 6] = ["/", "/pricing", "/blog", "/docs", "signup", "download"];
+/// Targets from this index on are custom event names; the ones before are page paths.
+pub const FIRST_CUSTOM: usize = 4;
+const REFERRERS: [Option<&str>; 4] = [
+    None,
+    Some("google.com"),
+    Some("news.ycombinator.com"),
+    Some("duckduckgo.com"),
+];
+const COUNTRIES: [Option<&str>; 4] = [None, Some("SE"), Some("US"), Some("DE")];
+/// Rows each breakdown list is compared with in full (more than the values the model draws).
+const ALL_ROWS: usize = 100;
+
+/// What an event carries besides its target, drawn from the op's fields so the op (and the
+/// fuzz target building it) stays the same: a person mostly keeps one browser, device and
+/// country, sometimes not (a client-chosen id may change browsers); referrers vary per event.
+#[derive(Debug, Clone, Copy)]
+struct Attributes {
+    referrer: Option<&'static str>,
+    browser: Browser,
+    device: DeviceType,
+    country: Option<&'static str>,
+}
+
+fn attributes(person: u8, step_ms: i64, target: usize) -> Attributes {
+    let p = usize::from(person);
+    let wobble = usize::from(step_ms.rem_euclid(11) == 0);
+    Attributes {
+        referrer: REFERRERS[(step_ms.rem_euclid(5) as usize + target) % REFERRERS.len()],
+        browser: Browser::ALL[(p + wobble) % 4],
+        device: DeviceType::ALL[(p + wobble) % 3],
+        country: COUNTRIES[(p + 2 * wobble) % COUNTRIES.len()],
+    }
+}
+
+/// What an event has that a touch has not.
+#[derive(Debug, Clone, Copy)]
+struct EventDetail {
+    target: &'static str,
+    kind: EventKind,
+    attributes: Attributes,
+}
 
 /// Person `p` is a bot when `p >= FIRST_BOT`: the flag follows the User-Agent, as in the server.
 pub const FIRST_BOT: u8 = 9;
@@ -68,6 +116,8 @@ pub struct RunSummary {
     pub approximate_answers: u64,
     /// Whether each website's last answer was approximate.
     pub last_approximate: [bool; SITES],
+    /// Breakdowns the engine marked approximate (not compared with the model).
+    pub approximate_breakdowns: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -78,7 +128,7 @@ struct ModelEvent {
     id: u64,
     is_bot: bool,
     /// `None` for a touch: it counts its visitor and nothing else.
-    target: Option<&'static str>,
+    detail: Option<EventDetail>,
     arrival: u64,
     /// Its position among its website's events of its class: the ring keeps the last
     /// `ring_capacity` of them.
@@ -93,6 +143,16 @@ struct Model {
     next_arrival: [u64; SITES],
     /// Events ingested per website and class (humans, bots).
     class_events: [[u64; 2]; SITES],
+}
+
+/// A breakdown as both sides must agree on it: per list `(value, visitors, events)` in rank
+/// order, and per minute `(minute start, visitors, pageviews)`.
+#[derive(Debug, PartialEq, Eq)]
+struct BreakdownAnswer {
+    as_of_ms: i64,
+    lists: Vec<Vec<(String, u64, u64)>>,
+    series: Vec<(i64, u64, u64)>,
+    approximate: bool,
 }
 
 /// What both sides must agree on for one query.
@@ -124,7 +184,7 @@ impl Model {
         (self.window_ms() / 1000).max(1)
     }
 
-    /// Records an event (`target` set) or a touch (`None`); false when it is outside the window.
+    /// Records an event (`detail` set) or a touch (`None`); false when it is outside the window.
     fn record(
         &mut self,
         site: usize,
@@ -132,7 +192,7 @@ impl Model {
         id: u64,
         carried_from: Option<u64>,
         is_bot: bool,
-        target: Option<&'static str>,
+        detail: Option<EventDetail>,
     ) -> bool {
         self.clock[site] = self.clock[site].max(ts);
         let cutoff = self.clock[site] - self.window_ms();
@@ -155,7 +215,7 @@ impl Model {
         let arrival = self.next_arrival[site];
         // A touch takes no arrival number and no place in the ring.
         let mut class_seq = 0;
-        if target.is_some() {
+        if detail.is_some() {
             self.next_arrival[site] += 1;
             class_seq = self.class_events[site][usize::from(is_bot)];
             self.class_events[site][usize::from(is_bot)] += 1;
@@ -165,11 +225,93 @@ impl Model {
             ts,
             id,
             is_bot,
-            target,
+            detail,
             arrival,
             class_seq,
         });
         true
+    }
+
+    fn breakdown(
+        &mut self,
+        site: usize,
+        now: i64,
+        include_bots: bool,
+        limit: usize,
+    ) -> BreakdownAnswer {
+        self.clock[site] = self.clock[site].max(now);
+        let as_of = self.clock[site];
+        let cutoff = as_of - self.window_ms();
+        // Touches count visitors, never a breakdown row or a minute of the series.
+        let counted: Vec<(&ModelEvent, EventDetail)> = self
+            .events
+            .iter()
+            .filter(|e| {
+                e.site == site && (include_bots || !e.is_bot) && e.ts > cutoff && e.ts <= as_of
+            })
+            .filter_map(|e| e.detail.map(|d| (e, d)))
+            .collect();
+        type Counts = BTreeMap<String, (BTreeSet<(u64, bool)>, u64)>;
+        let mut lists: Vec<Counts> = (0..BreakdownList::ALL.len())
+            .map(|_| Counts::new())
+            .collect();
+        for (e, d) in &counted {
+            let a = d.attributes;
+            let mut values: Vec<(BreakdownList, String)> = vec![
+                (BreakdownList::Browsers, a.browser.as_str().to_owned()),
+                (BreakdownList::Devices, a.device.as_str().to_owned()),
+            ];
+            values.push(match d.kind {
+                EventKind::Pageview => (BreakdownList::Pages, d.target.to_owned()),
+                EventKind::Custom => (BreakdownList::Events, d.target.to_owned()),
+            });
+            if let Some(referrer) = a.referrer {
+                values.push((BreakdownList::Referrers, referrer.to_owned()));
+            }
+            if let Some(country) = a.country {
+                values.push((BreakdownList::Countries, country.to_owned()));
+            }
+            for (list, value) in values {
+                let entry = lists[list.index()].entry(value).or_default();
+                entry.0.insert((e.id, e.is_bot));
+                entry.1 += 1;
+            }
+        }
+        let lists = lists
+            .into_iter()
+            .map(|counts| {
+                let mut rows: Vec<(String, u64, u64)> = counts
+                    .into_iter()
+                    .map(|(value, (visitors, events))| (value, visitors.len() as u64, events))
+                    .collect();
+                rows.sort_by(|a, b| b.1.cmp(&a.1).then(b.2.cmp(&a.2)).then(a.0.cmp(&b.0)));
+                rows.truncate(limit);
+                rows
+            })
+            .collect();
+        let last_minute = as_of.div_euclid(60_000);
+        let series = (0..SERIES_MINUTES as i64)
+            .map(|i| {
+                let minute = last_minute - (SERIES_MINUTES as i64 - 1) + i;
+                let in_minute: Vec<&(&ModelEvent, EventDetail)> = counted
+                    .iter()
+                    .filter(|(e, _)| e.ts.div_euclid(60_000) == minute)
+                    .collect();
+                let visitors: BTreeSet<(u64, bool)> =
+                    in_minute.iter().map(|(e, _)| (e.id, e.is_bot)).collect();
+                let pageviews = in_minute
+                    .iter()
+                    .filter(|(_, d)| d.kind == EventKind::Pageview)
+                    .count();
+                (minute * 60_000, visitors.len() as u64, pageviews as u64)
+            })
+            .collect();
+        BreakdownAnswer {
+            as_of_ms: as_of,
+            lists,
+            series,
+            approximate: false,
+        }
     }
 
     fn realtime(&mut self, site: usize, now: i64, include_bots: bool) -> Answer {
@@ -196,7 +338,7 @@ impl Model {
             .events
             .iter()
             .filter(counted)
-            .filter(|e| e.target.is_some())
+            .filter(|e| e.detail.is_some())
             .count() as u64;
 
         // The rings keep the last `ring_capacity` arrivals of each class.
@@ -207,7 +349,7 @@ impl Model {
         let mut recent: Vec<&ModelEvent> = self
             .events
             .iter()
-            .filter(|e| e.target.is_some())
+            .filter(|e| e.detail.is_some())
             .filter(counted)
             .filter(retained)
             .collect();
@@ -219,7 +361,13 @@ impl Model {
             total_in_window: total,
             recent: recent
                 .into_iter()
-                .map(|e| (e.ts, e.arrival, e.target.unwrap_or_default().to_owned()))
+                .map(|e| {
+                    (
+                        e.ts,
+                        e.arrival,
+                        e.detail.map_or("", |d| d.target).to_owned(),
+                    )
+                })
                 .collect(),
         }
     }
@@ -275,6 +423,67 @@ fn engine_answer(engine: &Engine, site: usize, now: i64, include_bots: bool) -> 
     (answer, approximate)
 }
 
+fn engine_breakdown(
+    engine: &Engine,
+    site: usize,
+    now: i64,
+    include_bots: bool,
+    limit: usize,
+) -> BreakdownAnswer {
+    let answer: Breakdown = engine
+        .breakdown(&site_id(site), now, include_bots, limit)
+        .unwrap();
+    BreakdownAnswer {
+        as_of_ms: answer.as_of_ms,
+        lists: answer
+            .lists
+            .iter()
+            .map(|rows| {
+                rows.iter()
+                    .map(|r| (r.value.to_string(), r.visitors, r.events))
+                    .collect()
+            })
+            .collect(),
+        series: answer
+            .series
+            .iter()
+            .map(|p| (p.minute_ms, p.visitors, p.pageviews))
+            .collect(),
+        approximate: answer.approximate,
+    }
+}
+
+/// Compares the engine's breakdown (in full and cut to two rows) with the model's at `now`:
+/// identical while the engine calls it exact.
+fn check_breakdown(
+    engine: &Engine,
+    model: &mut Model,
+    summary: &mut RunSummary,
+    site: usize,
+    now: i64,
+    include_bots: bool,
+) -> Result<(), String> {
+    for limit in [ALL_ROWS, 2] {
+        let actual = engine_breakdown(engine, site, now, include_bots, limit);
+        if actual.approximate {
+            summary.approximate_breakdowns += 1;
+            continue;
+        }
+        let mut expected = model.breakdown(site, now, include_bots, limit);
+        if model.window_ms() < SERIES_MINUTES as i64 * 60_000 {
+            // The series always spans 30 minutes (`breakdown/mod.rs`); a shorter test window
+            // drops events the older minutes still count, so only the lists are compared.
+            expected.series.clone_from(&actual.series);
+        }
+        if actual != expected {
+            return Err(format!(
+                "breakdowns differ (limit {limit}):\n engine {actual:?}\n model  {expected:?}"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Compares the engine's answer for `site` at `now` with the model's: identical when exact;
 /// when approximate, identical but for the visitor count, which must be within 2% of the
 /// model's — below, of the exact count; above, of the count with the window one estimate tick
@@ -305,7 +514,8 @@ fn check_query(
         }
         answer.active_visitors = expected.active_visitors;
     }
-    same(answer, expected)
+    same(answer, expected)?;
+    check_breakdown(engine, model, summary, site, now, include_bots)
 }
 
 /// Runs `ops` against both the engine and the model from `start_ms`, comparing every answer
@@ -336,17 +546,23 @@ pub fn run(limits: EngineLimits, start_ms: i64, ops: &[Op]) -> Result<RunSummary
                     continue;
                 };
                 let is_bot = person >= FIRST_BOT;
+                let kind = if target >= FIRST_CUSTOM {
+                    EventKind::Custom
+                } else {
+                    EventKind::Pageview
+                };
+                let attributes = attributes(person, step_ms, target);
                 let event = Event {
                     website: site_id(site),
                     ts: Timestamp::from_unix_ms(ts).unwrap(),
                     visitor: identity.visitor,
-                    kind: EventKind::Pageview,
+                    kind,
                     target: Arc::from(TARGETS[target]),
-                    referrer_domain: None,
+                    referrer_domain: attributes.referrer.map(Arc::from),
                     is_bot,
-                    browser: Browser::Firefox,
-                    device: DeviceType::Mobile,
-                    country: None,
+                    browser: attributes.browser,
+                    device: attributes.device,
+                    country: attributes.country.and_then(CountryCode::new),
                 };
                 let outcome = engine.ingest(event, identity.carried_from).unwrap();
                 let windowed = model.record(
@@ -355,7 +571,11 @@ pub fn run(limits: EngineLimits, start_ms: i64, ops: &[Op]) -> Result<RunSummary
                     identity.visitor.0,
                     identity.carried_from.map(|v: VisitorId| v.0),
                     is_bot,
-                    Some(TARGETS[target]),
+                    Some(EventDetail {
+                        target: TARGETS[target],
+                        kind,
+                        attributes,
+                    }),
                 );
                 if matches!(outcome, Ingested::Windowed { .. }) != windowed {
                     return Err(format!(
@@ -444,7 +664,17 @@ pub fn run(limits: EngineLimits, start_ms: i64, ops: &[Op]) -> Result<RunSummary
                         country: None,
                     };
                     let outcome = engine.ingest(event, None).unwrap();
-                    let windowed = model.record(site, cursor, id, None, false, Some(TARGETS[0]));
+                    let detail = EventDetail {
+                        target: TARGETS[0],
+                        kind: EventKind::Pageview,
+                        attributes: Attributes {
+                            referrer: None,
+                            browser: Browser::Firefox,
+                            device: DeviceType::Mobile,
+                            country: None,
+                        },
+                    };
+                    let windowed = model.record(site, cursor, id, None, false, Some(detail));
                     if matches!(outcome, Ingested::Windowed { .. }) != windowed {
                         return Err(format!(
                             "crowd ingest outcome differs at ts {cursor}: engine {outcome:?}"

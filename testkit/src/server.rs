@@ -638,6 +638,18 @@ impl Server {
             .unwrap_or_else(|e| panic!("GET {target}: {e}"))
     }
 
+    /// `GET /api/websites/{id}/realtime/breakdown{query}`, asserting 200, returning `data`.
+    pub async fn breakdown_q(&self, id: &str, query: &str) -> Value {
+        let resp = self
+            .get(&format!("/api/websites/{id}/realtime/breakdown{query}"))
+            .await;
+        assert_eq!(resp.status, 200, "breakdown of {id}{query}: {resp:?}");
+        let body = resp.json();
+        body.get("data")
+            .cloned()
+            .unwrap_or_else(|| panic!("breakdown body has no `data`: {body}"))
+    }
+
     /// Realtime with the website's default bot policy.
     pub async fn realtime(&self, id: &str) -> Value {
         self.realtime_q(id, "").await

@@ -20,6 +20,7 @@ use crate::metrics::Route;
 use crate::state::AppState;
 
 pub mod assets;
+pub mod breakdown;
 pub mod collect;
 pub mod health;
 pub mod json_errors;
@@ -45,6 +46,7 @@ pub mod path {
     pub const REALTIME: &str = "/api/websites/{id}/realtime";
     /// The realtime answer as Server-Sent Events.
     pub const REALTIME_STREAM: &str = "/api/websites/{id}/realtime/stream";
+    pub const BREAKDOWN: &str = "/api/websites/{id}/realtime/breakdown";
     pub const HEALTHZ: &str = "/healthz";
     pub const READYZ: &str = "/readyz";
     pub const METRICS: &str = "/metrics";
@@ -62,6 +64,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route(path::REALTIME, get(realtime::realtime))
         .route(path::REALTIME_STREAM, get(stream::stream))
+        .route(path::BREAKDOWN, get(breakdown::breakdown))
         .route(path::METRICS, get(scrape::metrics));
     #[cfg(feature = "test-clock")]
     let admin = admin.route(crate::test_clock::PATH, post(crate::test_clock::set_route));
@@ -117,6 +120,7 @@ fn route_label(pattern: Option<&str>) -> Route {
         }
         // A stream is timed until its head, which is a realtime rendering.
         Some(path::REALTIME | path::REALTIME_STREAM) => Route::Realtime,
+        Some(path::BREAKDOWN) => Route::Breakdown,
         Some(path::WEBSITES | path::WEBSITE) => Route::Websites,
         Some(path::HEALTHZ) => Route::Healthz,
         Some(path::READYZ) => Route::Readyz,
@@ -159,6 +163,10 @@ mod tests {
         assert_eq!(
             route_label(Some("/api/websites/{id}/realtime")),
             Route::Realtime
+        );
+        assert_eq!(
+            route_label(Some("/api/websites/{id}/realtime/breakdown")),
+            Route::Breakdown
         );
         assert_eq!(route_label(Some("/api/websites/{id}")), Route::Websites);
         assert_eq!(route_label(Some("/api/websites")), Route::Websites);

@@ -50,7 +50,7 @@ struct Pagination {
 }
 
 /// `include_bots` from the query string: `Some(true|false)`, `None` when absent.
-pub fn include_bots_param(query: Option<&str>) -> Result<Option<bool>, ApiError> {
+pub(crate) fn include_bots_param(query: Option<&str>) -> Result<Option<bool>, ApiError> {
     let mut value = None;
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (key, raw) = pair.split_once('=').unwrap_or((pair, ""));

@@ -3,7 +3,8 @@
 //! and as a replay of the whole log would; a damaged checkpoint, one of another format version
 //! or one made under other limits is ignored and the whole log replayed; SIGKILL while a
 //! checkpoint is being written (slowed down by the hidden `--checkpoint-write-pace-ms`) never
-//! loses an acknowledged event nor changes an answer.
+//! loses an acknowledged event nor changes an answer. The breakdown is part of the checkpoint:
+//! its lists and series are the same after a restart from one.
 
 // SIGKILL is a Unix notion.
 #![cfg(unix)]
@@ -12,7 +13,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use pulse_testkit::fixtures::eventually;
+use pulse_testkit::fixtures::{eventually, CHROME_DESKTOP, GOOGLEBOT, SAFARI_IPHONE};
 use pulse_testkit::server::{Opts, Server};
 use serde_json::{json, Value};
 
@@ -134,6 +135,88 @@ async fn a_restart_from_a_checkpoint_answers_as_before_after_sigterm_and_sigkill
     let scrape = server.scrape().await;
     assert!(scrape.value("pulse_checkpoint_bytes", &[]) > 0.0);
     assert!(scrape.value("pulse_checkpoint_age_seconds", &[]) >= 0.0);
+}
+
+/// Both breakdowns (humans only, and with bots) with every row of every list.
+async fn breakdowns(server: &Server) -> (Value, Value) {
+    (
+        server
+            .breakdown_q(SITE, "?limit=100&include_bots=false")
+            .await,
+        server
+            .breakdown_q(SITE, "?limit=100&include_bots=true")
+            .await,
+    )
+}
+
+/// Events `from..from + count` of a mix: visitor `b{n % 7}`, a page of five (every third with a
+/// referrer), every fourth a custom event, user agents alternating between a desktop, a phone
+/// and a crawler (a bot).
+async fn send_mixed(server: &Server, from: u64, count: u64) {
+    for n in from..from + count {
+        let mut event = if n % 4 == 3 {
+            json!({"website_id": SITE, "type": "event", "url": "/", "event_name": format!("e{}", n % 2)})
+        } else {
+            json!({"website_id": SITE, "type": "pageview", "url": format!("/p/{}", n % 5)})
+        };
+        event["visitor_id"] = json!(format!("b{}", n % 7));
+        if n % 3 == 0 {
+            event["referrer"] = json!(format!("https://r{}.example/x", n % 2));
+        }
+        let agent = [CHROME_DESKTOP, SAFARI_IPHONE, GOOGLEBOT][(n % 3) as usize];
+        let resp = server.collect_with(&event, Some(agent), &[]).await;
+        assert_eq!(resp.status, 202, "collect {event}: {resp:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_from_a_checkpoint_keeps_the_breakdown_after_sigterm_and_sigkill() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Mid-minute, so the series' minutes are the test clock's whatever the wall clock does.
+    let t0 = 1_772_532_030_000_i64;
+    let mut server = start_in(opts("1").test_clock(t0), tmp.path());
+    server.site(SITE, "w.example").await;
+    for minute in 0..3 {
+        server.set_clock(t0 + minute * 60_000).await;
+        send_mixed(&server, minute as u64 * 40, 40).await;
+    }
+    wait_for_checkpoint(&server, 120).await;
+    // The tail: logged after the checkpoint, replayed at the restart.
+    let now_ms = t0 + 3 * 60_000;
+    server.set_clock(now_ms).await;
+    send_mixed(&server, 120, 30).await;
+    let before = breakdowns(&server).await;
+    let pageviews: u64 = before.1["series"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["pageviews"].as_u64().unwrap())
+        .sum();
+    assert_eq!(pageviews, 113, "{}", before.1);
+    assert_ne!(
+        before.0, before.1,
+        "the crawler's events count only with bots"
+    );
+
+    server.stop();
+    server.opts_mut().test_clock_ms = Some(now_ms);
+    server.respawn();
+    let (replay, checkpoint) = ready_checkpoint(&server).await;
+    assert_eq!(checkpoint["loaded"], true, "{checkpoint}");
+    assert!(
+        replay["events"].as_u64().unwrap() < 150,
+        "the checkpoint's events were replayed too: {replay}"
+    );
+    assert_eq!(breakdowns(&server).await, before, "after SIGTERM");
+
+    send_mixed(&server, 150, 20).await;
+    wait_for_checkpoint(&server, 170).await;
+    let before = breakdowns(&server).await;
+    server.kill_9();
+    server.respawn();
+    let (_, checkpoint) = ready_checkpoint(&server).await;
+    assert_eq!(checkpoint["loaded"], true, "{checkpoint}");
+    assert_eq!(breakdowns(&server).await, before, "after SIGKILL");
 }
 
 /// Rewrites the checkpoint header's format version, with a valid header checksum: a file a

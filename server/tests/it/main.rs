@@ -20,6 +20,7 @@
 //! - `disk`: a disk that fills up, free space below the reserve, segments deleted underneath.
 //! - `operator`: data directory permissions, logs on a pipe, `RUST_LOG`.
 //! - `tidy`: house rules over the source tree (no server started).
+//! - `breakdown`: the realtime breakdown's shape, ranking, limits, auth and bots (issue 14).
 //! - `compat`: Sparklytics' `/e` and `visitor_id`, Plausible's and Umami's APIs, ingest CORS.
 //! - `stream`: the live stream — first message, updates, pacing, heartbeats, bounds, shutdown.
 //! - `cluster`: cluster mode on a 3-node NATS JetStream cluster (issue 16).
@@ -35,6 +36,7 @@ use pulse_testkit::server::{Opts, Server};
 
 mod admin;
 mod assets;
+mod breakdown;
 mod catalog;
 #[cfg(unix)]
 mod checkpoint;
