@@ -384,3 +384,41 @@ async fn two_nodes_share_one_salt_across_midnight() {
         Some(3)
     );
 }
+
+/// Checkpoint files in `data_dir` (`checkpoints/*.ckpt`).
+fn checkpoint_files(data_dir: &Path) -> usize {
+    std::fs::read_dir(data_dir.join("checkpoints")).map_or(0, |entries| {
+        entries
+            .filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "ckpt"))
+            })
+            .count()
+    })
+}
+
+/// Cluster mode keeps no checkpoint: a node refills its engine from the stream on every start,
+/// so a checkpoint restored under it would count its events twice.
+#[tokio::test]
+async fn a_node_restarted_on_its_own_data_dir_counts_every_event_once() {
+    let nats = NatsCluster::start(3).await;
+    let mut a = node(node_opts(&nats.urls()).args(&["--checkpoint-interval-secs", "1"])).await;
+    a.site(SITE, "shop.example").await;
+    let sent = round_robin(&[&a], 20, 2).await;
+    let before = wait_for_total(&a, sent).await;
+    // Three checkpoint intervals: ample for the task to write one, were it running.
+    let written = eventually(Duration::from_secs(3), || async {
+        checkpoint_files(a.data_dir()) > 0
+    })
+    .await;
+    assert!(!written, "a cluster node wrote a checkpoint");
+    a.restart();
+    a.wait_ready(READY_DEADLINE).await;
+    let after = a.realtime(SITE).await;
+    assert_eq!(
+        after,
+        before,
+        "a node restarted on its data directory must answer as before\nstderr:\n{}",
+        a.stderr()
+    );
+}
