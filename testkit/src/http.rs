@@ -452,12 +452,18 @@ impl Request {
             .unwrap_or(Err(HttpError::Timeout))
     }
 
-    async fn exchange(self) -> Result<Response, HttpError> {
+    /// A new connection to the request's server, Nagle off (requests are written whole).
+    async fn connect(&self) -> Result<TcpStream, HttpError> {
         let addr = self.addr;
         let stream = TcpStream::connect(addr)
             .await
             .map_err(|source| HttpError::Connect { addr, source })?;
         stream.set_nodelay(true)?;
+        Ok(stream)
+    }
+
+    async fn exchange(self) -> Result<Response, HttpError> {
+        let stream = self.connect().await?;
         let head_request = self.method.eq_ignore_ascii_case("HEAD");
         let (mut reader, mut writer) = stream.into_split();
         let request = self.to_bytes();
@@ -527,11 +533,7 @@ impl Request {
     }
 
     async fn open_stream_now(self) -> Result<EventStream, HttpError> {
-        let addr = self.addr;
-        let stream = TcpStream::connect(addr)
-            .await
-            .map_err(|source| HttpError::Connect { addr, source })?;
-        stream.set_nodelay(true)?;
+        let stream = self.connect().await?;
         let (mut reader, mut writer) = stream.into_split();
         writer.write_all(&self.to_bytes()).await?;
         let mut raw = Vec::with_capacity(16 * 1024);

@@ -423,6 +423,29 @@ fn engine_answer(engine: &Engine, site: usize, now: i64, include_bots: bool) -> 
     (answer, approximate)
 }
 
+/// The engine's event for what the model records as `detail`.
+fn engine_event(
+    site: usize,
+    ts: i64,
+    visitor: VisitorId,
+    is_bot: bool,
+    detail: EventDetail,
+) -> Event {
+    let a = detail.attributes;
+    Event {
+        website: site_id(site),
+        ts: Timestamp::from_unix_ms(ts).unwrap(),
+        visitor,
+        kind: detail.kind,
+        target: Arc::from(detail.target),
+        referrer_domain: a.referrer.map(Arc::from),
+        is_bot,
+        browser: a.browser,
+        device: a.device,
+        country: a.country.and_then(CountryCode::new),
+    }
+}
+
 fn engine_breakdown(
     engine: &Engine,
     site: usize,
@@ -551,19 +574,12 @@ pub fn run(limits: EngineLimits, start_ms: i64, ops: &[Op]) -> Result<RunSummary
                 } else {
                     EventKind::Pageview
                 };
-                let attributes = attributes(person, step_ms, target);
-                let event = Event {
-                    website: site_id(site),
-                    ts: Timestamp::from_unix_ms(ts).unwrap(),
-                    visitor: identity.visitor,
+                let detail = EventDetail {
+                    target: TARGETS[target],
                     kind,
-                    target: Arc::from(TARGETS[target]),
-                    referrer_domain: attributes.referrer.map(Arc::from),
-                    is_bot,
-                    browser: attributes.browser,
-                    device: attributes.device,
-                    country: attributes.country.and_then(CountryCode::new),
+                    attributes: attributes(person, step_ms, target),
                 };
+                let event = engine_event(site, ts, identity.visitor, is_bot, detail);
                 let outcome = engine.ingest(event, identity.carried_from).unwrap();
                 let windowed = model.record(
                     site,
@@ -571,11 +587,7 @@ pub fn run(limits: EngineLimits, start_ms: i64, ops: &[Op]) -> Result<RunSummary
                     identity.visitor.0,
                     identity.carried_from.map(|v: VisitorId| v.0),
                     is_bot,
-                    Some(EventDetail {
-                        target: TARGETS[target],
-                        kind,
-                        attributes,
-                    }),
+                    Some(detail),
                 );
                 if matches!(outcome, Ingested::Windowed { .. }) != windowed {
                     return Err(format!(
@@ -647,33 +659,21 @@ pub fn run(limits: EngineLimits, start_ms: i64, ops: &[Op]) -> Result<RunSummary
                 check_query(&engine, &mut model, &mut summary, site, now, include_bots)?;
             }
             Op::Crowd { site, visitors } => {
-                let ts_at = Timestamp::from_unix_ms(cursor).unwrap();
-                for _ in 0..visitors {
-                    crowd_next += 1;
-                    let id = crowd_id(crowd_next);
-                    let event = Event {
-                        website: site_id(site),
-                        ts: ts_at,
-                        visitor: VisitorId(id),
-                        kind: EventKind::Pageview,
-                        target: Arc::from(TARGETS[0]),
-                        referrer_domain: None,
-                        is_bot: false,
+                let detail = EventDetail {
+                    target: TARGETS[0],
+                    kind: EventKind::Pageview,
+                    attributes: Attributes {
+                        referrer: None,
                         browser: Browser::Firefox,
                         device: DeviceType::Mobile,
                         country: None,
-                    };
+                    },
+                };
+                for _ in 0..visitors {
+                    crowd_next += 1;
+                    let id = crowd_id(crowd_next);
+                    let event = engine_event(site, cursor, VisitorId(id), false, detail);
                     let outcome = engine.ingest(event, None).unwrap();
-                    let detail = EventDetail {
-                        target: TARGETS[0],
-                        kind: EventKind::Pageview,
-                        attributes: Attributes {
-                            referrer: None,
-                            browser: Browser::Firefox,
-                            device: DeviceType::Mobile,
-                            country: None,
-                        },
-                    };
                     let windowed = model.record(site, cursor, id, None, false, Some(detail));
                     if matches!(outcome, Ingested::Windowed { .. }) != windowed {
                         return Err(format!(
