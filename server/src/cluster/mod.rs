@@ -337,6 +337,25 @@ async fn bucket(
     name: &'static str,
     replicas: usize,
 ) -> Result<kv::Store, ClusterError> {
+    let store = found_or_created_bucket(jetstream, name, replicas).await?;
+    // A bucket just created (or whose stream is electing a leader) can answer a read with "no
+    // responders" for a moment: a read here makes set-up (which retries) wait for that, instead
+    // of the first real read (the salts at start-up) failing the start.
+    store
+        .get(SETUP_PROBE_KEY)
+        .await
+        .map_err(|e| setup_error("bucket", name, e))?;
+    Ok(store)
+}
+
+/// Any key will do for the probe read: only that the bucket answers matters, not the value.
+const SETUP_PROBE_KEY: &str = "setup-probe";
+
+async fn found_or_created_bucket(
+    jetstream: &jetstream::Context,
+    name: &'static str,
+    replicas: usize,
+) -> Result<kv::Store, ClusterError> {
     if let Ok(store) = jetstream.get_key_value(name).await {
         return Ok(store);
     }
