@@ -247,6 +247,10 @@ pub enum StorageError {
     Conflict,
     #[error(transparent)]
     Io(#[from] io::Error),
+    /// Shared storage could not be reached or did not answer in time (the cluster's NATS is
+    /// down or has no quorum); nothing was changed, and the same change may be retried.
+    #[error("shared storage unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// Where the catalog keeps its websites: a file of this server (`FileStorage`) or storage
@@ -369,6 +373,8 @@ pub enum CatalogError {
     Conflict { id: String },
     #[error("the websites file could not be written: {0}")]
     Storage(#[source] io::Error),
+    #[error("the cluster's website storage is unavailable ({0}); nothing was changed")]
+    StorageUnavailable(String),
     #[error("the engine refused website {id:?} ({source}); the websites file was restored")]
     EngineRefused { id: String, source: EngineError },
     #[error(
@@ -673,6 +679,7 @@ fn store(
         StorageError::Exists => CatalogError::WebsiteExists { id: id.to_owned() },
         StorageError::Conflict => CatalogError::Conflict { id: id.to_owned() },
         StorageError::Io(source) => CatalogError::Storage(source),
+        StorageError::Unavailable(why) => CatalogError::StorageUnavailable(why),
     })
 }
 

@@ -93,8 +93,9 @@ impl KvWebsites {
     }
 
     async fn store_change(&self, change: StorageChange<'_>) -> Result<(), StorageError> {
-        let other =
-            |e: &dyn std::fmt::Display| StorageError::Io(std::io::Error::other(e.to_string()));
+        // Past "exists" and "changed meanwhile", a key-value request fails for want of NATS
+        // (no connection, no quorum, a timeout): a retryable 503, not a broken file.
+        let other = |e: &dyn std::fmt::Display| StorageError::Unavailable(e.to_string());
         match change {
             StorageChange::Create(website) => {
                 let id = website.website.id.as_str();
@@ -180,7 +181,8 @@ impl CatalogStorage for SharedWebsites {
         change: StorageChange<'_>,
         _next: &CatalogSnapshot,
     ) -> Result<(), StorageError> {
-        wait_for(&self.0.runtime, KV_TIMEOUT, self.0.store_change(change))?
+        wait_for(&self.0.runtime, KV_TIMEOUT, self.0.store_change(change))
+            .map_err(|e| StorageError::Unavailable(e.to_string()))?
     }
 }
 

@@ -218,6 +218,15 @@ fn catalog_error(error: CatalogError) -> ApiError {
                 "the website could not be registered; nothing was changed",
             )
         }
+        CatalogError::StorageUnavailable(_) => {
+            tracing::warn!(%error, "website change refused");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "cluster_unavailable",
+                error.to_string(),
+            )
+            .retry_after(2)
+        }
         CatalogError::Storage(_) | CatalogError::RollbackFailed { .. } => {
             tracing::error!(%error, "websites file");
             ApiError::new(
@@ -467,6 +476,11 @@ mod tests {
                 CatalogError::Storage(std::io::Error::other("disk full")),
                 500,
                 "storage_failed",
+            ),
+            (
+                CatalogError::StorageUnavailable("no responders".into()),
+                503,
+                "cluster_unavailable",
             ),
             (
                 CatalogError::RollbackFailed {

@@ -267,6 +267,19 @@ async fn with_all_of_nats_gone_collect_answers_503_and_realtime_answers_stale_fr
         );
         assert!(resp.header("retry-after").is_some(), "{resp:?}");
     }
+    // A website change cannot reach the shared bucket: retryable, like collect, not a broken
+    // websites file (it was a 500 `storage_failed`).
+    let resp = a
+        .patch_json(
+            &format!("/api/websites/{SITE}"),
+            &json!({"name": "renamed"}),
+        )
+        .await;
+    assert!(
+        error_check(&resp, 503, "cluster_unavailable").is_ok(),
+        "a website change without NATS must be a retryable 503: {resp:?}"
+    );
+    assert!(resp.header("retry-after").is_some(), "{resp:?}");
     let stale = eventually(SPREAD_DEADLINE, || async {
         a.realtime(SITE).await["stale"] == true
     })
