@@ -225,8 +225,9 @@ async fn serve(
 }
 
 /// The hyper service of one connection: marks the connection busy from a complete request head
-/// until its response has been handed over, refuses oversized heads, and runs the router with
-/// the peer (`ConnectInfo`) and the client address for the body budget.
+/// until its response has been handed over, refuses oversized heads, serves collect
+/// (`routes::collect::serve_direct`) itself and runs the router for everything else, with the
+/// peer (`ConnectInfo`) and the client address for the body budget.
 fn request_service(
     state: &Arc<AppState>,
     app: &axum::Router,
@@ -244,8 +245,7 @@ fn request_service(
     hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
         // Synchronously, as hyper hands over the head: from here shutdown lets it finish.
         let busy = guard.begin_request();
-        let client = state.proxies.client_ip(peer, request.headers());
-        let app = app.clone();
+        let (state, app) = (Arc::clone(&state), app.clone());
         async move {
             let response = if head_too_large(&request) {
                 ApiError::new(
@@ -254,7 +254,10 @@ fn request_service(
                     format!("request headers exceed {MAX_HEAD_BYTES} bytes"),
                 )
                 .into_response()
+            } else if routes::collect::is_direct(request.method(), request.uri().path()) {
+                routes::collect::serve_direct(&state, peer, request).await
             } else {
+                let client = state.proxies.client_ip(peer, request.headers());
                 request
                     .extensions_mut()
                     .insert(ConnectInfo::<SocketAddr>(peer));
