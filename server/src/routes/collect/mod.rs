@@ -493,10 +493,11 @@ fn log_stalled(state: &AppState) -> ApiError {
 
 /// `202 {"ok":true}`: the answer of collect and of Plausible's `/api/event`.
 pub fn accepted() -> Response {
-    (
-        StatusCode::ACCEPTED,
-        [(header::CONTENT_TYPE, "application/json")],
-        r#"{"ok":true}"#,
-    )
-        .into_response()
+    let mut response = Response::new(axum::body::Body::from(r#"{"ok":true}"#));
+    *response.status_mut() = StatusCode::ACCEPTED;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
 }
