@@ -11,9 +11,6 @@ use pulse_server::{clock, AppState, Config};
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Logs go to stderr at the level of `PULSE_LOG`, else `RUST_LOG`, else `info`; in colour only
 /// when stderr is a terminal, so files and journald get plain text.
 fn init_logging(format: LogFormat) {
