@@ -235,11 +235,9 @@ fn request_service(
     guard: &Arc<ConnectionGuard>,
 ) -> impl hyper::service::Service<
     hyper::Request<Incoming>,
-    Response = hyper::Response<axum::body::Body>,
+    Response = hyper::Response<BusyBody>,
     Error = std::convert::Infallible,
-    Future = impl Future<
-        Output = Result<hyper::Response<axum::body::Body>, std::convert::Infallible>,
-    > + Send,
+    Future = impl Future<Output = Result<hyper::Response<BusyBody>, std::convert::Infallible>> + Send,
 > + Clone {
     let (state, app, guard) = (Arc::clone(state), app.clone(), Arc::clone(guard));
     hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
@@ -270,7 +268,8 @@ fn request_service(
                     Err(never) => match never {},
                 }
             };
-            Ok(response.map(|body| axum::body::Body::new(BusyBody { body, _busy: busy })))
+            // Handed to hyper as it is: one box per response (the router's body) is enough.
+            Ok(response.map(|body| BusyBody { body, _busy: busy }))
         }
     })
 }
@@ -283,7 +282,7 @@ async fn serve_connection<S>(
     mut stopped: watch::Receiver<bool>,
     state: Arc<AppState>,
 ) where
-    S: hyper::service::HttpService<Incoming, ResBody = axum::body::Body>,
+    S: hyper::service::HttpService<Incoming, ResBody = BusyBody>,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     state.open_connections.fetch_add(1, Ordering::Relaxed);
