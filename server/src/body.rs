@@ -183,13 +183,30 @@ fn falls_behind_at(started: Instant, received: usize) -> Instant {
     started + BODY_RATE_GRACE + Duration::from_millis(allowed_ms)
 }
 
-/// Reads the whole body under the limits and the budget (module docs).
+/// Reads the whole body under the limits and the budget (module docs), for the client in
+/// `CLIENT_ADDRESS`.
 pub async fn read_body(
-    mut body: Body,
+    body: Body,
     headers: &HeaderMap,
     limits: &HttpLimits,
     budget: &BodyBudget,
 ) -> Result<Bytes, ApiError> {
+    let address = CLIENT_ADDRESS.try_with(|address| *address).ok();
+    read_body_for(address, body, headers, limits, budget).await
+}
+
+/// `read_body` for a caller that knows the client's address (`None`: no per-address share), and
+/// any body type: collect reads hyper's body directly, without the router's boxing.
+pub async fn read_body_for<B>(
+    address: Option<IpAddr>,
+    mut body: B,
+    headers: &HeaderMap,
+    limits: &HttpLimits,
+    budget: &BodyBudget,
+) -> Result<Bytes, ApiError>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+{
     let max = limits.max_body_bytes;
     let announced = headers
         .get(header::CONTENT_LENGTH)
@@ -202,7 +219,7 @@ pub async fn read_body(
     let deadline = started + limits.body_timeout;
     let mut reservation = Reservation {
         budget,
-        address: CLIENT_ADDRESS.try_with(|address| *address).ok(),
+        address,
         kib: 0,
     };
     // Hyper's chunks as they came: a body that arrives in one piece is never copied.
@@ -249,6 +266,10 @@ pub async fn read_body(
         }
         reservation.cover(received)?;
         chunks.push(data);
+        // A body of known length is done with its last byte: no further poll, timer or wake-up.
+        if body.is_end_stream() {
+            break;
+        }
     }
     Ok(match chunks.len() {
         0 => Bytes::new(),

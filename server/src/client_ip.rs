@@ -8,7 +8,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, HeaderName};
 use ipnetwork::{IpNetwork, Ipv4Network};
 
 /// An IPv4 or IPv6 network, `addr/prefix`; a bare address means a single host. Parsing and
@@ -20,6 +20,9 @@ pub struct Cidr(IpNetwork);
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("invalid CIDR {0:?}: expected an address or address/prefix, like 10.0.0.0/8 or ::1")]
 pub struct InvalidCidr(String);
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 /// Length of the `::ffff:0:0/96` prefix that IPv4-mapped IPv6 addresses share.
 const MAPPED_PREFIX_BITS: u8 = 96;
@@ -76,24 +79,30 @@ impl TrustedProxies {
         if !self.trusts(peer_ip) {
             return peer_ip;
         }
-        let mut hops: Vec<&str> = Vec::new();
-        for value in headers.get_all("x-forwarded-for") {
-            let Ok(value) = value.to_str() else {
-                return peer_ip;
-            };
-            hops.extend(value.split(',').map(str::trim).filter(|h| !h.is_empty()));
+        let forwarded = headers.get_all(&X_FORWARDED_FOR);
+        // A hop list that is not text cannot be read: the proxy itself is the client.
+        if forwarded.iter().any(|value| value.to_str().is_err()) {
+            return peer_ip;
         }
-        if hops.is_empty() {
+        // From the nearest hop outwards: the last header's last entry first.
+        let mut hops = forwarded
+            .iter()
+            .rev()
+            .flat_map(|value| value.to_str().unwrap_or_default().rsplit(','))
+            .map(str::trim)
+            .filter(|hop| !hop.is_empty())
+            .peekable();
+        if hops.peek().is_none() {
             return headers
-                .get("x-real-ip")
+                .get(&X_REAL_IP)
                 .and_then(|v| v.to_str().ok())
                 .and_then(parse_hop)
                 .unwrap_or(peer_ip);
         }
-        // Walk from the nearest hop outwards; the first address we do not trust is the client,
-        // since anything further left could have been written by the client itself.
+        // The first address we do not trust is the client, since anything further left could
+        // have been written by the client itself.
         let mut client = peer_ip;
-        for hop in hops.iter().rev() {
+        for hop in hops {
             let Some(ip) = parse_hop(hop) else {
                 return client;
             };

@@ -86,10 +86,16 @@ impl<S: TimeSource> EventClock<S> {
             .saturating_sub(self.base_monotonic_ms);
         let steady_ms = self.base_wall_ms.saturating_add(elapsed_ms);
         let ahead_ms = self.source.wall_ms().saturating_sub(steady_ms);
-        let offset_ms = self
-            .offset_ms
-            .fetch_max(ahead_ms, Ordering::Relaxed)
-            .max(ahead_ms);
+        // A read-modify-write only when the wall clock got further ahead: every handler reads
+        // this clock, and a write on each read would bounce the line between cores.
+        let known_ms = self.offset_ms.load(Ordering::Relaxed);
+        let offset_ms = if ahead_ms > known_ms {
+            self.offset_ms
+                .fetch_max(ahead_ms, Ordering::Relaxed)
+                .max(ahead_ms)
+        } else {
+            known_ms
+        };
         steady_ms.saturating_add(offset_ms)
     }
 

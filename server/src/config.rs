@@ -151,6 +151,11 @@ pub struct Config {
     )]
     pub stream_heartbeat_ms: u64,
 
+    /// Threads that serve HTTP (tokio workers); default one per core. The event log's writer
+    /// and the blocking pool are threads of their own besides these.
+    #[arg(long, env = "PULSE_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
+    pub worker_threads: Option<u16>,
+
     /// Log format on stderr.
     #[arg(long, env = "PULSE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

@@ -225,8 +225,9 @@ async fn serve(
 }
 
 /// The hyper service of one connection: marks the connection busy from a complete request head
-/// until its response has been handed over, refuses oversized heads, and runs the router with
-/// the peer (`ConnectInfo`) and the client address for the body budget.
+/// until its response has been handed over, refuses oversized heads, serves collect
+/// (`routes::collect::serve_direct`) itself and runs the router for everything else, with the
+/// peer (`ConnectInfo`) and the client address for the body budget.
 fn request_service(
     state: &Arc<AppState>,
     app: &axum::Router,
@@ -234,18 +235,15 @@ fn request_service(
     guard: &Arc<ConnectionGuard>,
 ) -> impl hyper::service::Service<
     hyper::Request<Incoming>,
-    Response = hyper::Response<axum::body::Body>,
+    Response = hyper::Response<BusyBody>,
     Error = std::convert::Infallible,
-    Future = impl Future<
-        Output = Result<hyper::Response<axum::body::Body>, std::convert::Infallible>,
-    > + Send,
+    Future = impl Future<Output = Result<hyper::Response<BusyBody>, std::convert::Infallible>> + Send,
 > + Clone {
     let (state, app, guard) = (Arc::clone(state), app.clone(), Arc::clone(guard));
     hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
         // Synchronously, as hyper hands over the head: from here shutdown lets it finish.
         let busy = guard.begin_request();
-        let client = state.proxies.client_ip(peer, request.headers());
-        let app = app.clone();
+        let (state, app) = (Arc::clone(&state), app.clone());
         async move {
             let response = if head_too_large(&request) {
                 ApiError::new(
@@ -254,7 +252,10 @@ fn request_service(
                     format!("request headers exceed {MAX_HEAD_BYTES} bytes"),
                 )
                 .into_response()
+            } else if routes::collect::is_direct(request.method(), request.uri().path()) {
+                routes::collect::serve_direct(&state, peer, request).await
             } else {
+                let client = state.proxies.client_ip(peer, request.headers());
                 request
                     .extensions_mut()
                     .insert(ConnectInfo::<SocketAddr>(peer));
@@ -267,7 +268,8 @@ fn request_service(
                     Err(never) => match never {},
                 }
             };
-            Ok(response.map(|body| axum::body::Body::new(BusyBody { body, _busy: busy })))
+            // Handed to hyper as it is: one box per response (the router's body) is enough.
+            Ok(response.map(|body| BusyBody { body, _busy: busy }))
         }
     })
 }
@@ -280,7 +282,7 @@ async fn serve_connection<S>(
     mut stopped: watch::Receiver<bool>,
     state: Arc<AppState>,
 ) where
-    S: hyper::service::HttpService<Incoming, ResBody = axum::body::Body>,
+    S: hyper::service::HttpService<Incoming, ResBody = BusyBody>,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     state.open_connections.fetch_add(1, Ordering::Relaxed);

@@ -10,6 +10,7 @@
 //! a short uncontended mutex for histograms; nothing allocates on the hot path after warm-up.
 
 use std::fmt;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use prometheus_client::collector::Collector;
@@ -187,6 +188,10 @@ pub struct Metrics {
     events_not_recorded: Family<NotRecordedLabels, Counter>,
     collect_rejected: Family<RejectionLabels, Counter>,
     http_requests: Family<RequestLabels, Counter>,
+    /// The `route="collect",status="202"` series of `http_requests`, held once it exists (it is
+    /// created by the first accepted collect, so a scrape shows it only from then, as for every
+    /// other series): counting the hottest answer skips the family's lock and map lookup.
+    collect_accepted_requests: OnceLock<Counter>,
     /// The `route="collect"` and `route="realtime"` series of the request-duration family,
     /// created up front (so both are scraped from the start) and held so that timing a request
     /// skips the family's map lookup.
@@ -281,6 +286,7 @@ impl Metrics {
             events_not_recorded,
             collect_rejected,
             http_requests,
+            collect_accepted_requests: OnceLock::new(),
             collect_latency,
             realtime_latency,
             log_flush,
@@ -290,9 +296,14 @@ impl Metrics {
 
     /// Counts one answered request; times it when it is collect or realtime.
     pub fn record_request(&self, route: Route, status: u16, elapsed: Duration) {
-        self.http_requests
-            .get_or_create(&RequestLabels { route, status })
-            .inc();
+        let labels = RequestLabels { route, status };
+        if (route, status) == (Route::Collect, 202) {
+            self.collect_accepted_requests
+                .get_or_init(|| self.http_requests.get_or_create(&labels).clone())
+                .inc();
+        } else {
+            self.http_requests.get_or_create(&labels).inc();
+        }
         match route {
             Route::Collect => observe(&self.collect_latency, elapsed),
             Route::Realtime => observe(&self.realtime_latency, elapsed),

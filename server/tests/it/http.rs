@@ -902,6 +902,53 @@ async fn collect_answers_cors_preflight_and_echoes_any_origin() {
     );
 }
 
+/// Collect and `/e` are answered in front of the router (`serve_direct`); their CORS headers
+/// must stay those of the router's ingest layer, for successes and errors, with and without an
+/// `Origin`, and `Vary: Origin` on every answer so a shared cache never mixes them.
+#[tokio::test]
+async fn collect_and_its_alias_answer_cors_with_vary_on_success_and_error() {
+    let server = start(Opts::default());
+    server.site("s", "example.com").await;
+    for path in ["/api/collect", "/e"] {
+        for (body, status) in [
+            (pageview("s", "/cors"), 202),
+            (json!(["not an event"]), 400),
+        ] {
+            for origin in [None, Some("https://example.com")] {
+                let mut request = server
+                    .client()
+                    .post(path)
+                    .header("user-agent", CHROME_DESKTOP)
+                    .json(&body);
+                if let Some(origin) = origin {
+                    request = request.header("origin", origin);
+                }
+                let resp = send(request).await;
+                let case = format!("{path}, status {status}, origin {origin:?}: {resp:?}");
+                assert_eq!(resp.status, status, "{case}");
+                assert_eq!(
+                    resp.header("content-type").as_deref(),
+                    Some("application/json"),
+                    "{case}"
+                );
+                assert_eq!(
+                    resp.header("access-control-allow-origin").as_deref(),
+                    Some(origin.unwrap_or("*")),
+                    "{case}"
+                );
+                assert_eq!(
+                    resp.header("access-control-allow-credentials").as_deref(),
+                    origin.map(|_| "true"),
+                    "{case}"
+                );
+                assert_eq!(resp.header_all("vary"), vec!["Origin"], "{case}");
+            }
+        }
+    }
+    // Both successful requests of each path counted, the failed ones not.
+    assert_eq!(server.counts("s").await.1, 4);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Body limits
 // ---------------------------------------------------------------------------------------------

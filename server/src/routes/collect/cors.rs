@@ -11,7 +11,7 @@
 //! Owns only these headers; the admin routes are same-origin and send none.
 
 use axum::extract::Request;
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
@@ -24,7 +24,13 @@ pub const ALLOWED_HEADERS: &str = "content-type, content-encoding, x-umami-cache
 pub async fn allow_ingest_origin(request: Request, next: Next) -> Response {
     let origin = request.headers().get(header::ORIGIN).cloned();
     let mut response = next.run(request).await;
-    let headers = response.headers_mut();
+    add_ingest_cors(origin, response.headers_mut());
+    response
+}
+
+/// Adds the ingest routes' CORS headers for a request that sent `origin` (the middleware's
+/// work, also done by collect's path around the router, `routes::collect::serve_direct`).
+pub fn add_ingest_cors(origin: Option<HeaderValue>, headers: &mut HeaderMap) {
     match origin {
         Some(origin) => {
             headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
@@ -43,7 +49,6 @@ pub async fn allow_ingest_origin(request: Request, next: Next) -> Response {
     }
     // The answer depends on `Origin`, so a shared cache must not hand one site's to another.
     headers.append(header::VARY, HeaderValue::from_static("Origin"));
-    response
 }
 
 /// `OPTIONS` on an ingest route: the CORS preflight.

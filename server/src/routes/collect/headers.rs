@@ -5,7 +5,10 @@
 //! Pure functions of a `HeaderMap`; the User-Agent is read by the handler, the forwarding
 //! headers by `crate::client_ip`.
 
-use axum::http::{header, HeaderMap};
+use axum::http::{header, HeaderMap, HeaderName};
+
+const DNT: HeaderName = HeaderName::from_static("dnt");
+const SEC_GPC: HeaderName = HeaderName::from_static("sec-gpc");
 
 /// Whether the request's `Content-Type` is one collect reads (JSON, or text/plain from sendBeacon).
 pub fn is_accepted_content_type(headers: &HeaderMap) -> bool {
@@ -22,10 +25,10 @@ pub fn is_accepted_content_type(headers: &HeaderMap) -> bool {
 
 /// Whether the visitor asked not to be tracked (`DNT: 1` or `Sec-GPC: 1`).
 pub fn opted_out(headers: &HeaderMap) -> bool {
-    header_is_one(headers, "dnt") || header_is_one(headers, "sec-gpc")
+    header_is_one(headers, &DNT) || header_is_one(headers, &SEC_GPC)
 }
 
-fn header_is_one(headers: &HeaderMap, name: &str) -> bool {
+fn header_is_one(headers: &HeaderMap, name: &HeaderName) -> bool {
     headers
         .get(name)
         .is_some_and(|v| v.as_bytes().trim_ascii() == b"1")

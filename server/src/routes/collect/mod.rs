@@ -20,20 +20,22 @@
 use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use pulse_engine::{CountryCode, EngineError, Event, Identity, Timestamp, Touch};
 use pulse_snapshot::LogEntry;
 
-use crate::body::read_body;
+use crate::body::read_body_for;
 use crate::catalog::WebsiteEntry;
 use crate::clock;
 use crate::error::ApiError;
 use crate::event_log::SubmitError;
-use crate::metrics::NotRecorded;
+use crate::metrics::{NotRecorded, Route};
+use crate::routes::path;
 use crate::state::AppState;
 use crate::url_normaliser::referrer_domain;
 use crate::user_agent::UserAgentClass;
@@ -76,20 +78,23 @@ pub struct Admitted<'r> {
 /// limit) and inflate it when it is gzip (the same limit), then `handle`, which parses,
 /// resolves websites and calls `Admitted::record`. A refusal is counted in the rejection
 /// metrics under its code; a 415 for a coding says which codings would do.
-pub async fn ingest<F>(
+pub async fn ingest<B, F>(
     state: &AppState,
     peer: SocketAddr,
-    request: Request,
+    request: axum::http::Request<B>,
     handle: F,
 ) -> Result<Response, ApiError>
 where
+    B: http_body::Body<Data = Bytes> + Unpin,
     F: AsyncFnOnce(Admitted<'_>) -> Result<Response, ApiError>,
 {
     // The request itself rather than a `HeaderMap` extractor, which would clone every header.
     let (parts, body) = request.into_parts();
     let outcome = async {
         let (ip, encoding) = admit(state, peer, &parts.headers)?;
-        let body = read_body(body, &parts.headers, &state.http, &state.bodies).await?;
+        // `ip` is the address the accept loop puts in `CLIENT_ADDRESS`: the same rule, once.
+        let body =
+            read_body_for(Some(ip), body, &parts.headers, &state.http, &state.bodies).await?;
         let body = match encoding {
             BodyEncoding::Identity => body,
             // Inflated synchronously, so at most one body per worker thread is being inflated,
@@ -175,18 +180,65 @@ impl Admitted<'_> {
     }
 }
 
-/// `POST /api/collect` and its alias `POST /e` (where Sparklytics' `s.js` sends).
+/// `POST /api/collect` and its alias `POST /e` (where Sparklytics' `s.js` sends), as the router
+/// serves them. `serve_direct` serves the same requests without the router.
 pub async fn collect(
     State(state): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    ingest(&state, peer, request, async |admitted| {
+    collect_events(&state, peer, request).await
+}
+
+async fn collect_events<B>(
+    state: &AppState,
+    peer: SocketAddr,
+    request: axum::http::Request<B>,
+) -> Result<Response, ApiError>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+{
+    ingest(state, peer, request, async |admitted| {
         let events = resolve_websites(admitted.state, parse_batch(&admitted.body)?)?;
         admitted.record(events).await?;
         Ok(accepted())
     })
     .await
+}
+
+/// Whether a request is `POST /api/collect` or `POST /e`: the requests `serve_direct` answers
+/// in front of the router.
+pub fn is_direct(method: &Method, path: &str) -> bool {
+    method == Method::POST && (path == path::COLLECT || path == path::COLLECT_ALIAS)
+}
+
+/// Collect without the router, for `is_direct` requests: single-event ingest is the server's
+/// hottest path, and the router's layers (routing, two `from_fn` middlewares, the JSON-error
+/// rewrite, each boxing the request's future) cost a sixth of its CPU (BENCHMARKS.md, "HTTP,
+/// end to end"). Does what those layers do for this route, and no more: the CORS headers of
+/// `allow_ingest_origin`, the request metrics of `routes::track_request` under the `collect`
+/// route; every answer is already JSON (`ApiError`), which is all `json_errors` would check.
+pub async fn serve_direct<B>(
+    state: &AppState,
+    peer: SocketAddr,
+    request: axum::http::Request<B>,
+) -> Response
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+{
+    let started = Instant::now();
+    let origin = request.headers().get(header::ORIGIN).cloned();
+    let mut response = match collect_events(state, peer, request).await {
+        Ok(response) => response,
+        Err(error) => error.into_response(),
+    };
+    cors::add_ingest_cors(origin, response.headers_mut());
+    state.metrics.record_request(
+        Route::Collect,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
 }
 
 /// Refuses a request before its body is read: a content type or coding the ingest routes do not
@@ -441,10 +493,11 @@ fn log_stalled(state: &AppState) -> ApiError {
 
 /// `202 {"ok":true}`: the answer of collect and of Plausible's `/api/event`.
 pub fn accepted() -> Response {
-    (
-        StatusCode::ACCEPTED,
-        [(header::CONTENT_TYPE, "application/json")],
-        r#"{"ok":true}"#,
-    )
-        .into_response()
+    let mut response = Response::new(axum::body::Body::from(r#"{"ok":true}"#));
+    *response.status_mut() = StatusCode::ACCEPTED;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
 }
