@@ -405,6 +405,9 @@ pub struct Readings {
     pub approximate_websites: usize,
     pub connections: usize,
     pub connections_max: usize,
+    /// Live streams open now, and most that may be (`LiveHub`).
+    pub live_streams: usize,
+    pub live_streams_max: usize,
     pub log_segments: usize,
     pub log_segment_bytes: u64,
     /// `None` until the replay has finished.
@@ -518,6 +521,20 @@ impl Collector for Readings {
             "Most client connections served at once.",
             None,
             self.connections_max,
+        )?;
+        gauge(
+            e,
+            "live_streams",
+            "Open realtime streams (each also holds a connection).",
+            None,
+            self.live_streams,
+        )?;
+        gauge(
+            e,
+            "live_streams_max",
+            "Most realtime streams open at once (from the memory limit).",
+            None,
+            self.live_streams_max,
         )?;
         gauge(
             e,
@@ -696,6 +713,8 @@ mod tests {
             approximate_websites: 1,
             connections: 5,
             connections_max: 64,
+            live_streams: 7,
+            live_streams_max: 500,
             log_segments: 2,
             log_segment_bytes: 1234,
             replay: Some(ReplayReading {
@@ -820,6 +839,8 @@ mod tests {
                 "pulse_approximate_websites 1",
                 "pulse_connections 5",
                 "pulse_connections_max 64",
+                "pulse_live_streams 7",
+                "pulse_live_streams_max 500",
                 "pulse_log_segments 2",
                 "pulse_log_segment_bytes 1234",
                 "pulse_replay_duration_seconds 1.5",

@@ -100,6 +100,8 @@ fn read(state: &AppState) -> Readings {
         approximate_websites: state.engine.approximate_websites(),
         connections: state.open_connections.load(Ordering::Relaxed),
         connections_max: state.http.max_connections,
+        live_streams: state.live.open_streams(),
+        live_streams_max: state.live.max_streams(),
         log_segments,
         log_segment_bytes,
         replay,

@@ -243,6 +243,9 @@ async fn streams_past_the_memory_bound_are_refused_with_503() {
         scrape.get("pulse_memory_budget_bytes", &live),
         Some(20_970.0)
     );
+    // And counted as streams, against the bound the memory limit gives.
+    assert_eq!(scrape.get("pulse_live_streams", &[]), Some(1.0));
+    assert_eq!(scrape.get("pulse_live_streams_max", &[]), Some(1.0));
     let refused = server.get("/api/websites/s/realtime/stream").await;
     assert_error(&refused, 503, "too_many_streams", "a second stream");
     assert!(
