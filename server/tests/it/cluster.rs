@@ -83,6 +83,18 @@ async fn wait_for_total(node: &Server, events: u64) -> Value {
     data
 }
 
+/// Creates `SITE` on `a` and waits until `b` lists it (the set-up of every two-node test).
+async fn site_on_both(a: &Server, b: &Server) {
+    a.site(SITE, "shop.example").await;
+    assert!(
+        eventually(SPREAD_DEADLINE, || async {
+            b.website_ids().await == [SITE]
+        })
+        .await,
+        "B never listed {SITE}"
+    );
+}
+
 #[tokio::test]
 async fn a_website_created_on_one_node_is_listed_by_another_within_3_s() {
     let nats = NatsCluster::start(3).await;
@@ -133,13 +145,7 @@ async fn events_from_50_visitors_sent_round_robin_give_one_exact_answer_on_both_
     let nats = NatsCluster::start(3).await;
     let a = node(node_opts(&nats.urls())).await;
     let b = node(node_opts(&nats.urls())).await;
-    a.site(SITE, "shop.example").await;
-    assert!(
-        eventually(SPREAD_DEADLINE, || async {
-            b.website_ids().await == [SITE]
-        })
-        .await
-    );
+    site_on_both(&a, &b).await;
     let sent = round_robin(&[&a, &b], 50, 4).await;
     let on_a = wait_for_total(&a, sent).await;
     let on_b = wait_for_total(&b, sent).await;
@@ -157,13 +163,7 @@ async fn sigkill_of_one_nats_node_keeps_ingest_going_and_loses_no_acknowledged_e
     // A knows only the node that will die, so it must fail over to servers it learnt about.
     let a = node(node_opts(&nats.nodes[0].url())).await;
     let b = node(node_opts(&nats.urls())).await;
-    a.site(SITE, "shop.example").await;
-    assert!(
-        eventually(SPREAD_DEADLINE, || async {
-            b.website_ids().await == [SITE]
-        })
-        .await
-    );
+    site_on_both(&a, &b).await;
     let mut acknowledged = 0_u64;
     let mut sent = 0_u64;
     let mut send = async |count: usize, acknowledged: &mut u64| {
@@ -225,13 +225,7 @@ async fn a_fresh_node_with_an_empty_data_dir_restores_the_exact_window_after_a_n
     let nats = NatsCluster::start(3).await;
     let a = node(node_opts(&nats.urls())).await;
     let mut b = node(node_opts(&nats.urls())).await;
-    a.site(SITE, "shop.example").await;
-    assert!(
-        eventually(SPREAD_DEADLINE, || async {
-            b.website_ids().await == [SITE]
-        })
-        .await
-    );
+    site_on_both(&a, &b).await;
     let sent = round_robin(&[&a, &b], 50, 3).await;
     let before = wait_for_total(&a, sent).await;
     b.kill_9();
@@ -332,13 +326,7 @@ async fn two_nodes_share_one_salt_across_midnight() {
     let fake = |opts: Opts| under_faketime(opts, &offset_file);
     let a = node(fake(node_opts(&nats.urls()))).await;
     let b = node(fake(node_opts(&nats.urls()))).await;
-    a.site(SITE, "shop.example").await;
-    assert!(
-        eventually(SPREAD_DEADLINE, || async {
-            b.website_ids().await == [SITE]
-        })
-        .await
-    );
+    site_on_both(&a, &b).await;
 
     // Visitor 0 before midnight, on A.
     assert_eq!(pageview(&a, 0, "/before").await.status, 202);
