@@ -29,6 +29,10 @@ pub struct EngineLimits {
 impl EngineLimits {
     /// Default `window_secs`: 30 minutes.
     pub const DEFAULT_WINDOW_SECS: u32 = 30 * 60;
+    /// Largest `window_secs`: 24 days. Breakdown nodes keep times as 32-bit millisecond
+    /// offsets and move their base at most a window back, so a window must stay well under
+    /// 2^31 ms; a realtime window is minutes long.
+    pub const MAX_WINDOW_SECS: u32 = 24 * 24 * 3600;
     /// Default `ring_capacity`, in events per website and class.
     pub const DEFAULT_RING_CAPACITY: usize = 256;
     /// Default `recent_limit`, in events.
@@ -49,6 +53,11 @@ impl EngineLimits {
     pub fn validate(&self) -> Result<(), EngineError> {
         if self.window_secs == 0 {
             return Err(EngineError::InvalidConfig("window_secs must be at least 1"));
+        }
+        if self.window_secs > Self::MAX_WINDOW_SECS {
+            return Err(EngineError::InvalidConfig(
+                "window_secs must be at most 24 days",
+            ));
         }
         if self.recent_limit == 0 {
             return Err(EngineError::InvalidConfig(
@@ -94,5 +103,17 @@ mod tests {
             ..EngineLimits::default()
         };
         assert!(limits.validate().is_err());
+    }
+
+    #[test]
+    fn a_window_past_24_days_is_refused() {
+        let limits = |window_secs| EngineLimits {
+            window_secs,
+            ..EngineLimits::default()
+        };
+        assert_eq!(limits(EngineLimits::MAX_WINDOW_SECS).validate(), Ok(()));
+        assert!(limits(EngineLimits::MAX_WINDOW_SECS + 1)
+            .validate()
+            .is_err());
     }
 }

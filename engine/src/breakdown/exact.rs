@@ -3,16 +3,24 @@
 //!
 //! - A queue of 24-byte records `(ts, visitor slot, packed value ids)`, sorted by timestamp: an
 //!   in-order event appends, a late one is inserted at its place (the distance from the back),
-//!   and expiry pops from the front, so each event is touched twice in all.
-//! - One node per active visitor (found through a `hashbrown::HashTable` of slot indices),
-//!   holding the visitor's first `(value id, events)` pairs inline — a human visitor usually has
-//!   a handful — and a bitmask of the minutes it was seen in. Pairs past the inline ones (a
-//!   crawler's hundreds of pages) go to one shared table keyed by `(visitor slot, value id)`,
-//!   so no visitor's pairs are ever scanned. A value's `visitors` is the number of visitors
-//!   holding a pair for it, kept as pairs appear and disappear.
+//!   and expiry pops from the front. A value's `events` moves with the queue alone: expiring an
+//!   event never visits its visitor.
+//! - One 64-byte node per active visitor (found through a `hashbrown::HashTable` of slot
+//!   indices), holding, for each value the visitor's events carry, the timestamp of its latest
+//!   such event: the browser, device and country together (they come from the visitor's
+//!   address and User-Agent, so they rarely change), and the first four texts (page, referrer,
+//!   event name) inline. Texts past those (a crawler's hundreds of pages) go to one shared table
+//!   keyed by `(visitor slot, value id)`, so no visitor's values are ever scanned. A value's
+//!   `visitors` is the number of visitors holding it, kept as pairs appear and leave.
+//! - A pair leaves when the window's edge passes its latest timestamp. Rather than visit a node
+//!   at every expiring event, each node has one pending *check* at or before its earliest
+//!   pair's timestamp (and each spilled pair its own), kept in a wheel of 64 buckets over the
+//!   window; the bucket the edge is in is a heap, so checks run at the exact millisecond. A check
+//!   that finds its pairs refreshed moves to the new earliest one: a visitor who keeps browsing
+//!   is checked about once per window, one who leaves once per distinct latest timestamp.
 //! - One slot per minute for the series: distinct visitors (counted when a node's minute bit
-//!   is first set) and pageviews. Every minute the series shows lies wholly inside the window, so a slot
-//!   only ever grows until its minute leaves the series.
+//!   is first set) and pageviews. Every minute the series shows lies wholly inside the window,
+//!   so a slot only ever grows until its minute leaves the series.
 //!
 //! The midnight carry-over follows `VisitorWindow`: an event whose `carried_from` id is active
 //! takes that visitor's node over, so yesterday's and today's ids count as one visitor. The
@@ -21,12 +29,12 @@
 //!
 //! This module does not decide when to be exact; `ClassBreakdown` does.
 
-use std::collections::VecDeque;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
 
 use hashbrown::HashTable;
-use smallvec::SmallVec;
 
-use super::values::{EventValues, PackedValues, ValueTable};
+use super::values::{EventValues, PackedValues, Trio, ValueTable};
 use crate::event::VisitorId;
 
 pub(crate) const MINUTE_MS: i64 = 60_000;
@@ -41,133 +49,174 @@ struct Record {
     values: PackedValues,
 }
 
-/// Pairs a visitor keeps in its node; the rest go to the shared spill table.
-const INLINE_PAIRS: usize = 8;
+/// Text pairs a visitor keeps in its node; the rest go to the shared spill table.
+const TEXT_PAIRS: usize = 5;
+/// "No time" in a node's offsets (no pending check).
+const NO_TIME: u32 = u32::MAX;
+/// The node holds a trio (browser, device, country) with its latest timestamp.
+const HAS_TRIO: u8 = 1;
+/// The visitor's events carried two different trios: its browser, device and country are held
+/// as separate pairs from then on (`HAS_TRIO` is clear).
+const SPLIT_TRIO: u8 = 2;
+/// `Check::value` of a node's own check (a spilled pair's check names its value).
+const NODE_CHECK: u32 = u32::MAX;
+/// Buckets of the check wheel; the window spans at most `CHECK_BUCKETS - 2` of them.
+const CHECK_BUCKETS: usize = 64;
 
 /// A pair that did not fit in its visitor's node.
 #[derive(Debug, Clone, Copy)]
 struct SpilledPair {
     slot: u32,
     value: u32,
-    events: u32,
+    latest_ms: i64,
+    /// Its pending check.
+    due_ms: i64,
 }
 
 fn pair_hash(slot: u32, value: u32) -> u64 {
     spread((u64::from(slot) << 32) | u64::from(value))
 }
 
-/// Adds `events` to the pair `(slot, id)`, returning whether the pair is new.
-fn add_pair(
-    node: &mut VisitorNode,
+/// A pending look at a node (or at one spilled pair) once the window's edge reaches `due_ms`.
+/// Stale when the node or pair has since moved its check or gone: the check is then skipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Check {
+    due_ms: i64,
     slot: u32,
-    spilled: &mut HashTable<SpilledPair>,
-    id: u32,
-    events: u32,
-) -> bool {
-    if let Some((_, held)) = node.pairs.iter_mut().find(|(value, _)| *value == id) {
-        *held += events;
-        return false;
-    }
-    let hash = pair_hash(slot, id);
-    if node.spilled > 0 {
-        if let Some(pair) = spilled.find_mut(hash, |p| p.slot == slot && p.value == id) {
-            pair.events += events;
-            return false;
-        }
-    }
-    if node.pairs.len() < INLINE_PAIRS {
-        node.pairs.push((id, events));
-    } else {
-        let pair = SpilledPair {
-            slot,
-            value: id,
-            events,
-        };
-        spilled.insert_unique(hash, pair, |p| pair_hash(p.slot, p.value));
-        node.spilled += 1;
-    }
-    true
+    value: u32,
 }
 
-/// Takes one event from the pair `(slot, id)`, returning whether the pair is gone.
-fn remove_one(
-    node: &mut VisitorNode,
-    slot: u32,
-    spilled: &mut HashTable<SpilledPair>,
-    id: u32,
-) -> bool {
-    if let Some(at) = node.pairs.iter().position(|(value, _)| *value == id) {
-        node.pairs[at].1 -= 1;
-        if node.pairs[at].1 == 0 {
-            node.pairs.swap_remove(at);
-            return true;
-        }
-        return false;
-    }
-    if node.spilled == 0 {
-        return false;
-    }
-    match spilled.find_entry(pair_hash(slot, id), |p| p.slot == slot && p.value == id) {
-        Ok(entry) if entry.get().events <= 1 => {
-            entry.remove();
-            node.spilled -= 1;
-            true
-        }
-        Ok(entry) => {
-            entry.into_mut().events -= 1;
-            false
-        }
-        Err(_) => false,
-    }
-}
+/// Milliseconds in a unit of `VisitorNode::base` (so that 32 bits reach `Timestamp::MAX_MS`).
+const BASE_UNIT_MS: i64 = 1 << 12;
 
-#[derive(Debug)]
+/// One active visitor: 64 bytes, one cache line. Times are offsets in milliseconds after the
+/// node's base, which moves forward only when an offset would not fit (a visitor active for 49
+/// days without a break).
+#[derive(Debug, Clone, Copy)]
+#[repr(C, align(64))]
 struct VisitorNode {
     id: u64,
-    /// Bit `d` set: the visitor has an event in minute `newest_minute - d`.
-    minutes: u64,
-    newest_minute: i64,
-    /// Records in the queue that count for this visitor; the node is freed at 0.
-    live: u32,
-    /// `(value id, events)` for the first values this visitor's events carry (never more
-    /// than `INLINE_PAIRS`, so it never allocates).
-    pairs: SmallVec<[(u32, u32); INLINE_PAIRS]>,
+    /// In `BASE_UNIT_MS`: the base is `base * BASE_UNIT_MS` milliseconds.
+    base: u32,
+    /// The pending check, at or before the earliest pair's latest time; `NO_TIME` for none.
+    due: u32,
+    /// Bit `d` set: the visitor has an event in minute `newest - d`, `newest` being the minute
+    /// of `latest_event`.
+    minutes: u32,
+    /// The visitor's latest event; also its trio's while `HAS_TRIO` (every event carries a
+    /// trio, and one that differs splits it).
+    latest_event: u32,
+    trio: Trio,
     /// Pairs of this visitor in the spill table.
-    spilled: u32,
+    spilled: u16,
+    /// Text pairs held inline.
+    len: u8,
+    flags: u8,
+    values: [u16; TEXT_PAIRS],
+    latest: [u32; TEXT_PAIRS],
+}
+
+/// The largest base at or before `ms` (0 for instants before the epoch: no event is).
+fn base_at_or_before(ms: i64) -> u32 {
+    u32::try_from(ms.max(0) / BASE_UNIT_MS).unwrap_or(u32::MAX)
 }
 
 impl VisitorNode {
-    /// Sets the bit of `minute`, returning whether it was clear.
-    fn mark_minute(&mut self, minute: i64) -> bool {
-        if minute > self.newest_minute {
-            let shift = minute - self.newest_minute;
-            self.minutes = if shift >= 64 {
-                0
-            } else {
-                self.minutes << shift
-            };
-            self.minutes |= 1;
-            self.newest_minute = minute;
-            return true;
+    /// An empty node of visitor `id`, whose times will all be after `floor_ms`.
+    fn new(id: u64, floor_ms: i64) -> Self {
+        Self {
+            id,
+            base: base_at_or_before(floor_ms),
+            due: NO_TIME,
+            minutes: 0,
+            latest_event: 0,
+            trio: Trio::NONE,
+            len: 0,
+            flags: 0,
+            spilled: 0,
+            values: [0; TEXT_PAIRS],
+            latest: [0; TEXT_PAIRS],
         }
-        let back = self.newest_minute - minute;
-        if back >= 64 {
-            // Never within a window of at most 31 minutes.
-            return false;
+    }
+
+    fn is_empty(&self) -> bool {
+        self.flags & HAS_TRIO == 0 && self.len == 0 && self.spilled == 0
+    }
+
+    fn base_ms(&self) -> i64 {
+        i64::from(self.base) * BASE_UNIT_MS
+    }
+
+    fn at(&self, offset: u32) -> i64 {
+        self.base_ms() + i64::from(offset)
+    }
+
+    /// The minute of the visitor's latest event.
+    fn newest_minute(&self) -> i64 {
+        self.at(self.latest_event).div_euclid(MINUTE_MS)
+    }
+
+    /// The offset of `ts_ms`, moving the base to `floor_ms` first when it would not fit. Every
+    /// time the node holds, and `ts_ms`, is after `floor_ms`, and at most a window past it.
+    fn offset_of(&mut self, ts_ms: i64, floor_ms: i64) -> u32 {
+        if let Some(offset) = ts_ms
+            .checked_sub(self.base_ms())
+            .and_then(|d| u32::try_from(d).ok())
+            .filter(|&d| d != NO_TIME)
+        {
+            return offset;
         }
-        let bit = 1_u64 << back;
-        let fresh = self.minutes & bit == 0;
-        self.minutes |= bit;
+        let base = base_at_or_before(floor_ms.max(ts_ms.saturating_sub(i64::from(i32::MAX))));
+        let floor_ms = i64::from(base) * BASE_UNIT_MS;
+        let shift = |offset: u32, base_ms: i64| {
+            u32::try_from(base_ms + i64::from(offset) - floor_ms).unwrap_or(0)
+        };
+        let base_ms = self.base_ms();
+        if self.due != NO_TIME {
+            self.due = shift(self.due, base_ms);
+        }
+        self.latest_event = shift(self.latest_event, base_ms);
+        for latest in &mut self.latest[..usize::from(self.len)] {
+            *latest = shift(*latest, base_ms);
+        }
+        self.base = base;
+        u32::try_from(ts_ms - floor_ms).unwrap_or(NO_TIME - 1)
+    }
+
+    /// Records an event at `ts_ms` (offset `offset`): sets the bit of its minute, returning
+    /// whether it was clear, and moves `latest_event`.
+    fn mark(&mut self, ts_ms: i64, offset: u32) -> bool {
+        let minute = ts_ms.div_euclid(MINUTE_MS);
+        let newest = self.newest_minute();
+        let fresh = if minute > newest {
+            let shift = u32::try_from(minute - newest).unwrap_or(u32::MAX);
+            self.minutes = self.minutes.checked_shl(shift).unwrap_or(0) | 1;
+            true
+        } else {
+            match u32::try_from(newest - minute)
+                .ok()
+                .and_then(|back| 1_u32.checked_shl(back))
+            {
+                Some(bit) => {
+                    let fresh = self.minutes & bit == 0;
+                    self.minutes |= bit;
+                    fresh
+                }
+                // More than 31 minutes back: never a minute the series shows.
+                None => false,
+            }
+        };
+        self.latest_event = self.latest_event.max(offset);
         fresh
     }
 
-    /// The mask aligned so that bit `d` means minute `newest - d`.
-    fn minutes_as_of(&self, newest: i64) -> u64 {
-        let shift = newest - self.newest_minute;
-        if shift >= 64 {
-            0
-        } else {
-            self.minutes << shift
+    /// The earliest latest time of the trio and the inline pairs, as an offset.
+    fn earliest(&self) -> Option<u32> {
+        let inline = self.latest[..usize::from(self.len)].iter().copied().min();
+        let trio = (self.flags & HAS_TRIO != 0).then_some(self.latest_event);
+        match (inline, trio) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 }
@@ -199,9 +248,90 @@ fn spread(id: u64) -> u64 {
     (product as u64) ^ ((product >> 64) as u64)
 }
 
+/// The pending checks: a wheel of unsorted buckets, each `width_ms` wide, and the bucket the
+/// window's edge is in as a min-heap, so the edge takes exactly the checks it passed.
+#[derive(Debug)]
+struct CheckWheel {
+    width_ms: i64,
+    /// Allocated on the first check, so an idle class costs nothing.
+    buckets: Vec<Vec<Check>>,
+    /// The bucket number the edge is in; every earlier bucket is empty.
+    edge: i64,
+    heap: BinaryHeap<Reverse<Check>>,
+    len: usize,
+}
+
+impl CheckWheel {
+    fn new(window_ms: i64, cutoff_ms: i64) -> Self {
+        let width_ms = (window_ms.max(1) + CHECK_BUCKETS as i64 - 3) / (CHECK_BUCKETS as i64 - 2);
+        Self {
+            width_ms,
+            buckets: Vec::new(),
+            edge: cutoff_ms.div_euclid(width_ms),
+            heap: BinaryHeap::new(),
+            len: 0,
+        }
+    }
+
+    fn bucket_of(&self, due_ms: i64) -> i64 {
+        due_ms.div_euclid(self.width_ms)
+    }
+
+    /// Adds a check, due after the edge (every pair's time is).
+    fn push(&mut self, check: Check) {
+        self.len += 1;
+        let bucket = self.bucket_of(check.due_ms);
+        if bucket <= self.edge {
+            self.heap.push(Reverse(check));
+            return;
+        }
+        if self.buckets.is_empty() {
+            self.buckets = vec![Vec::new(); CHECK_BUCKETS];
+        }
+        self.buckets[bucket.rem_euclid(CHECK_BUCKETS as i64) as usize].push(check);
+    }
+
+    /// Moves the edge to the bucket of `cutoff_ms`, turning that bucket into the heap (the
+    /// checks of the buckets passed whole go into the heap too: all of them are due).
+    fn move_edge(&mut self, cutoff_ms: i64) {
+        let target = self.bucket_of(cutoff_ms);
+        if target <= self.edge {
+            return;
+        }
+        if self.len == self.heap.len() || self.buckets.is_empty() {
+            // Nothing waits outside the heap.
+            self.edge = target;
+            return;
+        }
+        let passed = (target - self.edge).min(CHECK_BUCKETS as i64);
+        for bucket in self.edge + 1..=self.edge + passed {
+            let at = bucket.rem_euclid(CHECK_BUCKETS as i64) as usize;
+            let checks = std::mem::take(&mut self.buckets[at]);
+            self.heap.extend(checks.iter().copied().map(Reverse));
+            let mut checks = checks;
+            checks.clear();
+            self.buckets[at] = checks;
+        }
+        self.edge = target;
+    }
+
+    /// Takes the next check due at or before `cutoff_ms`.
+    fn pop_due(&mut self, cutoff_ms: i64) -> Option<Check> {
+        match self.heap.peek() {
+            Some(Reverse(check)) if check.due_ms <= cutoff_ms => {
+                self.len -= 1;
+                self.heap.pop().map(|Reverse(check)| check)
+            }
+            _ => None,
+        }
+    }
+}
+
 /// A class's exact breakdown over the events it was given (the caller keeps the window's edge).
 #[derive(Debug)]
 pub(crate) struct ExactBreakdown {
+    /// The last edge expired through: every pair and pending check is after it.
+    cutoff_ms: i64,
     queue: VecDeque<Record>,
     nodes: Vec<VisitorNode>,
     free_nodes: Vec<u32>,
@@ -209,11 +339,14 @@ pub(crate) struct ExactBreakdown {
     counts: Vec<ValueCounts>,
     minutes: [MinuteCounts; MINUTE_SLOTS],
     spilled: HashTable<SpilledPair>,
+    checks: CheckWheel,
 }
 
 impl ExactBreakdown {
-    pub fn new() -> Self {
+    /// An empty state for a window of `window_ms` whose edge is at `cutoff_ms`.
+    pub fn new(window_ms: i64, cutoff_ms: i64) -> Self {
         Self {
+            cutoff_ms,
             queue: VecDeque::new(),
             nodes: Vec::new(),
             free_nodes: Vec::new(),
@@ -221,6 +354,7 @@ impl ExactBreakdown {
             counts: Vec::new(),
             minutes: [NO_MINUTE; MINUTE_SLOTS],
             spilled: HashTable::new(),
+            checks: CheckWheel::new(window_ms, cutoff_ms),
         }
     }
 
@@ -237,23 +371,44 @@ impl ExactBreakdown {
             + self.table.allocation_size()
             + self.counts.capacity() * std::mem::size_of::<ValueCounts>()
             + self.spilled.allocation_size()
+            + self.checks_charge_bytes()
     }
 
-    /// Bytes the next event could add by making the queue, the nodes or the table grow (0 when
-    /// each has room), so a caller can refuse the growth before it happens.
+    /// What the pending checks are charged: two per node and per spill-table slot (each holds
+    /// at most one live check; the second covers the buckets' growth headroom and checks gone
+    /// stale, which only late events and merges leave, each also holding a record), plus the
+    /// wheel's buckets. Charged from the capacities a checkpoint restores rather than from the
+    /// wheel itself, so a restored state accounts exactly what the original did.
+    fn checks_charge_bytes(&self) -> usize {
+        if self.nodes.capacity() == 0 {
+            return 0;
+        }
+        (self.nodes.capacity() + self.spilled.capacity()) * 2 * std::mem::size_of::<Check>()
+            + CHECK_BUCKETS * std::mem::size_of::<Vec<Check>>()
+    }
+
+    /// Bytes the next event could add by making the queue, the nodes, the tables or the checks
+    /// grow (0 when each has room), so a caller can refuse the growth before it happens.
     pub fn growth_bytes_on_insert(&self) -> usize {
         let mut growth = 0;
         if self.queue.len() == self.queue.capacity() {
             growth += self.queue.capacity().max(4) * std::mem::size_of::<Record>();
         }
+        // Each node and spill slot also carries its checks' charge (`checks_charge_bytes`).
+        let check_pair = 2 * std::mem::size_of::<Check>();
         if self.free_nodes.is_empty() && self.nodes.len() == self.nodes.capacity() {
-            growth += self.nodes.capacity().max(4) * std::mem::size_of::<VisitorNode>();
+            let added = self.nodes.capacity().max(4);
+            growth += added * (std::mem::size_of::<VisitorNode>() + check_pair);
+            if self.nodes.capacity() == 0 {
+                growth += CHECK_BUCKETS * std::mem::size_of::<Vec<Check>>();
+            }
         }
         if self.table.len() == self.table.capacity() {
             growth += self.table.allocation_size().max(64);
         }
         if self.spilled.len() == self.spilled.capacity() {
-            growth += self.spilled.allocation_size().max(64);
+            growth += self.spilled.allocation_size().max(64)
+                + self.spilled.capacity().max(4) * check_pair;
         }
         growth
     }
@@ -296,6 +451,14 @@ impl ExactBreakdown {
             .copied()
     }
 
+    /// Gives node `slot` to visitor `id` and enters it in the table.
+    fn insert_entry(&mut self, id: u64, slot: u32) {
+        self.nodes[slot as usize].id = id;
+        let nodes = &self.nodes;
+        self.table
+            .insert_unique(spread(id), slot, |&i| spread(nodes[i as usize].id));
+    }
+
     /// Counts an event of `visitor` at `ts_ms` (inside the window) carrying `values`, whose
     /// references the caller already took for this state.
     pub fn record(
@@ -312,26 +475,43 @@ impl ExactBreakdown {
             Some(slot) => slot,
             None => self.allocate(visitor.0),
         };
-        let minute = ts_ms.div_euclid(MINUTE_MS);
-        let node = &mut self.nodes[slot as usize];
-        let first_record = node.live == 0;
-        if first_record {
-            node.newest_minute = minute;
-            node.minutes = 0;
+        let trio = values.trio();
+        let node = &self.nodes[slot as usize];
+        if node.flags & HAS_TRIO != 0 && node.trio != trio {
+            // Before the event moves the visitor's latest time: the old trio's is the one
+            // before it.
+            self.split_trio(slot);
         }
-        let fresh_minute = node.mark_minute(minute) || first_record;
-        node.live += 1;
+        let floor_ms = self.cutoff_ms;
+        let node = &mut self.nodes[slot as usize];
+        let offset = node.offset_of(ts_ms, floor_ms);
+        let fresh_minute = node.mark(ts_ms, offset);
         let bound = values.iter().max().map_or(0, |id| id as usize + 1);
         if self.counts.len() < bound {
             self.counts.resize(bound, ValueCounts::default());
         }
         for id in values.iter() {
-            let counts = &mut self.counts[id as usize];
-            counts.events += 1;
-            if add_pair(node, slot, &mut self.spilled, id, 1) {
-                counts.visitors += 1;
+            self.counts[id as usize].events += 1;
+        }
+        let node = &mut self.nodes[slot as usize];
+        if node.flags & HAS_TRIO != 0 {
+            // The same trio: `mark` moved its time.
+        } else if node.flags & SPLIT_TRIO == 0 {
+            node.trio = trio;
+            node.flags |= HAS_TRIO;
+            for id in trio.ids() {
+                self.counts[id as usize].visitors += 1;
+            }
+        } else {
+            for id in trio.ids() {
+                self.add_pair(slot, id, ts_ms);
             }
         }
+        for id in values.texts() {
+            self.add_pair(slot, id, ts_ms);
+        }
+        self.schedule(slot, ts_ms);
+        let minute = ts_ms.div_euclid(MINUTE_MS);
         let minute_slot = &mut self.minutes[minute.rem_euclid(MINUTE_SLOTS as i64) as usize];
         if minute_slot.minute < minute {
             *minute_slot = MinuteCounts {
@@ -357,40 +537,193 @@ impl ExactBreakdown {
         }
     }
 
-    /// Removes every event at or before `cutoff_ms`, giving its references back to `table`.
+    /// Moves the node's check to `ts_ms` when it has none or a later one (a late event).
+    fn schedule(&mut self, slot: u32, ts_ms: i64) {
+        let floor_ms = self.cutoff_ms;
+        let node = &mut self.nodes[slot as usize];
+        if node.due != NO_TIME && node.at(node.due) <= ts_ms {
+            return;
+        }
+        if node.flags & HAS_TRIO == 0 && node.len == 0 {
+            // Only spilled pairs, which have checks of their own.
+            return;
+        }
+        node.due = node.offset_of(ts_ms, floor_ms);
+        self.checks.push(Check {
+            due_ms: ts_ms,
+            slot,
+            value: NODE_CHECK,
+        });
+    }
+
+    /// Counts value `id` for the visitor in `slot` as seen at `ts_ms`: refreshes its pair, or
+    /// adds one (and a visitor to the value).
+    fn add_pair(&mut self, slot: u32, id: u32, ts_ms: i64) {
+        if !self.refresh_pair(slot, id, ts_ms) {
+            self.counts[id as usize].visitors += 1;
+        }
+    }
+
+    /// Moves the pair `(slot, id)` to `ts_ms` if later, creating it when absent; returns
+    /// whether it existed.
+    fn refresh_pair(&mut self, slot: u32, id: u32, ts_ms: i64) -> bool {
+        let floor_ms = self.cutoff_ms;
+        let node = &mut self.nodes[slot as usize];
+        let offset = node.offset_of(ts_ms, floor_ms);
+        let len = usize::from(node.len);
+        if let Ok(short) = u16::try_from(id) {
+            if let Some(at) = node.values[..len].iter().position(|&v| v == short) {
+                node.latest[at] = node.latest[at].max(offset);
+                return true;
+            }
+        }
+        let hash = pair_hash(slot, id);
+        if node.spilled > 0 {
+            if let Some(pair) = self
+                .spilled
+                .find_mut(hash, |p| p.slot == slot && p.value == id)
+            {
+                pair.latest_ms = pair.latest_ms.max(ts_ms);
+                return true;
+            }
+        }
+        match u16::try_from(id) {
+            Ok(short) if len < TEXT_PAIRS => {
+                node.values[len] = short;
+                node.latest[len] = offset;
+                node.len += 1;
+            }
+            _ => {
+                node.spilled += 1;
+                let pair = SpilledPair {
+                    slot,
+                    value: id,
+                    latest_ms: ts_ms,
+                    due_ms: ts_ms,
+                };
+                self.spilled
+                    .insert_unique(hash, pair, |p| pair_hash(p.slot, p.value));
+                self.checks.push(Check {
+                    due_ms: ts_ms,
+                    slot,
+                    value: id,
+                });
+            }
+        }
+        false
+    }
+
+    /// Turns the node's trio into three separate pairs (its visitor's events carry another
+    /// browser, device or country), keeping its time and its visitors' counts.
+    fn split_trio(&mut self, slot: u32) {
+        let node = &mut self.nodes[slot as usize];
+        node.flags |= SPLIT_TRIO;
+        if node.flags & HAS_TRIO == 0 {
+            return;
+        }
+        node.flags &= !HAS_TRIO;
+        let (trio, latest_ms) = (node.trio, node.at(node.latest_event));
+        for id in trio.ids() {
+            // Each value already counts this visitor.
+            self.refresh_pair(slot, id, latest_ms);
+        }
+        self.schedule(slot, latest_ms);
+    }
+
+    /// Removes every event at or before `cutoff_ms`, giving its references back to `table`,
+    /// and every pair whose latest time is at or before it.
     pub fn expire_through(&mut self, cutoff_ms: i64, table: &mut ValueTable) {
-        while let Some(record) = self.queue.front().copied() {
+        self.cutoff_ms = self.cutoff_ms.max(cutoff_ms);
+        let cutoff_ms = self.cutoff_ms;
+        while let Some(record) = self.queue.front() {
             if record.ts_ms > cutoff_ms {
                 break;
             }
-            self.queue.pop_front();
             let values = record.values.unpack();
+            self.queue.pop_front();
             table.release(&values);
-            let slot = record.visitor;
-            let node = &mut self.nodes[slot as usize];
             for id in values.iter() {
-                let counts = &mut self.counts[id as usize];
-                counts.events -= 1;
-                if remove_one(node, slot, &mut self.spilled, id) {
-                    counts.visitors -= 1;
-                }
+                self.counts[id as usize].events -= 1;
             }
-            node.live -= 1;
-            if node.live == 0 {
-                self.release_node(record.visitor);
+        }
+        self.checks.move_edge(cutoff_ms);
+        while let Some(check) = self.checks.pop_due(cutoff_ms) {
+            if check.value == NODE_CHECK {
+                self.check_node(check);
+            } else {
+                self.check_spilled(check);
             }
         }
     }
 
-    fn allocate(&mut self, id: u64) -> u32 {
-        let node = VisitorNode {
-            id,
-            minutes: 0,
-            newest_minute: i64::MIN,
-            live: 0,
-            pairs: SmallVec::new(),
-            spilled: 0,
+    /// Takes the pairs of a node that left the window, and moves its check to the earliest of
+    /// the rest; frees the node when nothing is left.
+    fn check_node(&mut self, check: Check) {
+        let cutoff_ms = self.cutoff_ms;
+        let node = &mut self.nodes[check.slot as usize];
+        if node.due == NO_TIME || node.at(node.due) != check.due_ms {
+            return;
+        }
+        node.due = NO_TIME;
+        if node.flags & HAS_TRIO != 0 && node.at(node.latest_event) <= cutoff_ms {
+            node.flags &= !HAS_TRIO;
+            for id in node.trio.ids() {
+                self.counts[id as usize].visitors -= 1;
+            }
+        }
+        let mut at = 0;
+        while at < usize::from(node.len) {
+            if node.at(node.latest[at]) <= cutoff_ms {
+                self.counts[usize::from(node.values[at])].visitors -= 1;
+                let last = usize::from(node.len) - 1;
+                node.values[at] = node.values[last];
+                node.latest[at] = node.latest[last];
+                node.len -= 1;
+            } else {
+                at += 1;
+            }
+        }
+        match node.earliest() {
+            Some(offset) => {
+                node.due = offset;
+                let due_ms = node.at(offset);
+                self.checks.push(Check {
+                    due_ms,
+                    slot: check.slot,
+                    value: NODE_CHECK,
+                });
+            }
+            None if node.spilled == 0 => self.release_node(check.slot),
+            None => {}
+        }
+    }
+
+    /// Takes a spilled pair that left the window, or moves its check to its latest time.
+    fn check_spilled(&mut self, check: Check) {
+        let hash = pair_hash(check.slot, check.value);
+        let Ok(entry) = self.spilled.find_entry(hash, |p| {
+            p.slot == check.slot && p.value == check.value && p.due_ms == check.due_ms
+        }) else {
+            return;
         };
+        if entry.get().latest_ms > self.cutoff_ms {
+            let pair = entry.into_mut();
+            pair.due_ms = pair.latest_ms;
+            let due_ms = pair.latest_ms;
+            self.checks.push(Check { due_ms, ..check });
+            return;
+        }
+        entry.remove();
+        self.counts[check.value as usize].visitors -= 1;
+        let node = &mut self.nodes[check.slot as usize];
+        node.spilled -= 1;
+        if node.is_empty() {
+            self.release_node(check.slot);
+        }
+    }
+
+    fn allocate(&mut self, id: u64) -> u32 {
+        let node = VisitorNode::new(id, self.cutoff_ms);
         let slot = match self.free_nodes.pop() {
             Some(slot) => {
                 self.nodes[slot as usize] = node;
@@ -401,15 +734,15 @@ impl ExactBreakdown {
                 self.nodes.len() as u32 - 1
             }
         };
-        let nodes = &self.nodes;
-        self.table
-            .insert_unique(spread(id), slot, |&i| spread(nodes[i as usize].id));
+        self.insert_entry(id, slot);
         slot
     }
 
     fn release_node(&mut self, slot: u32) {
-        let id = self.nodes[slot as usize].id;
-        if let Ok(entry) = self.table.find_entry(spread(id), |&i| i == slot) {
+        let node = &mut self.nodes[slot as usize];
+        node.due = NO_TIME;
+        let hash = spread(node.id);
+        if let Ok(entry) = self.table.find_entry(hash, |&i| i == slot) {
             entry.remove();
         }
         self.free_nodes.push(slot);
@@ -417,64 +750,78 @@ impl ExactBreakdown {
 
     /// The midnight carry-over: `from` (yesterday's id), when active, becomes `to`.
     fn carry(&mut self, from: u64, to: u64) {
-        let Some(from_slot) = self.find(from) else {
-            return;
-        };
         let nodes = &self.nodes;
-        if let Ok(entry) = self
+        let Ok(entry) = self
             .table
             .find_entry(spread(from), |&i| nodes[i as usize].id == from)
-        {
-            entry.remove();
-        }
+        else {
+            return;
+        };
+        let (from_slot, _) = entry.remove();
         match self.find(to) {
-            None => {
-                self.nodes[from_slot as usize].id = to;
-                let nodes = &self.nodes;
-                self.table
-                    .insert_unique(spread(to), from_slot, |&i| spread(nodes[i as usize].id));
-            }
+            None => self.insert_entry(to, from_slot),
             Some(to_slot) => self.merge(from_slot, to_slot),
         }
     }
 
-    /// Folds node `from` (already out of the table) into node `to`.
+    /// Folds node `from` (already out of the table) into node `to`: each of its pairs joins
+    /// `to`'s (a value both hold counts one visitor less), and the records of `from` are
+    /// re-pointed.
     fn merge(&mut self, from: u32, to: u32) {
-        let mut moved: Vec<(u32, u32)> = std::mem::take(&mut self.nodes[from as usize].pairs)
-            .into_iter()
+        let source = self.nodes[from as usize];
+        let mut moved: Vec<(u32, i64)> = (0..usize::from(source.len))
+            .map(|at| (u32::from(source.values[at]), source.at(source.latest[at])))
             .collect();
-        if self.nodes[from as usize].spilled > 0 {
+        if source.spilled > 0 {
             self.spilled.retain(|p| {
                 let mine = p.slot == from;
                 if mine {
-                    moved.push((p.value, p.events));
+                    moved.push((p.value, p.latest_ms));
                 }
                 !mine
             });
         }
-        let (from_minutes, from_newest, from_live) = {
-            let node = &self.nodes[from as usize];
-            (node.minutes, node.newest_minute, node.live)
-        };
-        let node = &mut self.nodes[to as usize];
-        for (id, events) in moved {
-            if !add_pair(node, to, &mut self.spilled, id, events) {
+        // The checks of `from` go stale: its slot is freed below (a reused slot has its own
+        // `due`, and a spilled pair's check names a pair that is gone).
+        if source.flags & SPLIT_TRIO != 0 {
+            // The source's browser, device and country are among `moved`: the target must hold
+            // its own as pairs too, or a value could count this visitor twice.
+            self.split_trio(to);
+        }
+        let target = self.nodes[to as usize];
+        let same_trio = source.flags & HAS_TRIO != 0
+            && target.flags & HAS_TRIO != 0
+            && source.trio == target.trio;
+        if same_trio {
+            // One visitor now: its trio's time becomes the later of the two (below).
+            for id in source.trio.ids() {
                 self.counts[id as usize].visitors -= 1;
             }
+        } else if source.flags & HAS_TRIO != 0 {
+            self.split_trio(to);
+            let latest_ms = source.at(source.latest_event);
+            moved.extend(source.trio.ids().map(|id| (id, latest_ms)));
         }
-        let newest = node.newest_minute.max(from_newest);
-        let shift = newest - from_newest;
-        let from_aligned = if shift >= 64 {
-            0
-        } else {
-            from_minutes << shift
+        for (id, latest_ms) in moved {
+            if self.refresh_pair(to, id, latest_ms) {
+                self.counts[id as usize].visitors -= 1;
+            }
+            self.schedule(to, latest_ms);
+        }
+        let newest = target.newest_minute().max(source.newest_minute());
+        let align = |node: &VisitorNode| {
+            let shift = u32::try_from(newest - node.newest_minute()).unwrap_or(u32::MAX);
+            node.minutes.checked_shl(shift).unwrap_or(0)
         };
-        let to_aligned = node.minutes_as_of(newest);
+        let from_aligned = align(&source);
+        let to_aligned = align(&target);
         let both = from_aligned & to_aligned;
+        let floor_ms = self.cutoff_ms;
+        let node = &mut self.nodes[to as usize];
         node.minutes = from_aligned | to_aligned;
-        node.newest_minute = newest;
-        node.live += from_live;
-        for back in 0..64_i64 {
+        let offset = node.offset_of(source.at(source.latest_event), floor_ms);
+        node.latest_event = node.latest_event.max(offset);
+        for back in 0..32_i64 {
             if both & (1 << back) != 0 {
                 let minute = newest - back;
                 let slot = &mut self.minutes[minute.rem_euclid(MINUTE_SLOTS as i64) as usize];
@@ -487,8 +834,10 @@ impl ExactBreakdown {
             record.visitor = to;
         }
         let from_node = &mut self.nodes[from as usize];
-        from_node.live = 0;
+        from_node.due = NO_TIME;
+        from_node.len = 0;
         from_node.spilled = 0;
+        from_node.flags = 0;
         self.free_nodes.push(from);
     }
 }
@@ -526,8 +875,8 @@ impl ExactBreakdown {
                 BreakdownVisitorExport {
                     id: node.id,
                     slot,
-                    newest_minute: node.newest_minute,
-                    minutes: node.minutes,
+                    newest_minute: node.newest_minute(),
+                    minutes: u64::from(node.minutes),
                 }
             })
             .collect();
@@ -554,11 +903,13 @@ impl ExactBreakdown {
     }
 
     /// Rebuilds the state of `export`, whose events' values (already checked and translated to
-    /// this build's ids, in the same order) are `values`, with a clock at `clock_ms`. The
-    /// caller checked the events' timestamps (in order, inside the window).
+    /// this build's ids, in the same order) are `values`, for a window of `window_ms` with a
+    /// clock at `clock_ms`. The caller checked the events' timestamps (in order, inside the
+    /// window).
     pub fn import(
         export: &ExactBreakdownExport,
         values: Vec<EventValues>,
+        window_ms: i64,
         clock_ms: i64,
     ) -> Result<Self, EngineError> {
         let invalid = EngineError::InvalidExport;
@@ -576,7 +927,10 @@ impl ExactBreakdown {
         {
             return Err(invalid("exact breakdown larger than its allocations"));
         }
+        let cutoff_ms = clock_ms.saturating_sub(window_ms);
         let mut state = Self {
+            cutoff_ms,
+            checks: CheckWheel::new(window_ms, cutoff_ms),
             queue: VecDeque::with_capacity(queue as usize),
             nodes: Vec::with_capacity(nodes as usize),
             free_nodes: Vec::with_capacity(free_nodes as usize),
@@ -596,14 +950,9 @@ impl ExactBreakdown {
                 "exact breakdown visitor slot out of range or used twice",
             )),
         };
-        state.nodes.resize_with(slots as usize, || VisitorNode {
-            id: 0,
-            minutes: 0,
-            newest_minute: i64::MIN,
-            live: 0,
-            pairs: SmallVec::new(),
-            spilled: 0,
-        });
+        state
+            .nodes
+            .resize(slots as usize, VisitorNode::new(0, cutoff_ms));
         for &slot in &export.free_slots {
             take(slot)?;
             state.free_nodes.push(slot);
@@ -613,13 +962,7 @@ impl ExactBreakdown {
             if state.find(visitor.id).is_some() {
                 return Err(invalid("exact breakdown visitor listed twice"));
             }
-            state.nodes[visitor.slot as usize].id = visitor.id;
-            let nodes = &state.nodes;
-            state
-                .table
-                .insert_unique(spread(visitor.id), visitor.slot, |&i| {
-                    spread(nodes[i as usize].id)
-                });
+            state.insert_entry(visitor.id, visitor.slot);
         }
         for (event, values) in export.events.iter().zip(values) {
             if state.find(event.visitor).is_none() {
@@ -630,18 +973,16 @@ impl ExactBreakdown {
         let clock_minute = clock_ms.div_euclid(MINUTE_MS);
         for visitor in &export.visitors {
             let node = &mut state.nodes[visitor.slot as usize];
-            // Every minute the visitor's events are in must be marked, and nothing after the
-            // clock (so minute arithmetic stays in range).
-            let newest = visitor.newest_minute;
-            let shift = newest.checked_sub(node.newest_minute).unwrap_or(-1);
-            let covered = node.live > 0
-                && (0..64).contains(&shift)
-                && (node.minutes << shift) & !visitor.minutes == 0;
-            if !covered || newest > clock_minute {
+            // The newest minute is its latest event's, and every minute the visitor's events
+            // are in must be marked.
+            let covered = !node.is_empty()
+                && visitor.newest_minute == node.newest_minute()
+                && u64::from(node.minutes) & !visitor.minutes == 0;
+            if !covered || visitor.newest_minute > clock_minute {
                 return Err(invalid("exact breakdown visitor without events or minutes"));
             }
-            node.newest_minute = newest;
-            node.minutes = visitor.minutes;
+            // Bits past 31 minutes name minutes the series never shows.
+            node.minutes = visitor.minutes as u32;
         }
         let mut marked = [0_u32; MINUTE_SLOTS];
         for (at, &(minute, visitors, pageviews)) in export.series.iter().enumerate() {
@@ -666,7 +1007,7 @@ impl ExactBreakdown {
             while mask != 0 {
                 let back = i64::from(mask.trailing_zeros());
                 mask &= mask - 1;
-                let minute = node.newest_minute - back;
+                let minute = node.newest_minute() - back;
                 let at = minute.rem_euclid(MINUTE_SLOTS as i64) as usize;
                 if state.minutes[at].minute == minute {
                     marked[at] += 1;
@@ -694,6 +1035,7 @@ mod tests {
     #[test]
     fn records_and_nodes_keep_their_documented_sizes() {
         assert_eq!(std::mem::size_of::<Record>(), 24);
-        assert_eq!(std::mem::size_of::<VisitorNode>(), 112);
+        assert_eq!(std::mem::size_of::<VisitorNode>(), 64);
+        assert_eq!(std::mem::align_of::<VisitorNode>(), 64);
     }
 }

@@ -108,7 +108,12 @@ impl ClassBreakdown {
                 let values = events(&exact, &mut refs)?;
                 class.values = ValueTable::import(values_per_list, export.texts, &refs)?;
                 held_by(&class.values, &values)?;
-                Mode::Exact(ExactBreakdown::import(&exact, values, export.clock_ms)?)
+                Mode::Exact(ExactBreakdown::import(
+                    &exact,
+                    values,
+                    class.window_ms,
+                    export.clock_ms,
+                )?)
             }
             (None, Some(estimated)) => {
                 let EstimatedBreakdownExport {
@@ -134,7 +139,12 @@ impl ClassBreakdown {
                     (Some(s), Some(values)) => {
                         held_by(&class.values, &values)?;
                         Some(Shadow {
-                            exact: ExactBreakdown::import(&s.exact, values, export.clock_ms)?,
+                            exact: ExactBreakdown::import(
+                                &s.exact,
+                                values,
+                                class.window_ms,
+                                export.clock_ms,
+                            )?,
                             since_ms: s.since_ms,
                         })
                     }

@@ -34,9 +34,9 @@ pub use values::{BreakdownList, OTHER_VALUE};
 pub const SERIES_MINUTES: usize = 30;
 
 /// Bytes an exact breakdown needs per active visitor and per event, used to decide when an
-/// estimated one would fit again (a node of 112 bytes plus its table slot, a 24-byte record,
-/// rounded up for the containers' growth headroom).
-const EXACT_BYTES_PER_VISITOR: usize = 160;
+/// estimated one would fit again (a node of 64 bytes, its table slot and its pending check, a
+/// 24-byte record, rounded up for the containers' growth headroom).
+const EXACT_BYTES_PER_VISITOR: usize = 112;
 const EXACT_BYTES_PER_EVENT: usize = 32;
 
 /// One value of a list.
@@ -205,12 +205,13 @@ impl ClassBreakdown {
     /// An empty, exact breakdown over a window of `window_secs`, holding at most
     /// `values_per_list` distinct texts per list.
     pub fn new(window_secs: u32, values_per_list: usize) -> Self {
+        let window_ms = i64::from(window_secs.max(1)) * 1000;
         Self {
-            window_ms: i64::from(window_secs.max(1)) * 1000,
+            window_ms,
             clock_ms: i64::MIN,
             cutoff_ms: i64::MIN,
             values: ValueTable::new(values_per_list),
-            mode: Mode::Exact(ExactBreakdown::new()),
+            mode: Mode::Exact(ExactBreakdown::new(window_ms, i64::MIN)),
         }
     }
 
@@ -329,7 +330,7 @@ impl ClassBreakdown {
                     && budget.fits(needed.saturating_mul(2))
                 {
                     *shadow = Some(Shadow {
-                        exact: ExactBreakdown::new(),
+                        exact: ExactBreakdown::new(window_ms, self.cutoff_ms),
                         since_ms: clock_ms,
                     });
                 }
@@ -339,7 +340,8 @@ impl ClassBreakdown {
             }
         };
         if promote {
-            let old = std::mem::replace(&mut self.mode, Mode::Exact(ExactBreakdown::new()));
+            let placeholder = ExactBreakdown::new(window_ms, self.cutoff_ms);
+            let old = std::mem::replace(&mut self.mode, Mode::Exact(placeholder));
             if let Mode::Estimated {
                 mut estimate,
                 shadow: Some(shadow),
@@ -619,6 +621,50 @@ mod tests {
         class.gather(100, &mut gathered);
         let answer = gathered.rank(T0 + 100, 10);
         assert_eq!(pages(&answer), [row("/x", 100, 100)]);
+    }
+
+    /// A node keeps its times as 32-bit offsets from a base; a visitor that never leaves for
+    /// fifty days outgrows them, and the node moves its base without losing a count.
+    #[test]
+    fn a_visitor_active_for_fifty_days_keeps_exact_counts() {
+        let mut class = ClassBreakdown::new(1800, 100);
+        let budget = MemoryBudget::new(usize::MAX);
+        let step = 10 * 60_000;
+        let events = 50 * 24 * 6;
+        let answer = |class: &ClassBreakdown, now: i64| {
+            let mut gathered = Gathered::new(now);
+            class.gather(1, &mut gathered);
+            gathered.rank(now, 10)
+        };
+        for i in 0..events {
+            let page = if i % 2 == 0 { "/a" } else { "/b" };
+            let now = T0 + i * step;
+            class.record(&event(now, 7, page), None, &budget);
+            let rows = pages(&answer(&class, now));
+            let held = rows.iter().map(|r| r.2).sum::<u64>();
+            assert!(
+                rows.iter().all(|r| r.1 == 1) && held == (i + 1).min(3) as u64,
+                "day {}: {rows:?}",
+                i / 144
+            );
+        }
+        let last = T0 + (events - 1) * step;
+        // The window (last - 30 min, last] holds the last three events: /b, /a, /b.
+        assert_eq!(
+            pages(&answer(&class, last)),
+            [row("/b", 1, 2), row("/a", 1, 1)]
+        );
+        let browsers = answer(&class, last);
+        let chrome = &browsers.list(BreakdownList::Browsers)[0];
+        assert_eq!((chrome.visitors, chrome.events), (1, 3));
+        class.advance_to(last + 25 * 60_000, 0, &budget);
+        assert_eq!(
+            pages(&answer(&class, last + 25 * 60_000)),
+            [row("/b", 1, 1)]
+        );
+        class.advance_to(last + 30 * 60_000, 0, &budget);
+        let empty = answer(&class, last + 30 * 60_000);
+        assert!(empty.lists.iter().all(Vec::is_empty), "{empty:?}");
     }
 
     /// A crawler's pairs overflow its node into the shared table; counts stay exact, and

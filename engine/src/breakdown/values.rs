@@ -162,6 +162,58 @@ impl PackedValues {
     }
 }
 
+/// An event's browser, device and country in 4 bytes, as a visitor's node keeps them: a
+/// visitor's id comes from its address and User-Agent, so these rarely change within a visitor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Trio {
+    browser: u8,
+    device: u8,
+    /// Country index, or `u16::MAX` for none.
+    country: u16,
+}
+
+impl Trio {
+    /// A trio no event has (every event has a browser below 255).
+    pub const NONE: Self = Self {
+        browser: u8::MAX,
+        device: u8::MAX,
+        country: u16::MAX,
+    };
+
+    /// The value ids of the trio: browser, device, and the country when there is one.
+    pub fn ids(self) -> impl Iterator<Item = u32> {
+        let country = if self.country == u16::MAX {
+            NO_VALUE
+        } else {
+            COUNTRY_BASE + u32::from(self.country)
+        };
+        [
+            u32::from(self.browser),
+            DEVICE_BASE + u32::from(self.device),
+            country,
+        ]
+        .into_iter()
+        .filter(|&id| id != NO_VALUE)
+    }
+}
+
+impl EventValues {
+    /// The event's browser, device and country.
+    pub fn trio(&self) -> Trio {
+        let packed = self.pack();
+        Trio {
+            browser: packed.browser,
+            device: packed.device_and_kind & 0x7f,
+            country: packed.country,
+        }
+    }
+
+    /// The event's text ids (target, then referrer when there is one).
+    pub fn texts(&self) -> impl Iterator<Item = u32> + '_ {
+        self.ids[..2].iter().copied().filter(|&id| id != NO_VALUE)
+    }
+}
+
 #[derive(Debug)]
 struct TextSlot {
     text: Option<Arc<str>>,
