@@ -33,6 +33,8 @@ impl EngineLimits {
     /// offsets and move their base at most a window back, so a window must stay well under
     /// 2^31 ms; a realtime window is minutes long.
     pub const MAX_WINDOW_SECS: u32 = 24 * 24 * 3600;
+    /// Largest `breakdown_values_per_list`: the three text lists' values must fit 16-bit ids.
+    pub const MAX_BREAKDOWN_VALUES_PER_LIST: usize = 16_384;
     /// Default `ring_capacity`, in events per website and class.
     pub const DEFAULT_RING_CAPACITY: usize = 256;
     /// Default `recent_limit`, in events.
@@ -53,6 +55,11 @@ impl EngineLimits {
     pub fn validate(&self) -> Result<(), EngineError> {
         if self.window_secs == 0 {
             return Err(EngineError::InvalidConfig("window_secs must be at least 1"));
+        }
+        if self.breakdown_values_per_list > Self::MAX_BREAKDOWN_VALUES_PER_LIST {
+            return Err(EngineError::InvalidConfig(
+                "breakdown_values_per_list must be at most 16384",
+            ));
         }
         if self.window_secs > Self::MAX_WINDOW_SECS {
             return Err(EngineError::InvalidConfig(
@@ -106,7 +113,7 @@ mod tests {
     }
 
     #[test]
-    fn a_window_past_24_days_is_refused() {
+    fn a_window_past_24_days_or_too_many_breakdown_values_is_refused() {
         let limits = |window_secs| EngineLimits {
             window_secs,
             ..EngineLimits::default()

@@ -1,7 +1,7 @@
 //! `ExactBreakdown`: one class's exact breakdown counts, moved incrementally as events enter and
 //! leave the window.
 //!
-//! - A queue of 24-byte records `(ts, visitor slot, packed value ids)`, sorted by timestamp: an
+//! - A queue of 16-byte records `(ts, visitor slot, packed value ids)`, sorted by timestamp: an
 //!   in-order event appends, a late one is inserted at its place (the distance from the back),
 //!   and expiry pops from the front. A value's `events` moves with the queue alone: expiring an
 //!   event never visits its visitor.
@@ -41,10 +41,12 @@ pub(crate) const MINUTE_MS: i64 = 60_000;
 /// Minute slots kept: more than the 31 minutes a 30-minute window can touch.
 pub(crate) const MINUTE_SLOTS: usize = 32;
 
-/// One event in the window.
+/// One event in the window, in 16 bytes.
 #[derive(Debug, Clone, Copy)]
 struct Record {
-    ts_ms: i64,
+    /// The low 32 bits of its timestamp: every record is after the edge and at most a window
+    /// (at most 24 days) past it, so `ExactBreakdown::time_of` recovers the rest.
+    ts: u32,
     visitor: u32,
     values: PackedValues,
 }
@@ -432,7 +434,7 @@ impl ExactBreakdown {
     pub fn for_each_event(&self, mut f: impl FnMut(i64, VisitorId, EventValues)) {
         for record in &self.queue {
             let id = self.nodes[record.visitor as usize].id;
-            f(record.ts_ms, VisitorId(id), record.values.unpack());
+            f(self.time_of(record), VisitorId(id), record.values.unpack());
         }
     }
 
@@ -442,6 +444,11 @@ impl ExactBreakdown {
             table.release(&record.values.unpack());
         }
         self.queue.clear();
+    }
+
+    /// A record's timestamp: the one after the edge whose low 32 bits it keeps.
+    fn time_of(&self, record: &Record) -> i64 {
+        self.cutoff_ms + i64::from(record.ts.wrapping_sub(self.cutoff_ms as u32))
     }
 
     fn find(&self, id: u64) -> Option<u32> {
@@ -524,13 +531,13 @@ impl ExactBreakdown {
             minute_slot.pageviews += u32::from(values.is_pageview);
         }
         let record = Record {
-            ts_ms,
+            ts: ts_ms as u32,
             visitor: slot,
             values: values.pack(),
         };
         match self.queue.back() {
-            Some(last) if last.ts_ms > ts_ms => {
-                let at = self.queue.partition_point(|r| r.ts_ms <= ts_ms);
+            Some(last) if self.time_of(last) > ts_ms => {
+                let at = self.queue.partition_point(|r| self.time_of(r) <= ts_ms);
                 self.queue.insert(at, record);
             }
             _ => self.queue.push_back(record),
@@ -633,10 +640,10 @@ impl ExactBreakdown {
     /// Removes every event at or before `cutoff_ms`, giving its references back to `table`,
     /// and every pair whose latest time is at or before it.
     pub fn expire_through(&mut self, cutoff_ms: i64, table: &mut ValueTable) {
-        self.cutoff_ms = self.cutoff_ms.max(cutoff_ms);
-        let cutoff_ms = self.cutoff_ms;
+        let cutoff_ms = self.cutoff_ms.max(cutoff_ms);
+        // Records are read against the old edge, which they are all after.
         while let Some(record) = self.queue.front() {
-            if record.ts_ms > cutoff_ms {
+            if self.time_of(record) > cutoff_ms {
                 break;
             }
             let values = record.values.unpack();
@@ -646,6 +653,7 @@ impl ExactBreakdown {
                 self.counts[id as usize].events -= 1;
             }
         }
+        self.cutoff_ms = cutoff_ms;
         self.checks.move_edge(cutoff_ms);
         while let Some(check) = self.checks.pop_due(cutoff_ms) {
             if check.value == NODE_CHECK {
@@ -860,7 +868,7 @@ impl ExactBreakdown {
             .map(|record| {
                 let values = record.values.unpack();
                 BreakdownEventExport {
-                    ts_ms: record.ts_ms,
+                    ts_ms: self.time_of(record),
                     visitor: self.nodes[record.visitor as usize].id,
                     values: values.ids,
                     pageview: values.is_pageview,
@@ -1034,7 +1042,7 @@ mod tests {
 
     #[test]
     fn records_and_nodes_keep_their_documented_sizes() {
-        assert_eq!(std::mem::size_of::<Record>(), 24);
+        assert_eq!(std::mem::size_of::<Record>(), 16);
         assert_eq!(std::mem::size_of::<VisitorNode>(), 64);
         assert_eq!(std::mem::align_of::<VisitorNode>(), 64);
     }

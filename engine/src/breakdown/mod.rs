@@ -35,9 +35,9 @@ pub const SERIES_MINUTES: usize = 30;
 
 /// Bytes an exact breakdown needs per active visitor and per event, used to decide when an
 /// estimated one would fit again (a node of 64 bytes, its table slot and its pending check, a
-/// 24-byte record, rounded up for the containers' growth headroom).
+/// 16-byte record, rounded up for the containers' growth headroom).
 const EXACT_BYTES_PER_VISITOR: usize = 112;
-const EXACT_BYTES_PER_EVENT: usize = 32;
+const EXACT_BYTES_PER_EVENT: usize = 24;
 
 /// One value of a list.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -665,6 +665,45 @@ mod tests {
         class.advance_to(last + 30 * 60_000, 0, &budget);
         let empty = answer(&class, last + 30 * 60_000);
         assert!(empty.lists.iter().all(Vec::is_empty), "{empty:?}");
+    }
+
+    /// Records keep the low 32 bits of their time; a window straddling a multiple of 2^32 ms
+    /// still expires them in order, late ones included.
+    #[test]
+    fn records_across_a_wrap_of_their_32_bit_time_expire_in_order() {
+        let mut class = ClassBreakdown::new(60, 100);
+        let budget = MemoryBudget::new(usize::MAX);
+        let wrap = 1_i64 << 32;
+        let times = [
+            wrap - 30_000,
+            wrap - 1,
+            wrap + 5_000,
+            wrap - 20_000,
+            wrap + 20_000,
+        ];
+        for (i, ts) in times.into_iter().enumerate() {
+            class.record(&event(ts, i as u64, &format!("/{i}")), None, &budget);
+        }
+        let pages_at = |class: &mut ClassBreakdown, now: i64| {
+            class.advance_to(now, 0, &budget);
+            let mut gathered = Gathered::new(now);
+            class.gather(0, &mut gathered);
+            let mut rows = pages(&gathered.rank(now, 10));
+            rows.sort();
+            rows.into_iter().map(|r| r.0).collect::<Vec<_>>()
+        };
+        assert_eq!(
+            pages_at(&mut class, wrap + 20_000),
+            ["/0", "/1", "/2", "/3", "/4"]
+        );
+        assert_eq!(
+            pages_at(&mut class, wrap + 31_000),
+            ["/1", "/2", "/3", "/4"]
+        );
+        assert_eq!(pages_at(&mut class, wrap + 41_000), ["/1", "/2", "/4"]);
+        assert_eq!(pages_at(&mut class, wrap + 60_000), ["/2", "/4"]);
+        assert_eq!(pages_at(&mut class, wrap + 66_000), ["/4"]);
+        assert!(pages_at(&mut class, wrap + 80_000).is_empty());
     }
 
     /// A crawler's pairs overflow its node into the shared table; counts stay exact, and

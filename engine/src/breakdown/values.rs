@@ -70,6 +70,10 @@ const COUNTRY_BASE: u32 = DEVICE_BASE + DEVICES;
 const OTHER_BASE: u32 = COUNTRY_BASE + COUNTRIES;
 /// The first interned (text) id; every id below is fixed.
 pub(crate) const FIXED_IDS: u32 = OTHER_BASE + 3;
+/// Text slots a table may hold: every id stays below `u16::MAX`, so a queued record keeps its
+/// target and referrer in 16 bits each (`u16::MAX` there means "no value"). Three lists of
+/// `EngineLimits::MAX_BREAKDOWN_VALUES_PER_LIST` fit.
+pub(crate) const MAX_TEXT_SLOTS: u32 = u16::MAX as u32 - FIXED_IDS;
 
 /// The text lists, in the order of their `(other)` ids.
 const TEXT_LISTS: [BreakdownList; 3] = [
@@ -114,11 +118,12 @@ impl EventValues {
     }
 }
 
-/// `EventValues` in 12 bytes, as a queued record keeps them.
+/// `EventValues` in 8 bytes, as a queued record keeps them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct PackedValues {
-    target: u32,
-    referrer: u32,
+    /// Ids below `u16::MAX` (`MAX_TEXT_SLOTS`); `u16::MAX` for none.
+    target: u16,
+    referrer: u16,
     /// Country index, or `u16::MAX` for none.
     country: u16,
     browser: u8,
@@ -130,8 +135,8 @@ impl EventValues {
     pub fn pack(&self) -> PackedValues {
         let [target, referrer, browser, device, country] = self.ids;
         PackedValues {
-            target,
-            referrer,
+            target: narrow(target),
+            referrer: narrow(referrer),
             country: if country == NO_VALUE {
                 u16::MAX
             } else {
@@ -143,12 +148,25 @@ impl EventValues {
     }
 }
 
+/// A text id in 16 bits: ids stay below `u16::MAX` (`MAX_TEXT_SLOTS`), which stands for none.
+fn narrow(id: u32) -> u16 {
+    u16::try_from(id).unwrap_or(u16::MAX)
+}
+
+fn widen(id: u16) -> u32 {
+    if id == u16::MAX {
+        NO_VALUE
+    } else {
+        u32::from(id)
+    }
+}
+
 impl PackedValues {
     pub fn unpack(self) -> EventValues {
         EventValues {
             ids: [
-                self.target,
-                self.referrer,
+                widen(self.target),
+                widen(self.referrer),
                 u32::from(self.browser),
                 DEVICE_BASE + u32::from(self.device_and_kind & 0x7f),
                 if self.country == u16::MAX {
@@ -382,7 +400,9 @@ impl ValueTable {
             return id;
         }
         let list_index = text_list_index(list);
-        if self.live_per_list[list_index] >= self.per_list_cap {
+        let ids_left =
+            self.free.len() as u32 + MAX_TEXT_SLOTS.saturating_sub(self.slots.len() as u32);
+        if self.live_per_list[list_index] >= self.per_list_cap || ids_left == 0 {
             return OTHER_BASE + list_index as u32;
         }
         let slot = TextSlot {
@@ -489,7 +509,9 @@ impl CodeMap {
             .collect::<Option<Vec<u32>>>()
             .ok_or(invalid("breakdown names an unknown device"))?;
         let fixed = (browsers.len() + devices.len()) as u64 + u64::from(COUNTRIES + 3);
-        if fixed + text_slots as u64 >= u64::from(NO_VALUE) {
+        if fixed + text_slots as u64 >= u64::from(NO_VALUE)
+            || text_slots as u64 > u64::from(MAX_TEXT_SLOTS)
+        {
             return Err(invalid("breakdown holds more values than ids"));
         }
         Ok(Self {
@@ -592,7 +614,8 @@ impl ValueTable {
     ) -> Result<Self, EngineError> {
         let invalid = EngineError::InvalidExport;
         let too_many = |n: u64| n >= u64::from(NO_VALUE - FIXED_IDS);
-        if too_many(export.slots_capacity)
+        if export.slots.len() as u64 > u64::from(MAX_TEXT_SLOTS)
+            || too_many(export.slots_capacity)
             || too_many(export.table_capacity)
             || too_many(export.free_capacity)
             || export.slots.len() as u64 > export.slots_capacity
@@ -704,5 +727,42 @@ impl ValueTable {
             .checked_add(count)
             .ok_or(EngineError::InvalidExport("breakdown text held too often"))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Timestamp, VisitorId, WebsiteId};
+
+    fn page(path: &str) -> Event {
+        Event {
+            website: WebsiteId::new("s").unwrap(),
+            ts: Timestamp::from_unix_ms(0).unwrap(),
+            visitor: VisitorId(1),
+            kind: EventKind::Pageview,
+            target: Arc::from(path),
+            referrer_domain: None,
+            is_bot: false,
+            browser: Browser::Chrome,
+            device: DeviceType::Desktop,
+            country: None,
+        }
+    }
+
+    /// Records keep text ids in 16 bits: past `MAX_TEXT_SLOTS` texts, whatever the per-list
+    /// cap, new texts count as `(other)` and every id still packs and unpacks unchanged.
+    #[test]
+    fn texts_past_sixteen_bit_ids_count_as_other() {
+        let mut table = ValueTable::new(usize::MAX);
+        let mut last = 0;
+        for i in 0..=MAX_TEXT_SLOTS {
+            let values = table.retain_event(&page(&format!("/{i}")));
+            assert_eq!(values.pack().unpack(), values);
+            last = values.ids[0];
+        }
+        assert_eq!(last, OTHER_BASE, "the page past the last id is (other)");
+        assert_eq!(table.id_bound(), FIXED_IDS + MAX_TEXT_SLOTS);
+        assert!(table.id_bound() <= u32::from(u16::MAX));
     }
 }
