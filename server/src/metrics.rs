@@ -43,6 +43,9 @@ const BUCKETS_SECS: [f64; 15] = [
 pub enum Route {
     Collect,
     Realtime,
+    /// The realtime stream (`/api/websites/{id}/realtime/stream`): counted, not timed (a stream
+    /// lasts as long as its client, and its first message is the same rendering as `Realtime`'s).
+    RealtimeStream,
     /// The realtime breakdown (`/api/websites/{id}/realtime/breakdown`).
     Breakdown,
     /// The website list and single websites (`/api/websites`, `/api/websites/{id}`).
@@ -62,6 +65,7 @@ impl Route {
         match self {
             Self::Collect => "collect",
             Self::Realtime => "realtime",
+            Self::RealtimeStream => "realtime_stream",
             Self::Breakdown => "breakdown",
             Self::Websites => "websites",
             Self::Healthz => "healthz",

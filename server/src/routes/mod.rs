@@ -118,8 +118,9 @@ fn route_label(pattern: Option<&str>) -> Route {
         Some(path::COLLECT | path::COLLECT_ALIAS | path::PLAUSIBLE_EVENT | path::UMAMI_SEND) => {
             Route::Collect
         }
-        // A stream is timed until its head, which is a realtime rendering.
-        Some(path::REALTIME | path::REALTIME_STREAM) => Route::Realtime,
+        Some(path::REALTIME) => Route::Realtime,
+        // Apart from `realtime`, so stream opens do not enter the realtime latency histogram.
+        Some(path::REALTIME_STREAM) => Route::RealtimeStream,
         Some(path::BREAKDOWN) => Route::Breakdown,
         Some(path::WEBSITES | path::WEBSITE) => Route::Websites,
         Some(path::HEALTHZ) => Route::Healthz,
@@ -163,6 +164,10 @@ mod tests {
         assert_eq!(
             route_label(Some("/api/websites/{id}/realtime")),
             Route::Realtime
+        );
+        assert_eq!(
+            route_label(Some("/api/websites/{id}/realtime/stream")),
+            Route::RealtimeStream
         );
         assert_eq!(
             route_label(Some("/api/websites/{id}/realtime/breakdown")),

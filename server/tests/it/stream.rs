@@ -2,8 +2,8 @@
 //! the first message is the realtime `data`, an ingest shows within 1.5 s, a burst is paced to
 //! about one message a second, heartbeats, `include_bots`, auth and 404, the bound on open
 //! streams (503), streams holding their connection (never shed as idle, counted against their
-//! address's cap), deleted websites ending their streams, and SIGTERM ending every stream with a
-//! prompt exit 0.
+//! address's cap), deleted websites ending their streams, SIGTERM ending every stream with a
+//! prompt exit 0, and the stream's own `route` label in the request metrics.
 
 use std::time::{Duration, Instant};
 
@@ -74,6 +74,18 @@ async fn the_first_message_is_the_realtime_data_with_event_stream_headers() {
         "the stream's first message and GET …/realtime"
     );
     assert_eq!(first["active_visitors"], 1);
+    // The stream is counted under its own route, and only the JSON answer is timed as realtime.
+    let scrape = server.scrape().await;
+    let stream_route = [("route", "realtime_stream"), ("status", "200")];
+    assert_eq!(
+        scrape.get("pulse_http_requests_total", &stream_route),
+        Some(1.0)
+    );
+    let realtime = [("route", "realtime")];
+    assert_eq!(
+        scrape.get("pulse_http_request_duration_seconds_count", &realtime),
+        Some(1.0)
+    );
 }
 
 #[tokio::test]
