@@ -153,6 +153,12 @@ struct RejectionLabels {
     status: u16,
 }
 
+/// `reason` is a `ConnectionsShed` field's name.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ShedLabels {
+    reason: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct NotRecordedLabels {
     reason: NotRecorded,
@@ -409,6 +415,8 @@ pub struct Readings {
     pub approximate_websites: usize,
     pub connections: usize,
     pub connections_max: usize,
+    /// Connections the pool refused or closed, since start (`connections::ShedCounts`).
+    pub connections_shed: ConnectionsShed,
     /// Live streams open now, and most that may be (`LiveHub`).
     pub live_streams: usize,
     pub live_streams_max: usize,
@@ -426,6 +434,34 @@ pub struct Readings {
     pub checkpoint: Option<CheckpointReading>,
     /// Cluster mode only.
     pub cluster: Option<ClusterReading>,
+}
+
+/// Connections the pool refused or closed to stay within its bounds, since start, by reason.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ConnectionsShed {
+    /// Refused: the address was at its cap with every connection busy.
+    pub refused_per_address: u64,
+    /// Idle ones closed to admit a new one from the same address at its cap.
+    pub evicted_per_address: u64,
+    /// Idle ones closed to admit a new one into a full pool.
+    pub evicted_pool_full: u64,
+    /// Idle ones closed while the pool was under pressure.
+    pub reaped_under_pressure: u64,
+    /// Ones without a request in flight closed by shutdown.
+    pub closed_at_shutdown: u64,
+}
+
+impl ConnectionsShed {
+    /// `(reason label, count)` pairs, in a fixed order.
+    fn by_reason(&self) -> [(&'static str, u64); 5] {
+        [
+            ("refused_per_address", self.refused_per_address),
+            ("evicted_per_address", self.evicted_per_address),
+            ("evicted_pool_full", self.evicted_pool_full),
+            ("reaped_under_pressure", self.reaped_under_pressure),
+            ("closed_at_shutdown", self.closed_at_shutdown),
+        ]
+    }
 }
 
 /// The cluster's state at scrape time (`cluster::ClusterStatus`).
@@ -526,6 +562,15 @@ impl Collector for Readings {
             None,
             self.connections_max,
         )?;
+        let mut family = e.encode_descriptor(
+            "connections_shed",
+            "Client connections refused or closed to keep the pool's bounds, by reason.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (reason, count) in self.connections_shed.by_reason() {
+            ConstCounter::new(count).encode(family.encode_family(&ShedLabels { reason })?)?;
+        }
         gauge(
             e,
             "live_streams",
@@ -717,6 +762,11 @@ mod tests {
             approximate_websites: 1,
             connections: 5,
             connections_max: 64,
+            connections_shed: ConnectionsShed {
+                refused_per_address: 4,
+                evicted_pool_full: 1,
+                ..ConnectionsShed::default()
+            },
             live_streams: 7,
             live_streams_max: 500,
             log_segments: 2,
@@ -843,6 +893,9 @@ mod tests {
                 "pulse_approximate_websites 1",
                 "pulse_connections 5",
                 "pulse_connections_max 64",
+                "pulse_connections_shed_total{reason=\"refused_per_address\"} 4",
+                "pulse_connections_shed_total{reason=\"evicted_pool_full\"} 1",
+                "pulse_connections_shed_total{reason=\"closed_at_shutdown\"} 0",
                 "pulse_live_streams 7",
                 "pulse_live_streams_max 500",
                 "pulse_log_segments 2",

@@ -6,7 +6,7 @@
 //! Counting and timing requests is the router's request layer (`routes::track_request`); the
 //! metric names and labels are `crate::metrics`'.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +16,9 @@ use axum::response::{IntoResponse, Response};
 
 use crate::clock;
 use crate::error::ApiError;
-use crate::metrics::{ClusterReading, Component, Format, MemoryReading, Readings, ReplayReading};
+use crate::metrics::{
+    ClusterReading, Component, ConnectionsShed, Format, MemoryReading, Readings, ReplayReading,
+};
 use crate::state::AppState;
 
 /// OpenMetrics when the scraper asks for it (Prometheus does, in its `Accept`), else the
@@ -100,6 +102,17 @@ fn read(state: &AppState) -> Readings {
         approximate_websites: state.engine.approximate_websites(),
         connections: state.open_connections.load(Ordering::Relaxed),
         connections_max: state.http.max_connections,
+        connections_shed: {
+            let shed = state.connections.counts();
+            let read = |n: &AtomicU64| n.load(Ordering::Relaxed);
+            ConnectionsShed {
+                refused_per_address: read(&shed.refused_per_address),
+                evicted_per_address: read(&shed.evicted_per_address),
+                evicted_pool_full: read(&shed.evicted_pool_full),
+                reaped_under_pressure: read(&shed.reaped_under_pressure),
+                closed_at_shutdown: read(&shed.closed_at_shutdown),
+            }
+        },
         live_streams: state.live.open_streams(),
         live_streams_max: state.live.max_streams(),
         log_segments,

@@ -192,6 +192,16 @@ async fn idle_connections_from_one_address_do_not_lock_out_others() {
          {PER_ADDRESS_DEFAULT} (the per-address cap) should stay",
         IDLE - closed.load(Ordering::SeqCst)
     );
+    // An operator sees the shedding on /metrics: every connection past the cap was refused or
+    // pushed out an idle one of its address.
+    let scrape = proc.scrape().await;
+    let shed = |reason| scrape.counter("pulse_connections_shed_total", &[("reason", reason)]);
+    let per_address = shed("refused_per_address") + shed("evicted_per_address");
+    assert!(
+        per_address >= expected as f64,
+        "pulse_connections_shed_total counts {per_address} per-address refusals and \
+         evictions for {expected} connections past the cap"
+    );
     watchers.abort_all();
 }
 
