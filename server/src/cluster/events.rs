@@ -7,8 +7,12 @@
 //! format (`pulse_snapshot::batch`, whose codes are explicit), so the wire format is the log's.
 //! Collect answers 202 only once JetStream acknowledged every message of the request (stored on
 //! a quorum of the stream's replicas); no connection, a refusal or no ack within
-//! `PUBLISH_TIMEOUT` is a 503. A request spanning two websites whose first message was stored
-//! and second was not answers 503 too: a client retry then stores the first again.
+//! `PUBLISH_TIMEOUT` is a 503. A message no server took ("no responders": the stream is between
+//! two leaders) is published again until a leader stores it or `PUBLISH_TIMEOUT` passes, so a
+//! leader change shorter than that is not a 503; it may then land after a later message of the
+//! same request, which carries the same time. A request spanning two websites whose first
+//! message was stored and second was not answers 503 too: a client retry then stores the first
+//! again.
 //!
 //! **Consume.** An ordered consumer (ephemeral, recreated by the client after a lost
 //! connection from where it stopped) reads the stream from `now - window` and counts each event
@@ -25,6 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{pull, DeliverPolicy};
+use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use pulse_engine::WebsiteId;
@@ -39,6 +44,10 @@ const CONSUMER_RETRY: Duration = Duration::from_secs(1);
 /// deliver nothing while the stream grows before it is started again.
 const IDLE_CHECK: Duration = Duration::from_secs(1);
 const STUCK_AFTER: Duration = Duration::from_secs(2);
+/// The pause before publishing again a message no server took (no stream leader): a planned
+/// leader change takes tens of milliseconds, so a short pause catches its end, and at most about
+/// 30 tries fit in `PUBLISH_TIMEOUT` while a dead leader is being replaced.
+const NO_LEADER_RETRY: Duration = Duration::from_millis(100);
 
 /// Why events were not published (collect answers 503 with `Retry-After`).
 #[derive(Debug, thiserror::Error)]
@@ -102,26 +111,64 @@ impl Cluster {
             return Err(PublishError::Disconnected);
         }
         let sent = async {
-            let mut acks = Vec::new();
+            let mut unacknowledged = Vec::new();
             for (website, group) in by_website(entries) {
                 for message in encode(&group) {
-                    let ack = self
-                        .jetstream
-                        .publish(subject(website), message)
-                        .await
-                        .map_err(|e| PublishError::Unavailable(e.to_string()))?;
-                    acks.push(ack);
+                    let ack = self.send(subject(website), message.clone()).await?;
+                    unacknowledged.push((website, message, ack));
                 }
             }
-            for ack in acks {
-                ack.await
-                    .map_err(|e| PublishError::Unavailable(e.to_string()))?;
+            for (website, message, ack) in unacknowledged {
+                match ack.await {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == PublishErrorKind::StreamNotFound => {
+                        self.publish_again_when_led(subject(website), message)
+                            .await?;
+                    }
+                    Err(e) => return Err(PublishError::Unavailable(e.to_string())),
+                }
             }
             Ok(())
         };
         tokio::time::timeout(super::PUBLISH_TIMEOUT, sent)
             .await
             .map_err(|_| PublishError::TimedOut)?
+    }
+
+    /// Sends one message; the caller awaits its ack.
+    async fn send(
+        &self,
+        subject: String,
+        message: Bytes,
+    ) -> Result<PublishAckFuture, PublishError> {
+        self.jetstream
+            .publish(subject, message)
+            .await
+            .map_err(|e| PublishError::Unavailable(e.to_string()))
+    }
+
+    /// Publishes `message` again, one at a time, until JetStream stores it: called after a "no
+    /// responders" answer, which means no server took the message — the stream has no leader
+    /// for a moment (an election: a leader that stepped down or died, or one the machine's load
+    /// made miss its heartbeats), so nothing was stored and a retry cannot store it twice. The
+    /// caller's `PUBLISH_TIMEOUT` bounds the wait: an election shorter than that is a slower
+    /// 202, not a 503.
+    async fn publish_again_when_led(
+        &self,
+        subject: String,
+        message: Bytes,
+    ) -> Result<(), PublishError> {
+        loop {
+            tokio::time::sleep(NO_LEADER_RETRY).await;
+            let ack = self.send(subject.clone(), message.clone()).await?;
+            match ack.await {
+                Ok(_) => return Ok(()),
+                Err(e) if e.kind() == PublishErrorKind::StreamNotFound => {
+                    tracing::debug!(%subject, "no stream leader yet; publishing again");
+                }
+                Err(e) => return Err(PublishError::Unavailable(e.to_string())),
+            }
+        }
     }
 }
 

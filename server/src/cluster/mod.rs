@@ -45,9 +45,11 @@ pub const SALTS_BUCKET: &str = "PULSE_SALTS";
 
 /// How long the first connection may take before start-up fails.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a publish may wait for its JetStream ack before collect answers 503. Longer than a
-/// stream leader election on loopback (about a second), short enough that a client's retry is
-/// not held up for long.
+/// How long a publish may wait for its JetStream ack before collect answers 503, publishing
+/// again meanwhile while the stream has no leader (`events`). Much longer than a leader change
+/// in which the old leader hands over (tens of milliseconds on loopback); the election that
+/// replaces a dead leader waits out JetStream's election timeout (seconds) and may outlast it.
+/// Short enough that a client's retry is not held up for long.
 pub const PUBLISH_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long one set-up request (stream, buckets) may take, how long set-up keeps retrying
 /// before start-up fails, and the pause between tries.

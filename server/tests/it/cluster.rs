@@ -1,9 +1,10 @@
 //! Cluster mode end to end (issue 16): real `nats-server` processes (a 3-node JetStream cluster
 //! on loopback, from `pulse_testkit::nats`) and 2–3 real `pulse --cluster …` nodes, checked from
 //! outside: websites seen by every node, one exact answer whichever node events hit, a NATS node
-//! lost without losing an acknowledged event, a fresh node rebuilding the window from the
-//! stream, 503 (never 202) with all of NATS gone while realtime answers from memory, and one
-//! salt across a midnight (libfaketime moves the pulse nodes' clocks; NATS keeps the real one).
+//! lost without losing an acknowledged event, a stream leader change without 503s, a fresh node
+//! rebuilding the window from the stream, 503 (never 202) with all of NATS gone while realtime
+//! answers from memory, and one salt across a midnight (libfaketime moves the pulse nodes'
+//! clocks; NATS keeps the real one).
 
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -81,6 +82,27 @@ async fn wait_for_total(node: &Server, events: u64) -> Value {
         node.stderr()
     );
     data
+}
+
+/// Waits until `node` counts at least the `acknowledged` events, then checks it counts at most
+/// the `sent` ones: an event answered 503 may still have been stored (its ack was lost), so a
+/// count in between is exact.
+async fn wait_for_acknowledged(node: &Server, acknowledged: u64, sent: u64, deadline: Duration) {
+    let counted = eventually(deadline, || async {
+        node.realtime(SITE).await["pagination"]["total_in_window"]
+            .as_u64()
+            .is_some_and(|total| total >= acknowledged)
+    })
+    .await;
+    let data = node.realtime(SITE).await;
+    assert!(
+        counted,
+        "{acknowledged} acknowledged events, {sent} sent, but the node counts: {data}\n\
+         stderr:\n{}",
+        node.stderr()
+    );
+    let total = data["pagination"]["total_in_window"].as_u64().unwrap();
+    assert!(total <= sent, "{total} counted, only {sent} sent: {data}");
 }
 
 /// Creates `SITE` on `a` and waits until `b` lists it (the set-up of every two-node test).
@@ -166,26 +188,46 @@ async fn sigkill_of_one_nats_node_keeps_ingest_going_and_loses_no_acknowledged_e
     site_on_both(&a, &b).await;
     let mut acknowledged = 0_u64;
     let mut sent = 0_u64;
-    let mut send = async |count: usize, acknowledged: &mut u64| {
+    // Which node answered 503 and why: what a failure before the kill has to show.
+    let mut refused = Vec::new();
+    let mut send = async |count: usize, acknowledged: &mut u64, refused: &mut Vec<String>| {
         for _ in 0..count {
-            let node = if sent.is_multiple_of(2) { &a } else { &b };
+            let (name, node) = if sent.is_multiple_of(2) {
+                ("A", &a)
+            } else {
+                ("B", &b)
+            };
             let resp = pageview(node, (sent % 50) as usize, &format!("/n/{sent}")).await;
-            sent += 1;
             match resp.status {
                 202 => *acknowledged += 1,
-                503 => assert!(
-                    error_check(&resp, 503, "cluster_unavailable").is_ok(),
-                    "{resp:?}"
-                ),
+                503 => {
+                    assert!(
+                        error_check(&resp, 503, "cluster_unavailable").is_ok(),
+                        "{resp:?}"
+                    );
+                    refused.push(format!("event {sent} on {name}: {}", resp.text()));
+                }
                 _ => panic!("collect during a NATS failover must be 202 or 503: {resp:?}"),
             }
+            sent += 1;
         }
     };
-    send(40, &mut acknowledged).await;
-    assert_eq!(
-        acknowledged, 40,
-        "all events are acknowledged before the kill"
-    );
+    send(40, &mut acknowledged, &mut refused).await;
+    if acknowledged != 40 {
+        let nats_logs: String = nats
+            .nodes
+            .iter()
+            .map(|n| format!("--- {}:\n{}\n", n.name, n.log()))
+            .collect();
+        panic!(
+            "all events are acknowledged before the kill, but {} were not:\n{}\n\
+             A's stderr:\n{}\nB's stderr:\n{}\nNATS logs:\n{nats_logs}",
+            40 - acknowledged,
+            refused.join("\n"),
+            a.stderr(),
+            b.stderr()
+        );
+    }
     nats.kill_9(0);
     let after_kill = acknowledged;
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -195,28 +237,63 @@ async fn sigkill_of_one_nats_node_keeps_ingest_going_and_loses_no_acknowledged_e
             "ingest did not continue after one NATS node died: {} acknowledged since",
             acknowledged - after_kill
         );
-        send(1, &mut acknowledged).await;
+        send(1, &mut acknowledged, &mut refused).await;
     }
-    // An event answered 503 may still have been stored (its ack was lost): at least every
-    // acknowledged event, at most every event sent.
     // A node whose events consumer lived on the dead server starts a new one, which may wait for
     // JetStream to elect new leaders: longer than `SPREAD_DEADLINE` on a loaded machine.
     for node in [&a, &b] {
-        let counted = eventually(FAILOVER_DEADLINE, || async {
-            node.realtime(SITE).await["pagination"]["total_in_window"]
-                .as_u64()
-                .is_some_and(|total| total >= acknowledged)
-        })
-        .await;
-        let data = node.realtime(SITE).await;
-        assert!(
-            counted,
-            "{acknowledged} acknowledged events, {sent} sent, but the node counts: {data}\n\
-             stderr:\n{}",
-            node.stderr()
-        );
-        let total = data["pagination"]["total_in_window"].as_u64().unwrap();
-        assert!(total <= sent, "{total} counted, only {sent} sent: {data}");
+        wait_for_acknowledged(node, acknowledged, sent, FAILOVER_DEADLINE).await;
+    }
+}
+
+/// Asks JetStream, as an operator would (`nats stream cluster step-down`), to move the events
+/// stream's leadership to another server; returns once the old leader has stepped down.
+async fn step_down_events_stream_leader(nats: &NatsCluster) {
+    let client = async_nats::connect(nats.nodes[1].url()).await.unwrap();
+    let resp = client
+        .request(
+            "$JS.API.STREAM.LEADER.STEPDOWN.PULSE_EVENTS",
+            bytes::Bytes::new(),
+        )
+        .await
+        .unwrap();
+    let answer: Value = serde_json::from_slice(&resp.payload).unwrap();
+    assert_eq!(answer["success"], true, "step-down refused: {answer}");
+}
+
+/// Until the new leader takes over, JetStream answers a publish with "no responders": no server
+/// took it, nothing was stored. Collect publishes again within its 3 s instead of answering 503
+/// (it answered 503 at once: a burst of them whenever a loaded machine's NATS changed a stream
+/// leader, as before the kill in the failover test). Only a publish caught in flight at the
+/// handover may still lose its ack: one 503 at most, as the events are sent one at a time.
+#[tokio::test]
+async fn a_stream_leader_change_is_ridden_over_without_503s_and_loses_no_acknowledged_event() {
+    let nats = NatsCluster::start(3).await;
+    let a = node(node_opts(&nats.nodes[0].url())).await;
+    let b = node(node_opts(&nats.urls())).await;
+    site_on_both(&a, &b).await;
+    let mut acknowledged = round_robin(&[&a, &b], 10, 1).await;
+    step_down_events_stream_leader(&nats).await;
+    // Sent at once: the first ones reach the stream while it has no leader.
+    let mut refused = Vec::new();
+    for k in 0..50 {
+        let node = if k % 2 == 0 { &a } else { &b };
+        let resp = pageview(node, k, "/after-step-down").await;
+        match resp.status {
+            202 => acknowledged += 1,
+            503 if error_check(&resp, 503, "cluster_unavailable").is_ok() => {
+                refused.push(format!("event {k}: {}", resp.text()));
+            }
+            _ => panic!("collect must be 202 or a retryable 503: {resp:?}"),
+        }
+    }
+    assert!(
+        refused.len() <= 1,
+        "a stream leader change must not turn collect into 503s:\n{}",
+        refused.join("\n")
+    );
+    for node in [&a, &b] {
+        wait_for_acknowledged(node, acknowledged, 60, FAILOVER_DEADLINE).await;
     }
 }
 
