@@ -308,11 +308,8 @@ impl CheckWheel {
         let passed = (target - self.edge).min(CHECK_BUCKETS as i64);
         for bucket in self.edge + 1..=self.edge + passed {
             let at = bucket.rem_euclid(CHECK_BUCKETS as i64) as usize;
-            let checks = std::mem::take(&mut self.buckets[at]);
-            self.heap.extend(checks.iter().copied().map(Reverse));
-            let mut checks = checks;
-            checks.clear();
-            self.buckets[at] = checks;
+            // Drained, not dropped: the bucket keeps its allocation for its next turn.
+            self.heap.extend(self.buckets[at].drain(..).map(Reverse));
         }
         self.edge = target;
     }
