@@ -10,7 +10,8 @@
 //! The file uses only the engine's public `ingest`, so the same file builds against an older
 //! engine for a same-run before/after (BENCHMARKS.md, "Breakdowns").
 //!
-//! Run: `cargo bench -p pulse-benches --bench ingest_steady`.
+//! Run: `cargo bench -p pulse-benches --bench ingest_steady`. `PULSE_STEADY_VISITORS` sets the
+//! number of visitors cycling (default 200000), to see how the cost moves with the working set.
 
 // Bench code: a failed unwrap is a failed check, which is what we want here.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -79,14 +80,14 @@ impl Varied {
     }
 }
 
-fn run(name: &str, varied: Option<&Varied>) {
+fn run(name: &str, visitors: u64, varied: Option<&Varied>) {
     let factory = EventFactory::new("bench");
     let engine = Engine::new(EngineLimits::default()).unwrap();
     engine.add_website(factory.website().clone()).unwrap();
     let mut n = 0_u64;
     let mut ingest = |count: u64| {
         for _ in 0..count {
-            let client = n % 200_000;
+            let client = n % visitors;
             let mut event = factory.event(n, T0_MS + (n / 4) as i64, cheap_visitor(client));
             if let Some(varied) = varied {
                 varied.apply(&mut event, n, client);
@@ -107,7 +108,7 @@ fn run(name: &str, varied: Option<&Varied>) {
     cpu_ns_per_event.sort_by(f64::total_cmp);
     wall_ns_per_event.sort_by(f64::total_cmp);
     println!(
-        "ingest_steady/{name}: median {:.1} ns/event CPU ({:.2} M events/s), rounds {:?}, wall median {:.1} ns",
+        "ingest_steady/{name}: median {:.1} ns/event CPU ({:.2} M events/s), rounds {:?}, wall median {:.1} ns, {visitors} visitors",
         cpu_ns_per_event[ROUNDS / 2],
         1e3 / cpu_ns_per_event[ROUNDS / 2],
         cpu_ns_per_event.iter().map(|x| (x * 10.0).round() / 10.0).collect::<Vec<_>>(),
@@ -119,11 +120,16 @@ fn main() {
     // `cargo bench` passes `--bench`; a filter argument picks one workload.
     let filter = std::env::args().skip(1).find(|a| !a.starts_with("--"));
     let wanted = |name: &str| filter.as_deref().is_none_or(|f| name.contains(f));
+    let visitors = std::env::var("PULSE_STEADY_VISITORS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&v| v > 0)
+        .unwrap_or(200_000);
     if wanted("factory_values") {
-        run("factory_values", None);
+        run("factory_values", visitors, None);
     }
     if wanted("varied_values") {
         let varied = Varied::new();
-        run("varied_values", Some(&varied));
+        run("varied_values", visitors, Some(&varied));
     }
 }
