@@ -574,7 +574,8 @@
 
   /** Asks for the breakdown now (`force`) or, on stream messages, at most every 5 s. */
   function requestBreakdown(force) {
-    if (!rt.siteId || rt.breakdownUnavailable) return;
+    // A hidden tab asks for nothing, also when a poll it sent before hiding is answered after.
+    if (!rt.siteId || rt.breakdownUnavailable || document.hidden) return;
     const since = Date.now() - rt.breakdownAt;
     if (!force && since < BREAKDOWN_MIN_GAP_MS) {
       // One trailing request, so the last change within the gap is shown too.
