@@ -8,7 +8,7 @@
 //! - One 64-byte node per active visitor (found through a `hashbrown::HashTable` of slot
 //!   indices), holding, for each value the visitor's events carry, the timestamp of its latest
 //!   such event: the browser, device and country together (they come from the visitor's
-//!   address and User-Agent, so they rarely change), and the first four texts (page, referrer,
+//!   address and User-Agent, so they rarely change), and the first five texts (page, referrer,
 //!   event name) inline. Texts past those (a crawler's hundreds of pages) go to one shared table
 //!   keyed by `(visitor slot, value id)`, so no visitor's values are ever scanned. A value's
 //!   `visitors` is the number of visitors holding it, kept as pairs appear and leave.

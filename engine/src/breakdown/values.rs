@@ -133,17 +133,27 @@ pub(crate) struct PackedValues {
 
 impl EventValues {
     pub fn pack(&self) -> PackedValues {
-        let [target, referrer, browser, device, country] = self.ids;
+        let trio = self.trio();
         PackedValues {
-            target: narrow(target),
-            referrer: narrow(referrer),
+            target: narrow(self.ids[0]),
+            referrer: narrow(self.ids[1]),
+            country: trio.country,
+            browser: trio.browser,
+            device_and_kind: trio.device | if self.is_pageview { 0x80 } else { 0 },
+        }
+    }
+
+    /// The event's browser, device and country.
+    pub fn trio(&self) -> Trio {
+        let [_, _, browser, device, country] = self.ids;
+        Trio {
+            browser: browser as u8,
+            device: (device - DEVICE_BASE) as u8,
             country: if country == NO_VALUE {
                 u16::MAX
             } else {
                 (country - COUNTRY_BASE) as u16
             },
-            browser: browser as u8,
-            device_and_kind: (device - DEVICE_BASE) as u8 | if self.is_pageview { 0x80 } else { 0 },
         }
     }
 }
@@ -163,17 +173,19 @@ fn widen(id: u16) -> u32 {
 
 impl PackedValues {
     pub fn unpack(self) -> EventValues {
+        let trio = Trio {
+            browser: self.browser,
+            device: self.device_and_kind & 0x7f,
+            country: self.country,
+        };
+        let [browser, device, country] = trio.id_array();
         EventValues {
             ids: [
                 widen(self.target),
                 widen(self.referrer),
-                u32::from(self.browser),
-                DEVICE_BASE + u32::from(self.device_and_kind & 0x7f),
-                if self.country == u16::MAX {
-                    NO_VALUE
-                } else {
-                    COUNTRY_BASE + u32::from(self.country)
-                },
+                browser,
+                device,
+                country,
             ],
             is_pageview: self.device_and_kind & 0x80 != 0,
         }
@@ -198,8 +210,8 @@ impl Trio {
         country: u16::MAX,
     };
 
-    /// The value ids of the trio: browser, device, and the country when there is one.
-    pub fn ids(self) -> impl Iterator<Item = u32> {
+    /// The browser, device and country ids, `NO_VALUE` for no country.
+    fn id_array(self) -> [u32; 3] {
         let country = if self.country == u16::MAX {
             NO_VALUE
         } else {
@@ -210,22 +222,15 @@ impl Trio {
             DEVICE_BASE + u32::from(self.device),
             country,
         ]
-        .into_iter()
-        .filter(|&id| id != NO_VALUE)
+    }
+
+    /// The value ids of the trio: browser, device, and the country when there is one.
+    pub fn ids(self) -> impl Iterator<Item = u32> {
+        self.id_array().into_iter().filter(|&id| id != NO_VALUE)
     }
 }
 
 impl EventValues {
-    /// The event's browser, device and country.
-    pub fn trio(&self) -> Trio {
-        let packed = self.pack();
-        Trio {
-            browser: packed.browser,
-            device: packed.device_and_kind & 0x7f,
-            country: packed.country,
-        }
-    }
-
     /// The event's text ids (target, then referrer when there is one).
     pub fn texts(&self) -> impl Iterator<Item = u32> + '_ {
         self.ids[..2].iter().copied().filter(|&id| id != NO_VALUE)
