@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use pulse_engine::{
-    Breakdown, BreakdownExport, Browser, DeviceType, Engine, EngineLimits, Event, EventKind,
-    Realtime, Timestamp, Touch, VisitorId, WebsiteExport, WebsiteId,
+    Breakdown, Browser, DeviceType, Engine, EngineLimits, Event, EventKind, Realtime, Timestamp,
+    Touch, VisitorId, WebsiteExport, WebsiteId,
 };
 use pulse_snapshot::checkpoint::{self, Checkpoint, WebsiteCheckpoint};
 use pulse_snapshot::{replay, LogEntry, ReplayOptions, SegmentLimits, SegmentWriter};
@@ -210,52 +210,8 @@ fn state_of(engine: &Engine, i: usize) -> WebsiteExport {
         {
             window.visitors.sort_unstable();
         }
-        canonical_texts(&mut class.breakdown);
     }
     state
-}
-
-/// Renumbers a breakdown's text slots by text: which free slot a new text takes depends on the
-/// order an estimate's minute hands its values back (its hash table's layout), not on what is
-/// held, so two equal breakdowns may number their texts differently.
-fn canonical_texts(breakdown: &mut BreakdownExport) {
-    let fixed = (breakdown.browser_names.len() + breakdown.device_names.len() + 26 * 26 + 3) as u32;
-    let slots = std::mem::take(&mut breakdown.texts.slots);
-    let mut live: Vec<(u8, String)> = slots.iter().flatten().cloned().collect();
-    live.sort();
-    let renumber = |code: &mut u32| {
-        if *code != u32::MAX && *code >= fixed {
-            let text = slots[(*code - fixed) as usize].as_ref().unwrap();
-            *code = fixed + live.binary_search(text).unwrap() as u32;
-        }
-    };
-    let exact_states = breakdown.exact.iter_mut().chain(
-        breakdown
-            .estimated
-            .iter_mut()
-            .filter_map(|e| e.shadow.as_mut().map(|s| &mut s.exact)),
-    );
-    for exact in exact_states {
-        for event in &mut exact.events {
-            event.values.iter_mut().for_each(renumber);
-        }
-    }
-    if let Some(estimated) = &mut breakdown.estimated {
-        for minute in &mut estimated.minutes {
-            minute
-                .values
-                .iter_mut()
-                .for_each(|(code, _)| renumber(code));
-            minute.values.sort_unstable();
-        }
-    }
-    let free = slots.len() - live.len();
-    breakdown.texts.slots = live.into_iter().map(Some).collect();
-    breakdown
-        .texts
-        .slots
-        .extend(std::iter::repeat_n(None, free));
-    breakdown.texts.free.clear();
 }
 
 /// `checkpoint`, written to a file in `dir` and read back.

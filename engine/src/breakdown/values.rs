@@ -8,6 +8,8 @@
 //! while its list is full is counted under that list's `(other)` value instead, so memory is
 //! bounded whatever the traffic. This module does not count visitors or know about windows.
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::hash::BuildHasher;
 use std::sync::Arc;
 
@@ -253,7 +255,11 @@ pub(crate) struct ValueTable {
     hasher: foldhash::quality::RandomState,
     table: HashTable<u32>,
     slots: Vec<TextSlot>,
-    free: Vec<u32>,
+    /// Free slots, the lowest taken first: which slot a new text takes then depends only on
+    /// which are free, not on the order they were freed in (an estimate frees its minute's
+    /// texts in its hash table's order, which a restored table does not share), so a restored
+    /// table numbers new texts as the original does and the ids stay dense.
+    free: BinaryHeap<Reverse<u32>>,
     live_per_list: [usize; 3],
     text_bytes: usize,
 }
@@ -265,7 +271,7 @@ impl ValueTable {
             hasher: foldhash::quality::RandomState::default(),
             table: HashTable::new(),
             slots: Vec::new(),
-            free: Vec::new(),
+            free: BinaryHeap::new(),
             live_per_list: [0; 3],
             text_bytes: 0,
         }
@@ -377,7 +383,7 @@ impl ValueTable {
             entry.remove();
         }
         self.live_per_list[text_list_index(list)] -= 1;
-        self.free.push(id);
+        self.free.push(Reverse(id));
     }
 
     /// Bytes held: the table, the slots and the texts they keep alive.
@@ -417,7 +423,7 @@ impl ValueTable {
             refs: 1,
         };
         let id = match self.free.pop() {
-            Some(id) => {
+            Some(Reverse(id)) => {
                 self.slots[(id - FIXED_IDS) as usize] = slot;
                 id
             }
@@ -602,7 +608,11 @@ impl ValueTable {
                     Some((text_list_code(slot.list), text.to_owned()))
                 })
                 .collect(),
-            free: self.free.iter().map(|id| id - FIXED_IDS).collect(),
+            free: {
+                let mut free: Vec<u32> = self.free.iter().map(|id| id.0 - FIXED_IDS).collect();
+                free.sort_unstable();
+                free
+            },
             slots_capacity: self.slots.capacity() as u64,
             table_capacity: self.table.capacity() as u64,
             free_capacity: self.free.capacity() as u64,
@@ -632,7 +642,7 @@ impl ValueTable {
         let mut table = Self::new(per_list_cap);
         table.slots = Vec::with_capacity(export.slots_capacity as usize);
         table.table = HashTable::with_capacity(export.table_capacity as usize);
-        table.free = Vec::with_capacity(export.free_capacity as usize);
+        table.free = BinaryHeap::with_capacity(export.free_capacity as usize);
         for (slot, refs) in export.slots.into_iter().zip(refs.iter().copied()) {
             let id = FIXED_IDS + table.slots.len() as u32;
             let Some((code, text)) = slot else {
@@ -688,7 +698,7 @@ impl ValueTable {
             if !free_ok {
                 return Err(invalid("breakdown free list names a held or repeated slot"));
             }
-            table.free.push(FIXED_IDS + slot);
+            table.free.push(Reverse(FIXED_IDS + slot));
         }
         if table.free.len() + table.table.len() != table.slots.len() {
             return Err(invalid("breakdown free list misses a free slot"));
@@ -769,5 +779,25 @@ mod tests {
         assert_eq!(last, OTHER_BASE, "the page past the last id is (other)");
         assert_eq!(table.id_bound(), FIXED_IDS + MAX_TEXT_SLOTS);
         assert!(table.id_bound() <= u32::from(u16::MAX));
+    }
+
+    /// A new text takes the lowest free slot, whatever order the slots were freed in: a
+    /// restored table (whose estimate frees texts in another order) then numbers new texts as
+    /// the original does, and its counts grow alike.
+    #[test]
+    fn a_new_text_takes_the_lowest_free_slot_whatever_the_order_of_release() {
+        for release_order in [[0, 2], [2, 0]] {
+            let mut table = ValueTable::new(usize::MAX);
+            let ids: Vec<u32> = ["/a", "/b", "/c"]
+                .iter()
+                .map(|path| table.retain_event(&page(path)).ids[0])
+                .collect();
+            for i in release_order {
+                table.release_id(ids[i], 1);
+            }
+            let reused = table.retain_event(&page("/d")).ids[0];
+            assert_eq!(reused, ids[0], "released in order {release_order:?}");
+            assert_eq!(table.export().free, vec![ids[2] - FIXED_IDS]);
+        }
     }
 }
