@@ -13,17 +13,24 @@
 //! copy, write the new salt before publishing the copy (ids must be reproducible after a
 //! restart) and delete dropped salts after. A request waits for a maintainer only when the
 //! published schedule cannot identify it at all — the first requests of a new UTC day, which
-//! need that day's salt; expiring yesterday's salt never makes a request wait.
+//! need that day's salt; expiring yesterday's salt never makes a request wait. That wait is
+//! bounded (`FETCH_WAIT`, off the async workers), and after a failed fetch requests fail at once
+//! for `FETCH_RETRY` instead of each asking the vault again: a cluster whose NATS is down at
+//! midnight must answer 503 quickly, not hold every request and worker for the key-value
+//! timeout in turn.
 
 use std::fs;
 use std::io;
 use std::net::IpAddr;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use parking_lot::{Mutex as TimedMutex, MutexGuard as TimedGuard};
 use pulse_engine::{DailySalt, EngineError, Identity, Salt, SaltSchedule, Timestamp};
+use tokio::runtime::{Handle, RuntimeFlavor};
 
 use crate::atomic_file::{remove_durably, write_atomically};
 
@@ -129,13 +136,45 @@ impl SaltVault for SaltFiles {
     }
 }
 
+/// How long a request that needs a new day's salt waits while another request fetches it. A
+/// vault answers in milliseconds when it works; past this the request is answered 503 (it may
+/// retry) rather than held for as long as a failing vault takes.
+const FETCH_WAIT: Duration = Duration::from_millis(200);
+
+/// After a failed fetch of a day's salt, how long requests needing it fail at once (503) before
+/// one of them asks the vault again.
+const FETCH_RETRY: Duration = Duration::from_secs(1);
+
+/// A fetch of a day's salt that failed.
+#[derive(Debug, Clone, Copy)]
+struct FailedFetch {
+    day: i64,
+    at: Instant,
+}
+
 #[derive(Debug)]
 pub struct SaltStore {
     vault: Box<dyn SaltVault>,
     schedule: ArcSwap<SaltSchedule>,
     /// Held by whoever rotates or expires salts, for the whole of the vault work; readers never
-    /// take it.
-    maintenance: Mutex<()>,
+    /// take it. Timed, so a request waits for another's fetch only `fetch_wait`.
+    maintenance: TimedMutex<()>,
+    /// The last failed fetch of a new day's salt; never held across vault work.
+    failed_fetch: Mutex<Option<FailedFetch>>,
+    fetch_wait: Duration,
+    fetch_retry: Duration,
+}
+
+/// Runs `f`, which may block, off the async workers when called on a multi-threaded runtime
+/// (`block_in_place`: the worker's other tasks move to another thread meanwhile); a plain call
+/// anywhere else (a current-thread runtime cannot lend its only thread).
+fn off_the_workers<T>(f: impl FnOnce() -> T) -> T {
+    match Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() != RuntimeFlavor::CurrentThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
 }
 
 fn salt_path(dir: &Path, day: i64) -> PathBuf {
@@ -172,7 +211,10 @@ impl SaltStore {
         Ok(Self {
             vault,
             schedule: ArcSwap::from_pointee(schedule),
-            maintenance: Mutex::new(()),
+            maintenance: TimedMutex::new(()),
+            failed_fetch: Mutex::new(None),
+            fetch_wait: FETCH_WAIT,
+            fetch_retry: FETCH_RETRY,
         })
     }
 
@@ -189,16 +231,19 @@ impl SaltStore {
 
     /// Rotates to a new day's salt and deletes yesterday's once the carry-over has passed.
     /// Called on every identification (cheaply) and by the server's maintenance timer, so an
-    /// expired salt is destroyed even without traffic.
+    /// expired salt is destroyed even without traffic. Skips (`Ok`) when the new day's salt is
+    /// being fetched by another caller for longer than `fetch_wait`, or its fetch failed less
+    /// than `fetch_retry` ago: the published schedule then cannot identify the request, which
+    /// is answered 503.
     pub fn maintain(&self, now: Timestamp) -> io::Result<()> {
-        let needs_salt = {
+        let salt_day = {
             let schedule = self.schedule.load();
             if !Self::needs_maintenance(&schedule, now) {
                 return Ok(());
             }
-            schedule.day_to_rotate(now).is_some()
+            schedule.day_to_rotate(now)
         };
-        let Some(_maintainer) = self.maintainer(needs_salt) else {
+        let Some(_maintainer) = self.maintainer(salt_day) else {
             return Ok(());
         };
         // Another maintainer may have finished while this one waited: start from what it
@@ -207,7 +252,22 @@ impl SaltStore {
         let mut dropped_days = Vec::new();
         let mut changed = false;
         if let Some(day) = next.day_to_rotate(now) {
-            let salt = self.vault.salt_for(day)?;
+            if self.failed_recently(day) {
+                return Ok(());
+            }
+            let salt = match off_the_workers(|| self.vault.salt_for(day)) {
+                Ok(salt) => salt,
+                Err(error) => {
+                    *self
+                        .failed_fetch
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner) = Some(FailedFetch {
+                        day,
+                        at: Instant::now(),
+                    });
+                    return Err(error);
+                }
+            };
             dropped_days.extend(next.rotate(salt).map(|dropped| dropped.day));
             changed = true;
         }
@@ -224,22 +284,27 @@ impl SaltStore {
         Ok(())
     }
 
-    /// The maintenance lock. A caller that needs a new day's salt waits for it (nothing can be
-    /// identified without it); any other caller skips maintenance when someone else is doing it,
-    /// since the published schedule still answers.
-    fn maintainer(&self, needs_salt: bool) -> Option<MutexGuard<'_, ()>> {
-        if needs_salt {
-            return Some(
-                self.maintenance
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner),
-            );
+    /// Whether fetching `day`'s salt failed less than `fetch_retry` ago.
+    fn failed_recently(&self, day: i64) -> bool {
+        self.failed_fetch
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some_and(|failed| failed.day == day && failed.at.elapsed() < self.fetch_retry)
+    }
+
+    /// The maintenance lock. A caller that needs a new day's salt (`salt_day`) waits for it
+    /// (nothing can be identified without it), but only `fetch_wait`, off the async workers,
+    /// and not at all when its fetch just failed; any other caller skips maintenance when
+    /// someone else is doing it, since the published schedule still answers.
+    fn maintainer(&self, salt_day: Option<i64>) -> Option<TimedGuard<'_, ()>> {
+        if let Some(guard) = self.maintenance.try_lock() {
+            return Some(guard);
         }
-        match self.maintenance.try_lock() {
-            Ok(guard) => Some(guard),
-            Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
-            Err(TryLockError::WouldBlock) => None,
+        let day = salt_day?;
+        if self.failed_recently(day) {
+            return None;
         }
+        off_the_workers(|| self.maintenance.try_lock_for(self.fetch_wait))
     }
 
     /// The identity of a request received at `now` from `(ip, user_agent)`.
@@ -331,7 +396,7 @@ mod tests {
         // Past the carry-over, yesterday's salt is due for deletion; a maintainer parked in its
         // file work holds the maintenance lock meanwhile.
         let after_carry = at(midnight + CARRY_MS + 1);
-        let parked_maintainer = store.maintenance.lock().unwrap();
+        let parked_maintainer = store.maintenance.lock();
         let (tx, rx) = std::sync::mpsc::channel();
         let reader = {
             let store = Arc::clone(&store);
@@ -347,6 +412,83 @@ mod tests {
         // Once the maintainer is gone, the next maintenance does the deletion.
         store.maintain(after_carry).unwrap();
         assert_eq!(files(store.dir().unwrap()), [format!("{}.salt", DAY + 1)]);
+    }
+
+    /// A vault that has today's salt but, like a cluster's with NATS gone, fails to give any
+    /// other day's after `delay`; it counts those calls and says when the first starts.
+    #[derive(Debug)]
+    struct UnreachableVault {
+        delay: Duration,
+        fetches: Arc<std::sync::atomic::AtomicUsize>,
+        started: Mutex<Option<std::sync::mpsc::Sender<()>>>,
+    }
+
+    impl SaltVault for UnreachableVault {
+        fn open(&self, today: i64) -> io::Result<(DailySalt, Option<DailySalt>)> {
+            Ok((fresh_salt(today)?, None))
+        }
+        fn salt_for(&self, _day: i64) -> io::Result<DailySalt> {
+            self.fetches
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if let Some(started) = self.started.lock().unwrap().take() {
+                started.send(()).unwrap();
+            }
+            std::thread::sleep(self.delay);
+            Err(io::Error::new(io::ErrorKind::TimedOut, "no answer"))
+        }
+        fn destroy(&self, _day: i64) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// At midnight with the vault unreachable, one request waits for it; the others are refused
+    /// after the short wait instead of each waiting out the vault's timeout in turn, and right
+    /// after the failure requests are refused without asking the vault again.
+    #[test]
+    fn a_failing_salt_fetch_is_waited_out_by_one_request_not_by_each() {
+        let midnight = (DAY + 1) * Timestamp::DAY_MS;
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
+        let fetches = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let vault = Box::new(UnreachableVault {
+            delay: Duration::from_secs(2),
+            fetches: Arc::clone(&fetches),
+            started: Mutex::new(Some(started_tx)),
+        });
+        let mut store = SaltStore::with_vault(vault, at(midnight - 1000), CARRY_MS).unwrap();
+        // A retry window no noisy machine outlasts, so "right after" below is certain.
+        store.fetch_retry = Duration::from_secs(600);
+        let store = Arc::new(store);
+        let ip: IpAddr = "198.51.100.9".parse().unwrap();
+        let request = |store: &Arc<SaltStore>| {
+            let store = Arc::clone(store);
+            std::thread::spawn(move || {
+                let began = Instant::now();
+                let identified = store.identify(at(midnight + 5), ip, "UA");
+                (identified.is_ok(), began.elapsed())
+            })
+        };
+        let first = request(&store);
+        started_rx.recv().unwrap();
+        let others: Vec<_> = (0..3).map(|_| request(&store)).collect();
+        let others: Vec<_> = others.into_iter().map(|t| t.join().unwrap()).collect();
+        let (first_ok, first_took) = first.join().unwrap();
+        assert!(!first_ok, "no salt, no identity");
+        assert!(first_took >= Duration::from_secs(2), "{first_took:?}");
+        for (ok, took) in others {
+            assert!(!ok);
+            assert!(
+                took < Duration::from_secs(1),
+                "a request waited {took:?} for another's fetch"
+            );
+        }
+        let began = Instant::now();
+        assert!(store.identify(at(midnight + 6), ip, "UA").is_err());
+        assert!(began.elapsed() < Duration::from_secs(1));
+        assert_eq!(
+            fetches.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "only the first request asked the vault"
+        );
     }
 
     /// A data directory left at 23:59 with one visitor's id under yesterday's salt.

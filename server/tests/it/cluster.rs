@@ -374,6 +374,60 @@ async fn with_all_of_nats_gone_collect_answers_503_and_realtime_answers_stale_fr
     assert_eq!(metrics.value("pulse_cluster_stale", &[]), 1.0);
 }
 
+/// At the first requests of a UTC day with all of NATS gone, no salt for the day can be had:
+/// one request waits out the key-value timeout, the others are answered 503 at once, and
+/// realtime keeps answering meanwhile (each waiting request used to hold a worker thread for the
+/// whole timeout, in turn, so the node stopped answering anything).
+#[tokio::test]
+async fn past_midnight_with_nats_gone_collect_is_a_quick_503_and_realtime_still_answers() {
+    let mut nats = NatsCluster::start(3).await;
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let midnight_ms = (now_ms / 86_400_000 + 1) * 86_400_000;
+    let a = node(node_opts(&nats.urls()).test_clock(midnight_ms - 60_000)).await;
+    a.site(SITE, "shop.example").await;
+    assert_eq!(pageview(&a, 0, "/before").await.status, 202);
+    wait_for_total(&a, 1).await;
+    nats.kill_all();
+    a.set_clock(midnight_ms + 1_000).await;
+
+    let a = &a;
+    let collects = futures_util::future::join_all((1..=6).map(|n| async move {
+        let began = Instant::now();
+        let resp = pageview(a, n, "/after-midnight").await;
+        (resp, began.elapsed())
+    }));
+    let realtime = async {
+        // While the first collect waits on NATS for the day's salt.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let began = Instant::now();
+        let data = a.realtime(SITE).await;
+        (data, began.elapsed())
+    };
+    let (collects, (data, realtime_took)) = tokio::join!(collects, realtime);
+    assert_eq!(data["pagination"]["total_in_window"], 1, "{data}");
+    assert!(
+        realtime_took < Duration::from_secs(2),
+        "realtime took {realtime_took:?} while collects waited for a salt"
+    );
+    let mut slow = 0;
+    for (resp, took) in &collects {
+        assert!(
+            error_check(resp, 503, "salt_unavailable").is_ok(),
+            "no salt for the day, no 202: {resp:?}"
+        );
+        assert!(resp.header("retry-after").is_some(), "{resp:?}");
+        slow += usize::from(*took >= Duration::from_secs(2));
+    }
+    assert!(
+        slow <= 1,
+        "one request may wait for NATS, not each in turn: {:?}",
+        collects.iter().map(|(_, took)| *took).collect::<Vec<_>>()
+    );
+}
+
 /// The clock offset that puts "now" `margin_secs` before the next UTC midnight, and that midnight
 /// (Unix seconds).
 fn offset_to_before_midnight(margin_secs: u64) -> (u64, u64) {

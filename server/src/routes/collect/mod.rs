@@ -357,6 +357,9 @@ impl<'r> Visit<'r> {
                 "salt_unavailable",
                 format!("no visitor salt is available: {e}"),
             )
+            // The day's salt may be a moment away (another request is fetching it) or its
+            // store may be down; either way a retry soon is right.
+            .retry_after(1)
         };
         match client_id {
             Some(client_id) if website.website.accept_client_ids => self
