@@ -10,14 +10,14 @@
 //! that owns the file, so changes are applied one at a time and in one order. Each write:
 //!
 //! 1. derives the next set of websites from the published snapshot and checks the change;
-//! 2. replaces the file with the whole next set (temp file, fsync, rename, fsync directory);
-//! 3. for a create, adds the website to the engine;
+//! 2. for a create, adds the website to the engine (with the local log, at a known place in it:
+//!    `LogStart::Local`);
+//! 3. replaces the file with the whole next set (temp file, fsync, rename, fsync directory);
 //! 4. publishes the next snapshot;
 //! 5. for a delete, removes the website from the engine.
 //!
-//! If step 2 fails nothing has changed. If step 3 fails, the previous set is written back to the
-//! file and `CatalogError::EngineRefused` is returned: the file never keeps a website the engine
-//! refused, and the snapshot never showed it.
+//! If step 2 fails nothing has changed (`CatalogError::EngineRefused`). If step 3 fails, a
+//! created website leaves the engine again, and nothing else has changed.
 //!
 //! **The rules these steps keep.** In memory, the engine holds every website the published
 //! snapshot shows (a website reaches the engine before readers can see it, and leaves readers
@@ -25,14 +25,11 @@
 //! and `open` builds both the snapshot and the engine's set from it alone. Because a change is
 //! in the file before anyone can see it and the file is replaced atomically, a crash at any step
 //! leaves either the old or the new set on disk, and the restarted server holds exactly that set.
-//! The one gap is a failed rollback (step 3 failed, then writing the old set back failed too):
-//! the file then holds a website memory does not, `CatalogError::RollbackFailed` says so, and the
-//! next successful write (which starts from the snapshot) or a restart brings them together.
 //!
 //! **Storage is pluggable** (`CatalogStorage`): the websites file (`FileStorage` over a
 //! `CatalogFile`) in local mode, a key-value bucket shared by every node in cluster mode
 //! (`cluster::websites`). A shared storage also tells the catalog about changes other nodes
-//! made: `apply_stored` runs steps 3–5 for them, with no storage step, since storage already
+//! made: `apply_stored` runs steps 2, 4 and 5 for them, with no storage step, since storage already
 //! holds the change.
 
 use std::collections::{BTreeMap, HashMap};
@@ -46,6 +43,7 @@ use pulse_engine::{Engine, EngineError, WebsiteId};
 use serde::{Deserialize, Serialize};
 
 use crate::atomic_file::write_atomically;
+use crate::event_log::EventLog;
 use crate::url_normaliser::normalized_domain;
 
 /// The websites file's version; `open` refuses any other.
@@ -357,8 +355,8 @@ pub enum CatalogOpenError {
     },
 }
 
-/// Why a change to the catalog was refused or failed. Every kind but `RollbackFailed` leaves
-/// the file, the snapshot and the engine as they were.
+/// Why a change to the catalog was refused or failed. Every kind leaves the file, the snapshot
+/// and the engine as they were.
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
     #[error("a website with id {id:?} already exists")]
@@ -375,17 +373,20 @@ pub enum CatalogError {
     Storage(#[source] io::Error),
     #[error("the cluster's website storage is unavailable ({0}); nothing was changed")]
     StorageUnavailable(String),
-    #[error("the engine refused website {id:?} ({source}); the websites file was restored")]
+    #[error("the engine refused website {id:?} ({source}); nothing was stored")]
     EngineRefused { id: String, source: EngineError },
-    #[error(
-        "the engine refused website {id:?} ({refused}) and the websites file could not be \
-         restored ({source}); it holds the website until the next change or restart"
-    )]
-    RollbackFailed {
-        id: String,
-        refused: EngineError,
-        source: io::Error,
-    },
+    #[error("the log is still being replayed; where a new website begins is not known yet")]
+    LogNotReady,
+}
+
+/// Where a new website's events begin in the log (`WebsiteEntry::log_start_seq`).
+#[derive(Debug, Clone, Copy)]
+pub enum LogStart<'a> {
+    /// At this sequence number: in cluster mode, the stream's next, read before the create.
+    At(u64),
+    /// Where the local log stands as the website enters the engine, read while no event can be
+    /// queued or counted (`EventLog::at_log_position`).
+    Local(&'a EventLog),
 }
 
 /// The websites: one snapshot for readers, one file, one engine set, one writer at a time.
@@ -482,12 +483,14 @@ impl WebsiteCatalog {
             .collect()
     }
 
-    /// Adds `website`, stores it and registers it in the engine. `log_start_seq` is the sequence
-    /// number the log will give the next event it accepts: no event for this website can be
-    /// queued before the website is published, so every event logged under its id before that
-    /// number belongs to a deleted website of the same id, and replay leaves it out. That is what
-    /// makes a delete final: a re-created id starts empty, before and after a restart.
-    pub fn create(&self, website: Website, log_start_seq: u64) -> Result<Website, CatalogError> {
+    /// Adds `website`: registers it in the engine, stores it, publishes it. `start` says where
+    /// its events begin in the log (`WebsiteEntry::log_start_seq`): every event logged under its
+    /// id before that number belongs to a deleted website of the same id, and replay leaves it
+    /// out. That is what makes a delete final: a re-created id starts empty, before and after a
+    /// restart. With the local log, the number is read and the website enters the engine while
+    /// no event can be queued (`LogStart::Local`), so an event a handler resolved for the deleted
+    /// website and queues meanwhile is counted live exactly when replay counts it.
+    pub fn create(&self, website: Website, start: LogStart<'_>) -> Result<Website, CatalogError> {
         let file = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
         let previous = self.snapshot.load_full();
         let id = website.id.clone();
@@ -498,6 +501,23 @@ impl WebsiteCatalog {
         if previous.len() >= limit {
             return Err(CatalogError::TooManyWebsites { limit });
         }
+        let website_id =
+            WebsiteId::new(&id).map_err(|_| CatalogError::InvalidId { id: id.clone() })?;
+        let register = || match self.engine.add_website(website_id.clone()) {
+            // Already there is what this step wants; nothing else can have put it there while
+            // the catalog holds the writer lock.
+            Ok(()) | Err(EngineError::WebsiteExists) => Ok(()),
+            Err(source) => Err(CatalogError::EngineRefused {
+                id: id.clone(),
+                source,
+            }),
+        };
+        let log_start_seq = match start {
+            LogStart::At(seq) => register().map(|()| seq)?,
+            LogStart::Local(log) => log
+                .at_log_position(|seq| register().map(|()| seq))
+                .ok_or(CatalogError::LogNotReady)??,
+        };
         let entry = Arc::new(
             WebsiteEntry::new(website.clone())
                 .map_err(|_| CatalogError::InvalidId { id: id.clone() })?
@@ -510,34 +530,11 @@ impl WebsiteCatalog {
             website: website.clone(),
             log_start_seq,
         };
-        store(file.as_ref(), StorageChange::Create(&stored), &next, &id)?;
-        match self.engine.add_website(entry.id.clone()) {
-            // Already there is what this step wants; nothing else can have put it there while
-            // the catalog holds the writer lock.
-            Ok(()) | Err(EngineError::WebsiteExists) => {}
-            Err(refused) => {
-                return Err(match file.store(StorageChange::Delete(&id), &previous) {
-                    Ok(()) => CatalogError::EngineRefused {
-                        id,
-                        source: refused,
-                    },
-                    Err(source) => {
-                        let source = match source {
-                            StorageError::Io(source) => source,
-                            other => io::Error::other(other),
-                        };
-                        tracing::error!(
-                            website = %id, %refused, error = %source,
-                            "the websites file could not be restored after the engine refused a website"
-                        );
-                        CatalogError::RollbackFailed {
-                            id,
-                            refused,
-                            source,
-                        }
-                    }
-                });
-            }
+        if let Err(error) = store(file.as_ref(), StorageChange::Create(&stored), &next, &id) {
+            // Readers never saw it; what the engine counted for it meanwhile (only events of a
+            // deleted website of the same id) goes with it, as replay would leave it out.
+            let _ = self.engine.remove_website(&website_id);
+            return Err(error);
         }
         self.snapshot.store(Arc::new(next));
         Ok(website)
@@ -712,11 +709,11 @@ mod tests {
     fn websites_are_found_by_domain_or_alias_and_the_smaller_id_wins_a_shared_host() {
         let dir = tempfile::tempdir().unwrap();
         let catalog = WebsiteCatalog::open(dir.path(), engine(10)).unwrap();
-        catalog.create(site("b"), 0).unwrap();
+        catalog.create(site("b"), LogStart::At(0)).unwrap();
         let mut a = site("a");
         a.domain = "shop.example.org".into();
         a.aliases = vec!["www.example.com".into(), "EXAMPLE.net".into()];
-        catalog.create(a, 0).unwrap();
+        catalog.create(a, LogStart::At(0)).unwrap();
         let id_of = |d: &str| catalog.get_by_domain(d).map(|e| e.website.id.clone());
         assert_eq!(id_of("shop.example.org").as_deref(), Some("a"));
         assert_eq!(id_of("example.net").as_deref(), Some("a"));
@@ -858,8 +855,8 @@ mod tests {
     fn websites_survive_reopening_with_their_derived_fields() {
         let dir = tempfile::tempdir().unwrap();
         let catalog = WebsiteCatalog::open(dir.path(), engine(10)).unwrap();
-        catalog.create(site("a"), 0).unwrap();
-        catalog.create(site("b"), 0).unwrap();
+        catalog.create(site("a"), LogStart::At(0)).unwrap();
+        catalog.create(site("b"), LogStart::At(0)).unwrap();
         catalog
             .patch(
                 "a",
@@ -938,13 +935,13 @@ mod tests {
     fn refused_changes_are_typed_and_change_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let catalog = WebsiteCatalog::open(dir.path(), engine(1)).unwrap();
-        catalog.create(site("a"), 0).unwrap();
+        catalog.create(site("a"), LogStart::At(0)).unwrap();
         assert!(matches!(
-            catalog.create(site("a"), 0),
+            catalog.create(site("a"), LogStart::At(0)),
             Err(CatalogError::WebsiteExists { id }) if id == "a"
         ));
         assert!(matches!(
-            catalog.create(site("b"), 0),
+            catalog.create(site("b"), LogStart::At(0)),
             Err(CatalogError::TooManyWebsites { limit: 1 })
         ));
         assert!(matches!(
@@ -964,14 +961,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let engine = engine(2);
         let catalog = WebsiteCatalog::open(dir.path(), Arc::clone(&engine)).unwrap();
-        catalog.create(site("a"), 0).unwrap();
+        catalog.create(site("a"), LogStart::At(0)).unwrap();
         let before = std::fs::read(dir.path().join("websites.json")).unwrap();
         // The engine fills up behind the catalog's back, so the catalog's own limit check passes
         // and only the engine step can refuse.
         engine
             .add_website(WebsiteId::new("intruder").unwrap())
             .unwrap();
-        let refused = catalog.create(site("b"), 0);
+        let refused = catalog.create(site("b"), LogStart::At(0));
         assert!(
             matches!(
                 &refused,
@@ -996,10 +993,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let engine = engine(10);
         let (catalog, control) = catalog_with_test_file(dir.path(), Arc::clone(&engine));
-        catalog.create(site("a"), 0).unwrap();
+        catalog.create(site("a"), LogStart::At(0)).unwrap();
         control.fail_next.store(true, Ordering::SeqCst);
         assert!(matches!(
-            catalog.create(site("b"), 0),
+            catalog.create(site("b"), LogStart::At(0)),
             Err(CatalogError::Storage(_))
         ));
         control.fail_next.store(true, Ordering::SeqCst);
@@ -1016,13 +1013,13 @@ mod tests {
         let engine = engine(10);
         let (catalog, control) = catalog_with_test_file(dir.path(), engine);
         let catalog = Arc::new(catalog);
-        catalog.create(site("a"), 0).unwrap();
+        catalog.create(site("a"), LogStart::At(0)).unwrap();
         let (started_tx, started_rx) = mpsc::channel();
         let (release_tx, release_rx) = mpsc::channel();
         *control.park.lock().unwrap() = Some((started_tx, release_rx));
         let writer = {
             let catalog = Arc::clone(&catalog);
-            std::thread::spawn(move || catalog.create(site("b"), 0))
+            std::thread::spawn(move || catalog.create(site("b"), LogStart::At(0)))
         };
         started_rx.recv_timeout(DEADLINE).unwrap();
         // The writer now holds the writer lock and sits inside its file step.
@@ -1061,7 +1058,7 @@ mod tests {
                         // hit the limit, patch and delete websites other threads made.
                         let id = format!("s{}", (i * 3 + t) % 8);
                         let _ = match (i + t) % 3 {
-                            0 => catalog.create(site(&id), 0).map(|_| ()),
+                            0 => catalog.create(site(&id), LogStart::At(0)).map(|_| ()),
                             1 => catalog
                                 .patch(
                                     &id,

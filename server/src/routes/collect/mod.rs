@@ -421,7 +421,7 @@ fn log_entries(
 /// entry the queue refuses is not counted either. In cluster mode the log is the cluster's
 /// stream: the entries are published and acknowledged by JetStream, and this node counts them
 /// when its consumer reads them back, as every other node does.
-async fn submit(state: &AppState, entries: Vec<LogEntry>) -> Result<(), ApiError> {
+pub(crate) async fn submit(state: &AppState, entries: Vec<LogEntry>) -> Result<(), ApiError> {
     if let Some(cluster) = &state.cluster {
         cluster.publish(&entries).await.map_err(|error| {
             ApiError::new(
