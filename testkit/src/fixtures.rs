@@ -2,7 +2,8 @@
 //! classification, the path of the committed GeoIP test database, event bodies, readers of the
 //! API's answers (realtime counts, recent events, website objects), the error-body check,
 //! `Failures` for table-driven tests, `eventually` (poll a condition up to a deadline), `sample`
-//! for failure messages, and readers of a data directory. No process and no sockets here.
+//! for failure messages, readers of a data directory, and `pageview_event` for tests that feed
+//! the engine or the log directly. No process and no sockets here.
 
 // Test code: a failed unwrap or panic is a failed check, which is what we want here.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -11,6 +12,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use pulse_engine::{Browser, DeviceType, Event, EventKind, Timestamp, VisitorId, WebsiteId};
 use serde_json::{json, Value};
 
 use crate::http::Response;
@@ -42,6 +44,23 @@ pub fn geoip_test_db() -> PathBuf {
         path.display()
     );
     path
+}
+
+/// A human's pageview of `/` (Chrome, desktop, no referrer, no country) on `website` by
+/// `visitor` at `ts_ms`: the engine event for tests where only who, where and when matter.
+pub fn pageview_event(website: &str, visitor: u64, ts_ms: i64) -> Event {
+    Event {
+        website: WebsiteId::new(website).unwrap(),
+        ts: Timestamp::from_unix_ms(ts_ms).unwrap(),
+        visitor: VisitorId(visitor),
+        kind: EventKind::Pageview,
+        target: std::sync::Arc::from("/"),
+        referrer_domain: None,
+        is_bot: false,
+        browser: Browser::Chrome,
+        device: DeviceType::Desktop,
+        country: None,
+    }
 }
 
 /// A pageview event for `site` at `url`.

@@ -381,22 +381,12 @@ async fn count_message(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pulse_engine::{Browser, DeviceType, Event, EventKind, Timestamp, VisitorId};
+    use pulse_engine::{Timestamp, VisitorId};
+    use pulse_testkit::fixtures::pageview_event;
 
     fn entry(website: &str, visitor: u64) -> LogEntry {
         LogEntry::Event {
-            event: Arc::new(Event {
-                website: WebsiteId::new(website).unwrap(),
-                ts: Timestamp::from_unix_ms(1_700_000_000_000).unwrap(),
-                visitor: VisitorId(visitor),
-                kind: EventKind::Pageview,
-                target: Arc::from("/"),
-                referrer_domain: None,
-                is_bot: false,
-                browser: Browser::Chrome,
-                device: DeviceType::Desktop,
-                country: None,
-            }),
+            event: Arc::new(pageview_event(website, visitor, 1_700_000_000_000)),
             carried_from: None,
         }
     }

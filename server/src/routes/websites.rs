@@ -453,8 +453,8 @@ mod tests {
     async fn a_website_recreated_while_stale_events_arrive_counts_the_same_after_a_restart() {
         use std::sync::atomic::{AtomicBool, Ordering};
 
-        use pulse_engine::{Browser, DeviceType, Event, EventKind, Timestamp, VisitorId};
         use pulse_snapshot::LogEntry;
+        use pulse_testkit::fixtures::pageview_event;
 
         let dir = tempfile::tempdir().unwrap();
         let data_dir = dir.path().to_str().unwrap();
@@ -474,23 +474,12 @@ mod tests {
         let x = WebsiteId::new("x").unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let stale_handler = tokio::spawn({
-            let (state, stop, x) = (Arc::clone(&state), Arc::clone(&stop), x.clone());
+            let (state, stop) = (Arc::clone(&state), Arc::clone(&stop));
             async move {
                 let mut sent = 0_u64;
                 while !stop.load(Ordering::Relaxed) {
                     sent += 1;
-                    let event = Event {
-                        website: x.clone(),
-                        ts: Timestamp::from_unix_ms(clock::now_ms()).unwrap(),
-                        visitor: VisitorId(sent),
-                        kind: EventKind::Pageview,
-                        target: Arc::from("/"),
-                        referrer_domain: None,
-                        is_bot: false,
-                        browser: Browser::Chrome,
-                        device: DeviceType::Desktop,
-                        country: None,
-                    };
+                    let event = pageview_event("x", sent, clock::now_ms());
                     let entry = LogEntry::Event {
                         event: Arc::new(event),
                         carried_from: None,
