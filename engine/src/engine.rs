@@ -263,6 +263,68 @@ mod tests {
         }
     }
 
+    /// An export whose clocks, or whose estimate's minutes, lie outside the range of timestamps
+    /// (a damaged checkpoint that decodes) is refused, not imported to overflow on the next
+    /// advance, as the estimate's minute arithmetic once did (found by the `checkpoint_import`
+    /// fuzz target).
+    #[test]
+    fn an_export_with_a_clock_or_minute_outside_timestamps_is_refused() {
+        let limits = EngineLimits {
+            // No room for exact visitors: the breakdown is an estimate.
+            visitor_memory_bytes: 1,
+            ..EngineLimits::default()
+        };
+        let engine = Engine::new(limits).unwrap();
+        engine.add_website(site("a")).unwrap();
+        engine
+            .ingest(event("a", 1_800_000_000_000, 1, false, "/"), None)
+            .unwrap();
+        let original = engine.export_website(&site("a")).unwrap();
+        // A minute placed in its slot (minute mod 32) with one event.
+        let put_minute = |export: &mut WebsiteExport, minute: i64| {
+            let estimate = export.counts.humans.breakdown.estimated.as_mut().unwrap();
+            let slot = &mut estimate.minutes[minute.rem_euclid(32) as usize];
+            slot.minute = minute;
+            slot.events = 1;
+            slot.pageviews = 0;
+            slot.values.clear();
+            slot.registers[0] = 1;
+        };
+        let far_ms = i64::MAX - 1;
+        let mut clocks_far = original.clone();
+        clocks_far.counts.clock_ms = far_ms;
+        for class in [&mut clocks_far.counts.humans, &mut clocks_far.counts.bots] {
+            class.visitors.clock_ms = far_ms;
+            class.breakdown.clock_ms = far_ms;
+            class.breakdown.cutoff_ms = far_ms - limits.window_ms();
+        }
+        put_minute(&mut clocks_far, far_ms.div_euclid(60_000));
+        // The event's own minute moved 2^57 windows of 32 minutes back: the same slot, the
+        // same values, a minute before any timestamp.
+        let mut minute_before_time = original.clone();
+        let slot = 1_800_000_000_000_i64.div_euclid(60_000).rem_euclid(32) as usize;
+        let estimate = minute_before_time
+            .counts
+            .humans
+            .breakdown
+            .estimated
+            .as_mut()
+            .unwrap();
+        estimate.minutes[slot].minute -= 32 << 57;
+        assert!(estimate.minutes[slot].minute < 0);
+        for (what, damaged) in [("clocks", clocks_far), ("minute", minute_before_time)] {
+            let restored = Engine::new(limits).unwrap();
+            restored.add_website(site("a")).unwrap();
+            assert!(
+                matches!(
+                    restored.import_website(&site("a"), damaged),
+                    Err(EngineError::InvalidExport(_))
+                ),
+                "{what}"
+            );
+        }
+    }
+
     #[test]
     fn unknown_and_duplicate_websites_are_refused() {
         let engine = Engine::new(EngineLimits::default()).unwrap();

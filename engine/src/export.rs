@@ -192,7 +192,7 @@ pub struct TextValuesExport {
     /// Per slot, in slot order: `(list, text)`, list 0 pages, 1 custom events, 2 referrers;
     /// `None` for a free slot.
     pub slots: Vec<Option<(u8, String)>>,
-    /// Free slot numbers, the next to be reused last.
+    /// Free slot numbers, ascending (the lowest is reused first, whatever the order here).
     pub free: Vec<u32>,
     /// Slots the slot vector holds before it must grow.
     pub slots_capacity: u64,

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use crate::breakdown::{Breakdown, ClassBreakdown, Gathered};
 use crate::budget::MemoryBudget;
 use crate::error::EngineError;
-use crate::event::{Event, VisitorId};
+use crate::event::{Event, Timestamp, VisitorId};
 use crate::export::{ClassExport, RecentExport, WebsiteCounts, WebsiteExport};
 use crate::limits::EngineLimits;
 use crate::ring::{EventRing, RecentEvent};
@@ -122,6 +122,32 @@ impl ClassWindow {
     }
 }
 
+/// Whether every clock and cutoff in `counts` is one a live website can hold: unset
+/// (`i64::MIN`) or in the range of timestamps (a cutoff up to `window_ms` before it), since every
+/// clock comes from an event's timestamp or a `now`. The arithmetic on clocks (minutes, window
+/// edges, offsets) relies on it, so an export outside it is refused rather than overflowing.
+fn clocks_in_range(counts: &WebsiteCounts, window_ms: i64) -> bool {
+    let clock = |ms: i64| ms == i64::MIN || (0..=Timestamp::MAX_MS).contains(&ms);
+    let cutoff = |ms: i64| ms == i64::MIN || (-window_ms..=Timestamp::MAX_MS).contains(&ms);
+    let class_ok = |class: &ClassExport| {
+        let visitors = &class.visitors;
+        let windows = visitors.exact.iter().chain(
+            visitors
+                .approximate
+                .iter()
+                .filter_map(|a| a.shadow.as_ref().map(|s| &s.window)),
+        );
+        let breakdown = &class.breakdown;
+        clock(visitors.clock_ms)
+            && windows.into_iter().all(|w| cutoff(w.cutoff_ms))
+            && visitors.approximate.iter().all(|a| clock(a.hll.clock_ms))
+            && cutoff(class.events.cutoff_ms)
+            && clock(breakdown.clock_ms)
+            && cutoff(breakdown.cutoff_ms)
+    };
+    clock(counts.clock_ms) && class_ok(&counts.humans) && class_ok(&counts.bots)
+}
+
 #[derive(Debug)]
 struct Writer {
     clock_ms: i64,
@@ -207,6 +233,11 @@ impl WebsiteState {
         export: WebsiteExport,
     ) -> Result<Self, EngineError> {
         let WebsiteExport { counts, recent } = export;
+        if !clocks_in_range(&counts, limits.window_ms()) {
+            return Err(EngineError::InvalidExport(
+                "a clock or cutoff outside the range of timestamps",
+            ));
+        }
         let classes_ok = recent.humans.slots.iter().all(|s| !s.event.is_bot)
             && recent.bots.slots.iter().all(|s| s.event.is_bot);
         if !classes_ok {

@@ -6,7 +6,9 @@
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use pulse_server::url_normaliser::{normalized_domain, normalized_host, page_path, referrer_domain};
+use pulse_server::url_normaliser::{
+    normalized_domain, normalized_host, page_path, referrer_domain,
+};
 
 #[derive(Debug, Arbitrary)]
 struct Input<'a> {

@@ -251,8 +251,8 @@ impl EstimatedBreakdown {
         };
         for (at, minute) in minutes.into_iter().enumerate() {
             let empty = minute.minute == i64::MIN;
-            let placed = !empty
-                && minute.minute <= clock_minute
+            // A minute of a timestamp: from 0 (no earlier timestamp) to the clock's.
+            let placed = (0..=clock_minute).contains(&minute.minute)
                 && minute.minute.rem_euclid(MINUTE_SLOTS as i64) as usize == at;
             let registers: [u8; REGISTERS] = minute
                 .registers

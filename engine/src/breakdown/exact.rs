@@ -992,8 +992,8 @@ impl ExactBreakdown {
         let mut marked = [0_u32; MINUTE_SLOTS];
         for (at, &(minute, visitors, pageviews)) in export.series.iter().enumerate() {
             let empty = minute == i64::MIN && visitors == 0 && pageviews == 0;
-            let placed = minute != i64::MIN
-                && minute <= clock_minute
+            // A minute of a timestamp: from 0 (no earlier timestamp) to the clock's.
+            let placed = (0..=clock_minute).contains(&minute)
                 && minute.rem_euclid(MINUTE_SLOTS as i64) as usize == at;
             if !empty && !placed {
                 return Err(invalid("exact breakdown series slot out of place"));

@@ -1,0 +1,150 @@
+//! Fuzz target `checkpoint_import`: a website's exported state, as a checkpoint carries it
+//! (`WebsiteCounts` through serde and bincode), with some of its bytes changed and imported into
+//! a fresh engine. Whatever decodes must import or be refused with `InvalidExport`, never panic;
+//! a state that imports must then answer, take later events, advance and export again without
+//! panicking. A checkpoint's checksums stop random damage before import; this covers a state
+//! that is well-formed but inconsistent, as a bug in the build that wrote it could leave.
+//!
+//! Not covered: the sizes of allocations (`*capacity*` fields). A checksummed file vouches for
+//! them, and a changed one asks for as much memory as it names, so inputs naming more than
+//! `MAX_CAPACITY` are skipped: this target explores consistency, not sizes.
+
+#![no_main]
+
+use std::sync::Arc;
+
+use arbitrary::Arbitrary;
+use libfuzzer_sys::fuzz_target;
+use pulse_engine::{
+    Browser, DeviceType, Engine, EngineLimits, Event, EventKind, Timestamp, VisitorId,
+    WebsiteCounts, WebsiteExport, WebsiteId,
+};
+use serde_json::Value;
+
+/// The largest allocation size (in elements) an input may name.
+const MAX_CAPACITY: u64 = 1 << 16;
+
+/// 2026-03-03 23:50:00 UTC: events cross midnight.
+const START_MS: i64 = 1_772_581_800_000;
+
+#[derive(Debug, Arbitrary)]
+struct Visit {
+    person: u8,
+    step_ms: u16,
+    late: bool,
+    bot: bool,
+    page: u8,
+}
+
+#[derive(Debug, Arbitrary)]
+struct Input {
+    budget: u8,
+    before: Vec<Visit>,
+    changes: Vec<(u16, u8)>,
+    after: Vec<Visit>,
+}
+
+fn engine(limits: EngineLimits, site: &WebsiteId) -> Engine {
+    let engine = Engine::new(limits).unwrap();
+    engine.add_website(site.clone()).unwrap();
+    engine
+}
+
+/// Ingests `visits` from `*now_ms` on, moving it.
+fn ingest(engine: &Engine, site: &WebsiteId, visits: &[Visit], now_ms: &mut i64) {
+    for visit in visits.iter().take(200) {
+        let step = i64::from(visit.step_ms) * 40;
+        *now_ms = if visit.late {
+            *now_ms - step
+        } else {
+            *now_ms + step
+        };
+        let page = visit.page % 12;
+        let event = Event {
+            website: site.clone(),
+            ts: Timestamp::from_unix_ms(*now_ms).unwrap(),
+            visitor: VisitorId(u64::from(visit.person % 24)),
+            kind: if page % 5 == 4 {
+                EventKind::Custom
+            } else {
+                EventKind::Pageview
+            },
+            target: Arc::from(format!("/p{page}")),
+            referrer_domain: (page % 3 == 1).then(|| Arc::from(format!("r{}.example", page % 2))),
+            is_bot: visit.bot,
+            browser: if page % 2 == 0 {
+                Browser::Chrome
+            } else {
+                Browser::Firefox
+            },
+            device: if page % 4 == 0 {
+                DeviceType::Mobile
+            } else {
+                DeviceType::Desktop
+            },
+            country: None,
+        };
+        // Refusals (outside the window, over budget) are answers too.
+        let _ = engine.ingest(Arc::new(event), None);
+    }
+}
+
+/// Whether some `*capacity*` field of `value` names more than `MAX_CAPACITY` elements.
+fn names_a_large_allocation(value: &Value, under_capacity: bool) -> bool {
+    match value {
+        Value::Number(n) => under_capacity && n.as_u64().is_none_or(|n| n > MAX_CAPACITY),
+        Value::Array(items) => items
+            .iter()
+            .any(|v| names_a_large_allocation(v, under_capacity)),
+        Value::Object(fields) => fields
+            .iter()
+            .any(|(key, v)| names_a_large_allocation(v, under_capacity || key.contains("capacit"))),
+        _ => false,
+    }
+}
+
+fuzz_target!(|input: Input| {
+    let limits = EngineLimits {
+        ring_capacity: 12,
+        recent_limit: 5,
+        visitor_memory_bytes: [1, 48 * 1024, usize::MAX][usize::from(input.budget % 3)],
+        ..EngineLimits::default()
+    };
+    let site = WebsiteId::new("a").unwrap();
+    let original = engine(limits, &site);
+    let mut now_ms = START_MS;
+    ingest(&original, &site, &input.before, &mut now_ms);
+    let export = original.export_website(&site).unwrap();
+    let config = bincode::config::standard().with_limit::<{ 1 << 22 }>();
+    let mut bytes = bincode::serde::encode_to_vec(&export.counts, config).unwrap();
+    for &(at, flip) in input.changes.iter().take(8) {
+        let len = bytes.len();
+        bytes[usize::from(at) % len] ^= flip;
+    }
+    let Ok((counts, _)) = bincode::serde::decode_from_slice::<WebsiteCounts, _>(&bytes, config)
+    else {
+        return;
+    };
+    if names_a_large_allocation(&serde_json::to_value(&counts).unwrap(), false) {
+        return;
+    }
+    let restored = engine(limits, &site);
+    let state = WebsiteExport {
+        counts,
+        recent: export.recent,
+    };
+    if restored.import_website(&site, state).is_err() {
+        return;
+    }
+    for bots in [false, true] {
+        restored.realtime(&site, now_ms, bots).unwrap();
+        restored.breakdown(&site, now_ms, bots, 100).unwrap();
+    }
+    ingest(&restored, &site, &input.after, &mut now_ms);
+    restored.advance_to(now_ms + 3_600_000);
+    for bots in [false, true] {
+        restored.realtime(&site, now_ms, bots).unwrap();
+        restored.breakdown(&site, now_ms, bots, 100).unwrap();
+    }
+    restored.export_website(&site).unwrap();
+});
