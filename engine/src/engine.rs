@@ -190,11 +190,16 @@ impl Engine {
     /// still exceeded — switches the largest exact windows to approximate counts until it fits.
     /// The server calls this on a timer so idle websites give their memory back.
     pub fn advance_to(&self, now_ms: i64) {
-        let websites: Vec<(WebsiteId, Arc<WebsiteState>)> = self
+        let mut websites: Vec<(WebsiteId, Arc<WebsiteState>)> = self
             .websites
             .iter()
             .map(|e| (e.key().clone(), Arc::clone(e.value())))
             .collect();
+        // In id order, not the map's (random per process): each website's advance changes what
+        // the shared budget holds, which decides whether the next one may start going back to
+        // exact, so the same events must advance them in the same order in every run (a restart
+        // from a checkpoint included).
+        websites.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         for (_, website) in &websites {
             website.advance_to(now_ms);
         }

@@ -229,7 +229,7 @@ fn through_a_file(dir: &Path, checkpoint: &Checkpoint) -> Checkpoint {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(64))]
+    #![proptest_config(ProptestConfig::with_cases(256))]
 
     /// A website restored from a checkpoint answers, and takes every later event, exactly as the
     /// one it was copied from: both engines run the same ops after the checkpoint and are
