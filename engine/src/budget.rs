@@ -7,6 +7,8 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use crate::error::EngineError;
+
 /// The byte limit shared by all websites' visitor counts and tallies, the bytes they hold now,
 /// and how many websites share it. Updated with relaxed atomics: it steers, it does not lock.
 #[derive(Debug)]
@@ -68,6 +70,30 @@ impl MemoryBudget {
     }
 }
 
+/// The capacity, as a `usize`, that an import may allocate for one container of
+/// `element_bytes`-sized elements under a budget of `limit_bytes`, or an error before anything
+/// is allocated.
+///
+/// A checkpoint names its containers' capacities, so that a restored state holds, and accounts,
+/// what the original held. No container of a state that grew under the same budget is larger
+/// than the whole budget, because every growth is checked against it (`fits`, or the website's
+/// share). A larger claim therefore comes from a damaged file, and refusing it keeps that file
+/// from taking the process's memory. Hash tables pass their element size plus one control byte,
+/// a lower bound of their allocation.
+pub(crate) fn claim_capacity(
+    capacity: u64,
+    element_bytes: usize,
+    limit_bytes: usize,
+) -> Result<usize, EngineError> {
+    let claimed = u128::from(capacity) * element_bytes as u128;
+    match usize::try_from(capacity) {
+        Ok(capacity) if claimed <= limit_bytes as u128 => Ok(capacity),
+        _ => Err(EngineError::InvalidExport(
+            "an allocation larger than the memory budget",
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -84,5 +110,13 @@ mod tests {
         assert_eq!(budget.used_bytes(), 200);
         budget.website_removed(200);
         assert_eq!((budget.used_bytes(), budget.share_bytes()), (0, 1000));
+    }
+
+    #[test]
+    fn an_import_may_claim_up_to_the_whole_budget_and_no_more() {
+        assert_eq!(claim_capacity(125, 8, 1000).ok(), Some(125));
+        assert!(claim_capacity(126, 8, 1000).is_err());
+        assert!(claim_capacity(u64::MAX, 64, usize::MAX).is_err());
+        assert_eq!(claim_capacity(0, 64, 0).ok(), Some(0));
     }
 }

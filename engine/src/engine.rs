@@ -330,6 +330,54 @@ mod tests {
         }
     }
 
+    /// An export naming a container far larger than the memory budget (a damaged checkpoint
+    /// that decodes) is refused before anything is allocated: with the capacities below, the
+    /// allocation alone (about 100 GB) aborted the process on this 24 GiB machine.
+    #[test]
+    fn an_export_claiming_more_than_the_memory_budget_is_refused_before_allocating() {
+        let limits = EngineLimits {
+            visitor_memory_bytes: 64 << 20,
+            ..EngineLimits::default()
+        };
+        let engine = Engine::new(limits).unwrap();
+        engine.add_website(site("a")).unwrap();
+        for visitor in 0..100 {
+            engine
+                .ingest(event("a", 1_800_000_000_000, visitor, false, "/"), None)
+                .unwrap();
+        }
+        let original = engine.export_website(&site("a")).unwrap();
+        let huge = u64::from(u32::MAX) - 2;
+        let mut slab = original.clone();
+        let window = slab.counts.humans.visitors.exact.as_mut().unwrap();
+        window.slab_capacity = huge;
+        let mut queue = original.clone();
+        queue
+            .counts
+            .humans
+            .breakdown
+            .exact
+            .as_mut()
+            .unwrap()
+            .capacities[0] = huge;
+        for (what, damaged) in [("visitor slab", slab), ("breakdown queue", queue)] {
+            let restored = Engine::new(limits).unwrap();
+            restored.add_website(site("a")).unwrap();
+            assert!(
+                matches!(
+                    restored.import_website(&site("a"), damaged),
+                    Err(EngineError::InvalidExport(_))
+                ),
+                "{what}"
+            );
+        }
+        // The same state with the capacities it really had imports under the same budget.
+        let restored = Engine::new(limits).unwrap();
+        restored.add_website(site("a")).unwrap();
+        restored.import_website(&site("a"), original).unwrap();
+        assert_eq!(restored.budget().used_bytes(), engine.budget().used_bytes());
+    }
+
     #[test]
     fn unknown_and_duplicate_websites_are_refused() {
         let engine = Engine::new(EngineLimits::default()).unwrap();

@@ -236,18 +236,26 @@ impl VisitorCount {
     }
 
     /// Rebuilds a count over `window_secs` seconds from `export`, or says which value is out of
-    /// place.
-    pub fn import(window_secs: u32, export: VisitorCountExport) -> Result<Self, EngineError> {
+    /// place; no allocation may claim more than `limit_bytes`, the budget's limit.
+    pub fn import(
+        window_secs: u32,
+        export: VisitorCountExport,
+        limit_bytes: usize,
+    ) -> Result<Self, EngineError> {
         let mode = match (export.exact, export.approximate) {
-            (Some(window), None) => Mode::Exact(VisitorWindow::import(window_secs, window)?),
+            (Some(window), None) => {
+                Mode::Exact(VisitorWindow::import(window_secs, window, limit_bytes)?)
+            }
             (None, Some(approximate)) => Mode::Approximate {
                 hll: Box::new(SlidingHll::import(window_secs, approximate.hll)?),
                 shadow: approximate
                     .shadow
                     .map(|s| {
-                        VisitorWindow::import(window_secs, s.window).map(|window| Shadow {
-                            window,
-                            since_ms: s.since_ms,
+                        VisitorWindow::import(window_secs, s.window, limit_bytes).map(|window| {
+                            Shadow {
+                                window,
+                                since_ms: s.since_ms,
+                            }
                         })
                     })
                     .transpose()?,

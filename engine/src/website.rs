@@ -111,12 +111,17 @@ impl ClassWindow {
 
     fn import(limits: &EngineLimits, export: ClassExport) -> Result<Self, EngineError> {
         Ok(Self {
-            visitors: VisitorCount::import(limits.window_secs, export.visitors)?,
+            visitors: VisitorCount::import(
+                limits.window_secs,
+                export.visitors,
+                limits.visitor_memory_bytes,
+            )?,
             events: EventTally::import(limits.window_secs, export.events)?,
             breakdown: ClassBreakdown::import(
                 limits.window_secs,
                 limits.breakdown_values_per_list,
                 export.breakdown,
+                limits.visitor_memory_bytes,
             )?,
         })
     }

@@ -13,6 +13,7 @@
 
 use hashbrown::HashTable;
 
+use crate::budget::claim_capacity;
 use crate::error::EngineError;
 use crate::event::VisitorId;
 use crate::export::WindowExport;
@@ -382,8 +383,13 @@ impl VisitorWindow {
     }
 
     /// Rebuilds a window of `window_secs` seconds from `export`, with the allocations it had
-    /// (hash-table tombstones aside), or says which value is out of place.
-    pub fn import(window_secs: u32, export: WindowExport) -> Result<Self, EngineError> {
+    /// (hash-table tombstones aside), or says which value is out of place; no allocation may
+    /// claim more than `limit_bytes` (`claim_capacity`).
+    pub fn import(
+        window_secs: u32,
+        export: WindowExport,
+        limit_bytes: usize,
+    ) -> Result<Self, EngineError> {
         let mut window = Self::new(window_secs);
         let invalid = EngineError::InvalidExport;
         let too_many = |n: u64| n >= u64::from(NIL);
@@ -413,8 +419,10 @@ impl VisitorWindow {
         } else {
             export.cutoff_ms.div_euclid(1000)
         };
-        window.nodes = Vec::with_capacity(export.slab_capacity as usize);
-        window.table = HashTable::with_capacity(export.table_capacity as usize);
+        let slab = claim_capacity(export.slab_capacity, size_of::<Node>(), limit_bytes)?;
+        let table = claim_capacity(export.table_capacity, size_of::<u32>() + 1, limit_bytes)?;
+        window.nodes = Vec::with_capacity(slab);
+        window.table = HashTable::with_capacity(table);
         if export.wheel_allocated {
             let span = (window.window_ms / 1000 + 2) as usize;
             window.buckets = vec![EMPTY_BUCKET; span].into_boxed_slice();

@@ -205,6 +205,7 @@ impl EstimatedBreakdown {
 // Checkpoints: the estimate as plain data and back. The per-value totals are rebuilt from the
 // minutes.
 
+use crate::budget::claim_capacity;
 use crate::error::EngineError;
 use crate::export::EstimateMinuteExport;
 
@@ -237,6 +238,7 @@ impl EstimatedBreakdown {
         minutes: Vec<EstimateMinuteExport>,
         events_capacity: u64,
         clock_ms: i64,
+        limit_bytes: usize,
     ) -> Result<Self, EngineError> {
         let invalid = EngineError::InvalidExport;
         let too_many = |n: u64| n >= u64::from(u32::MAX);
@@ -246,7 +248,11 @@ impl EstimatedBreakdown {
         let clock_minute = clock_ms.div_euclid(MINUTE_MS);
         let mut estimate = Self {
             minutes: Vec::with_capacity(MINUTE_SLOTS),
-            events: Vec::with_capacity(events_capacity as usize),
+            events: Vec::with_capacity(claim_capacity(
+                events_capacity,
+                size_of::<u32>(),
+                limit_bytes,
+            )?),
             total_events: 0,
         };
         for (at, minute) in minutes.into_iter().enumerate() {
@@ -271,7 +277,11 @@ impl EstimatedBreakdown {
             {
                 return Err(invalid("estimated breakdown minute out of place"));
             }
-            let mut values = HashTable::with_capacity(minute.values_capacity as usize);
+            let mut values = HashTable::with_capacity(claim_capacity(
+                minute.values_capacity,
+                size_of::<(u32, u32)>() + 1,
+                limit_bytes,
+            )?);
             for (id, events) in minute.values {
                 let hash = hash_id(id);
                 let listed = values.find(hash, |&(value, _)| value == id).is_some();

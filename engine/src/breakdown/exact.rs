@@ -852,6 +852,7 @@ impl ExactBreakdown {
 // counting the events again (so the spill of a visitor past `INLINE_PAIRS` values may land
 // on other values than before; the counts are the same).
 
+use crate::budget::claim_capacity;
 use crate::error::EngineError;
 use crate::export::{BreakdownEventExport, BreakdownVisitorExport, ExactBreakdownExport};
 
@@ -916,6 +917,7 @@ impl ExactBreakdown {
         values: Vec<EventValues>,
         window_ms: i64,
         clock_ms: i64,
+        limit_bytes: usize,
     ) -> Result<Self, EngineError> {
         let invalid = EngineError::InvalidExport;
         let [queue, nodes, free_nodes, table, counts, spilled] = export.capacities;
@@ -932,17 +934,19 @@ impl ExactBreakdown {
         {
             return Err(invalid("exact breakdown larger than its allocations"));
         }
+        // Hash tables claim one control byte per element besides the element.
+        let claim = |capacity, element_bytes| claim_capacity(capacity, element_bytes, limit_bytes);
         let cutoff_ms = clock_ms.saturating_sub(window_ms);
         let mut state = Self {
             cutoff_ms,
             checks: CheckWheel::new(window_ms, cutoff_ms),
-            queue: VecDeque::with_capacity(queue as usize),
-            nodes: Vec::with_capacity(nodes as usize),
-            free_nodes: Vec::with_capacity(free_nodes as usize),
-            table: HashTable::with_capacity(table as usize),
-            counts: Vec::with_capacity(counts as usize),
+            queue: VecDeque::with_capacity(claim(queue, size_of::<Record>())?),
+            nodes: Vec::with_capacity(claim(nodes, size_of::<VisitorNode>())?),
+            free_nodes: Vec::with_capacity(claim(free_nodes, size_of::<u32>())?),
+            table: HashTable::with_capacity(claim(table, size_of::<u32>() + 1)?),
+            counts: Vec::with_capacity(claim(counts, size_of::<ValueCounts>())?),
             minutes: [NO_MINUTE; MINUTE_SLOTS],
-            spilled: HashTable::with_capacity(spilled as usize),
+            spilled: HashTable::with_capacity(claim(spilled, size_of::<SpilledPair>() + 1)?),
         };
         // Every slot where it was, so the slots fill and grow as the original's would.
         let mut placed = vec![false; slots as usize];

@@ -54,11 +54,13 @@ impl ClassBreakdown {
     }
 
     /// Rebuilds a breakdown over `window_secs` holding at most `values_per_list` texts per list
-    /// from `export`, or says which value is out of place.
+    /// from `export`, or says which value is out of place; no allocation may claim more than
+    /// `limit_bytes`, the budget's limit.
     pub fn import(
         window_secs: u32,
         values_per_list: usize,
         export: BreakdownExport,
+        limit_bytes: usize,
     ) -> Result<Self, EngineError> {
         let invalid = EngineError::InvalidExport;
         let mut class = Self::new(window_secs, values_per_list);
@@ -113,6 +115,7 @@ impl ClassBreakdown {
                     values,
                     class.window_ms,
                     export.clock_ms,
+                    limit_bytes,
                 )?)
             }
             (None, Some(estimated)) => {
@@ -133,8 +136,12 @@ impl ClassBreakdown {
                     None => None,
                 };
                 class.values = ValueTable::import(values_per_list, export.texts, &refs)?;
-                let estimate =
-                    EstimatedBreakdown::import(minutes, events_capacity, export.clock_ms)?;
+                let estimate = EstimatedBreakdown::import(
+                    minutes,
+                    events_capacity,
+                    export.clock_ms,
+                    limit_bytes,
+                )?;
                 let shadow = match (shadow, shadow_values) {
                     (Some(s), Some(values)) => {
                         held_by(&class.values, &values)?;
@@ -144,6 +151,7 @@ impl ClassBreakdown {
                                 values,
                                 class.window_ms,
                                 export.clock_ms,
+                                limit_bytes,
                             )?,
                             since_ms: s.since_ms,
                         })
@@ -221,7 +229,7 @@ mod tests {
     }
 
     fn round_trip(class: &ClassBreakdown) -> ClassBreakdown {
-        ClassBreakdown::import(1800, 2, class.export()).unwrap()
+        ClassBreakdown::import(1800, 2, class.export(), usize::MAX).unwrap()
     }
 
     #[test]
@@ -287,7 +295,7 @@ mod tests {
             spoil(&mut export);
             assert!(
                 matches!(
-                    ClassBreakdown::import(1800, 2, export),
+                    ClassBreakdown::import(1800, 2, export, usize::MAX),
                     Err(EngineError::InvalidExport(_))
                 ),
                 "{what}"
@@ -321,7 +329,7 @@ mod tests {
             spoil(&mut export);
             assert!(
                 matches!(
-                    ClassBreakdown::import(1800, 2, export),
+                    ClassBreakdown::import(1800, 2, export, usize::MAX),
                     Err(EngineError::InvalidExport(_))
                 ),
                 "{what}"
@@ -329,12 +337,12 @@ mod tests {
         }
         assert!(
             matches!(
-                ClassBreakdown::import(1800, 1, estimated.clone()),
+                ClassBreakdown::import(1800, 1, estimated.clone(), usize::MAX),
                 Err(EngineError::InvalidExport("breakdown list over its cap"))
             ),
             "made under a larger cap"
         );
-        assert!(ClassBreakdown::import(1800, 2, estimated).is_ok());
+        assert!(ClassBreakdown::import(1800, 2, estimated, usize::MAX).is_ok());
     }
 
     fn filled_estimate() -> Option<EstimatedBreakdownExport> {
