@@ -11,15 +11,16 @@
 //!
 //! ```text
 //! [u8; 8]  magic "PULSECKP"
-//! u16      format version (2: the breakdowns joined the body)
+//! u16      format version (2: the breakdowns joined the body; 3: their per-list cap joined
+//!          the limits)
 //! u16      reserved, zero
 //! u64      sequence number: every website's state holds all its events below it (at least)
 //! i64      creation time, unix ms
-//! u64 × 5  engine limits: window_secs, ring_capacity, recent_limit, max_websites,
-//!          visitor_memory_bytes
+//! u64 × 6  engine limits: window_secs, ring_capacity, recent_limit, max_websites,
+//!          visitor_memory_bytes, breakdown_values_per_list
 //! u64      body length
 //! u32      crc32c of the body
-//! u32      crc32c of the 80 bytes above
+//! u32      crc32c of the 88 bytes above
 //! body     bincode 2 (standard configuration) of `Body`
 //! ```
 //! All integers little-endian. Each website carries its own sequence number (`WebsiteCheckpoint::
@@ -52,9 +53,18 @@ use crate::writer::{create_private_dir, private_file};
 /// The first 8 bytes of every checkpoint file.
 pub const MAGIC: [u8; 8] = *b"PULSECKP";
 /// The checkpoint format version this code writes and reads.
-pub const FORMAT_VERSION: u16 = 2;
+pub const FORMAT_VERSION: u16 = 3;
+/// Engine limits in the header: each one that shapes the state (a cap a full replay would
+/// apply differently) must be here, or a checkpoint made under another value could change an
+/// answer.
+const LIMIT_FIELDS: usize = 6;
+const LIMITS_AT: usize = 28;
+const BODY_LEN_AT: usize = LIMITS_AT + 8 * LIMIT_FIELDS;
+const BODY_CRC_AT: usize = BODY_LEN_AT + 8;
+/// Offset of the header's own checksum, which covers every byte before it.
+pub const HEADER_CRC_AT: usize = BODY_CRC_AT + 4;
 /// Bytes of the fixed header.
-pub const HEADER_BYTES: usize = 84;
+pub const HEADER_BYTES: usize = HEADER_CRC_AT + 4;
 /// Largest body decoded (16 GiB): bincode refuses any length that claims more.
 pub const MAX_BODY_BYTES: usize = 16 << 30;
 /// Extension of checkpoint files.
@@ -263,20 +273,22 @@ impl RingBody {
     }
 }
 
-fn limits_fields(limits: &EngineLimits) -> [u64; 5] {
+fn limits_fields(limits: &EngineLimits) -> [u64; LIMIT_FIELDS] {
     [
         u64::from(limits.window_secs),
         limits.ring_capacity as u64,
         limits.recent_limit as u64,
         limits.max_websites as u64,
         limits.visitor_memory_bytes as u64,
+        limits.breakdown_values_per_list as u64,
     ]
 }
 
-fn describe_limits(fields: &[u64; 5]) -> String {
+fn describe_limits(fields: &[u64; LIMIT_FIELDS]) -> String {
     format!(
-        "window {} s, ring {}, recent {}, websites {}, visitor memory {} bytes",
-        fields[0], fields[1], fields[2], fields[3], fields[4]
+        "window {} s, ring {}, recent {}, websites {}, visitor memory {} bytes, \
+         breakdown values {} per list",
+        fields[0], fields[1], fields[2], fields[3], fields[4], fields[5]
     )
 }
 
@@ -325,6 +337,12 @@ fn u64_at(bytes: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(field)
 }
 
+fn u32_at(bytes: &[u8], at: usize) -> u32 {
+    let mut field = [0u8; 4];
+    field.copy_from_slice(&bytes[at..at + 4]);
+    u32::from_le_bytes(field)
+}
+
 /// Reads a checkpoint made under `limits` from `bytes`, or says why it cannot be used. Never
 /// panics, and allocates no more than the body's own length suggests, whatever the bytes.
 pub fn decode(bytes: &[u8], limits: &EngineLimits) -> Result<Checkpoint, Refusal> {
@@ -335,19 +353,21 @@ pub fn decode(bytes: &[u8], limits: &EngineLimits) -> Result<Checkpoint, Refusal
     if header[..8] != MAGIC {
         return Err(damaged("bad magic"));
     }
-    let stored_crc = u32::from_le_bytes([header[80], header[81], header[82], header[83]]);
-    if crc32c::crc32c(&header[..80]) != stored_crc {
-        return Err(damaged("header checksum mismatch"));
-    }
+    // The version first: another version's header may have another length, so its checksum
+    // would not be where this one's is.
     let version = u16::from_le_bytes([header[8], header[9]]);
     if version != FORMAT_VERSION {
         return Err(Refusal::Version { found: version });
     }
+    let stored_crc = u32_at(header, HEADER_CRC_AT);
+    if crc32c::crc32c(&header[..HEADER_CRC_AT]) != stored_crc {
+        return Err(damaged("header checksum mismatch"));
+    }
     let seq = u64_at(header, 12);
     let created_ms = u64_at(header, 20) as i64;
-    let mut found = [0u64; 5];
+    let mut found = [0u64; LIMIT_FIELDS];
     for (i, field) in found.iter_mut().enumerate() {
-        *field = u64_at(header, 28 + 8 * i);
+        *field = u64_at(header, LIMITS_AT + 8 * i);
     }
     let expected = limits_fields(limits);
     if found != expected {
@@ -356,8 +376,8 @@ pub fn decode(bytes: &[u8], limits: &EngineLimits) -> Result<Checkpoint, Refusal
             expected: describe_limits(&expected),
         });
     }
-    let body_len = u64_at(header, 68);
-    let body_crc = u32::from_le_bytes([header[76], header[77], header[78], header[79]]);
+    let body_len = u64_at(header, BODY_LEN_AT);
+    let body_crc = u32_at(header, BODY_CRC_AT);
     let body = &bytes[HEADER_BYTES..];
     if body.len() as u64 != body_len {
         return Err(damaged("body length differs from the header's"));
@@ -570,20 +590,28 @@ mod tests {
     #[test]
     fn other_limits_and_versions_are_refused_by_name() {
         let bytes = encode(&empty(7)).unwrap();
-        let other = EngineLimits {
+        let window = EngineLimits {
             window_secs: 60,
             ..EngineLimits::default()
         };
-        assert!(matches!(
-            decode(&bytes, &other),
-            Err(Refusal::Limits { .. })
-        ));
-        // A newer format, and version 1 (made before the breakdowns were in the body).
-        for version in [FORMAT_VERSION + 1, 1] {
+        // A larger per-list cap would keep the `(other)` rows a full replay no longer makes.
+        let values_cap = EngineLimits {
+            breakdown_values_per_list: EngineLimits::DEFAULT_BREAKDOWN_VALUES_PER_LIST * 2,
+            ..EngineLimits::default()
+        };
+        for other in [window, values_cap] {
+            assert!(
+                matches!(decode(&bytes, &other), Err(Refusal::Limits { .. })),
+                "{other:?}"
+            );
+        }
+        // A newer format, version 2 (before the breakdowns' cap was in the header) and version
+        // 1 (before the breakdowns were in the body).
+        for version in [FORMAT_VERSION + 1, 2, 1] {
             let mut other = bytes.clone();
             other[8..10].copy_from_slice(&version.to_le_bytes());
-            let crc = crc32c::crc32c(&other[..80]);
-            other[80..84].copy_from_slice(&crc.to_le_bytes());
+            let crc = crc32c::crc32c(&other[..HEADER_CRC_AT]);
+            other[HEADER_CRC_AT..HEADER_BYTES].copy_from_slice(&crc.to_le_bytes());
             assert_eq!(
                 decode(&other, &EngineLimits::default()),
                 Err(Refusal::Version { found: version })

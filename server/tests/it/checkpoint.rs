@@ -224,8 +224,9 @@ async fn a_restart_from_a_checkpoint_keeps_the_breakdown_after_sigterm_and_sigki
 fn set_version(path: &Path, version: u16) {
     let mut bytes = std::fs::read(path).unwrap();
     bytes[8..10].copy_from_slice(&version.to_le_bytes());
-    let crc = crc32c::crc32c(&bytes[..80]);
-    bytes[80..84].copy_from_slice(&crc.to_le_bytes());
+    let crc_at = pulse_snapshot::checkpoint::HEADER_CRC_AT;
+    let crc = crc32c::crc32c(&bytes[..crc_at]);
+    bytes[crc_at..crc_at + 4].copy_from_slice(&crc.to_le_bytes());
     std::fs::write(path, bytes).unwrap();
 }
 
