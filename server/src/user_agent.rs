@@ -226,6 +226,8 @@ const NEEDLES: &[Needle] = &[
     any("screaming frog", AUTOMATION),
     any("sitebulb", AUTOMATION),
     any("silktide", AUTOMATION),
+    any("marketgoo", AUTOMATION),
+    any("linktiger", AUTOMATION),
     // Monitors, uptime checkers and synthetic-transaction services.
     any("monitor", AUTOMATION),
     any("uptime", AUTOMATION),
@@ -249,6 +251,9 @@ const NEEDLES: &[Needle] = &[
     any("sentry", AUTOMATION),
     any("bugsnag", AUTOMATION),
     any("honeybadger", AUTOMATION),
+    any("sindup", AUTOMATION),
+    // Session-replay services render recorded pages in their own browsers.
+    any("hotjar", AUTOMATION),
     any("exporter", AUTOMATION),
     // Security scanners.
     any("nikto", AUTOMATION),
@@ -271,6 +276,8 @@ const NEEDLES: &[Needle] = &[
     any("flipboard", AUTOMATION),
     any("newsblur", AUTOMATION),
     any("miniflux", AUTOMATION),
+    any("newsnow", AUTOMATION),
+    any("newsai", AUTOMATION),
     // Link preview fetchers, chat unfurlers and federated-social servers.
     any("preview", AUTOMATION),
     any("unfurl", AUTOMATION),
@@ -381,6 +388,8 @@ const NEEDLES: &[Needle] = &[
     when(".co", AUTOMATION, Guard::DomainSuffix),
     when(".app", AUTOMATION, Guard::DomainSuffix),
     when(".dev", AUTOMATION, Guard::DomainSuffix),
+    // Country-code domains are left out: Facebook's in-app browser names the carrier as a
+    // host (`FBCR/Telekom.de`), so ".de" or ".fr" would flag real visitors.
     // WebKit browsers close the engine comment right after "like Gecko";
     // tools that copy it often squeeze their own name in before the ")".
     // The Kindle 3 e-reader is the one browser that really sent ", Safari".
@@ -869,7 +878,7 @@ mod tests {
             println!("  flagged browser: {ua}");
         }
 
-        assert!(recall >= 0.98, "bot recall {recall:.4} is below 0.98");
+        assert!(recall >= 0.995, "bot recall {recall:.4} is below 0.995");
         assert!(
             false_positive_rate <= 0.01,
             "false-positive rate {false_positive_rate:.4} is above 0.01"
