@@ -247,7 +247,7 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Browser, DeviceType, EventKind, Timestamp};
+    use crate::event::{test_pageview, Timestamp};
 
     fn site(id: &str) -> WebsiteId {
         WebsiteId::new(id).unwrap()
@@ -255,16 +255,8 @@ mod tests {
 
     fn event(website: &str, ts: i64, visitor: u64, is_bot: bool, target: &str) -> Event {
         Event {
-            website: site(website),
-            ts: Timestamp::from_unix_ms(ts).unwrap(),
-            visitor: VisitorId(visitor),
-            kind: EventKind::Pageview,
-            target: Arc::from(target),
-            referrer_domain: None,
             is_bot,
-            browser: Browser::Chrome,
-            device: DeviceType::Desktop,
-            country: None,
+            ..test_pageview(website, visitor, ts, target)
         }
     }
 

@@ -279,6 +279,26 @@ pub struct Touch {
     pub is_bot: bool,
 }
 
+/// The one event the engine's unit tests build: a human Chrome desktop pageview with no
+/// referrer or country. Tests that need other fields set them with struct-update syntax.
+/// (Integration tests use `pulse_testkit::fixtures::pageview_event`; unit tests cannot, as the
+/// test kit links its own copy of this crate.)
+#[cfg(test)]
+pub(crate) fn test_pageview(website: &str, visitor: u64, ts_ms: i64, target: &str) -> Event {
+    Event {
+        website: WebsiteId::new(website).unwrap(),
+        ts: Timestamp::from_unix_ms(ts_ms).unwrap(),
+        visitor: VisitorId(visitor),
+        kind: EventKind::Pageview,
+        target: Arc::from(target),
+        referrer_domain: None,
+        is_bot: false,
+        browser: Browser::Chrome,
+        device: DeviceType::Desktop,
+        country: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -296,21 +296,10 @@ impl Drop for EventRing {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Browser, DeviceType, EventKind, Timestamp, VisitorId, WebsiteId};
+    use crate::event::test_pageview;
 
     fn event(ts: i64, target: &str) -> Arc<Event> {
-        Arc::new(Event {
-            website: WebsiteId::new("site").unwrap(),
-            ts: Timestamp::from_unix_ms(ts).unwrap(),
-            visitor: VisitorId(1),
-            kind: EventKind::Pageview,
-            target: Arc::from(target),
-            referrer_domain: None,
-            is_bot: false,
-            browser: Browser::Other,
-            device: DeviceType::Other,
-            country: None,
-        })
+        Arc::new(test_pageview("site", 1, ts, target))
     }
 
     fn targets(events: &[RecentEvent]) -> Vec<String> {

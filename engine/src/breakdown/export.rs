@@ -178,23 +178,19 @@ mod tests {
     use crate::breakdown::{Breakdown, Gathered};
     use crate::budget::MemoryBudget;
     use crate::event::{
-        Browser, CountryCode, DeviceType, Event, EventKind, Timestamp, VisitorId, WebsiteId,
+        test_pageview, Browser, CountryCode, DeviceType, Event, EventKind, VisitorId,
     };
 
     const T0: i64 = 1_772_532_000_000;
 
     fn event(ts: i64, visitor: u64, target: &str, kind: EventKind) -> Event {
         Event {
-            website: WebsiteId::new("s").unwrap(),
-            ts: Timestamp::from_unix_ms(ts).unwrap(),
-            visitor: VisitorId(visitor),
             kind,
-            target: Arc::from(target),
             referrer_domain: (visitor % 2 == 0).then(|| Arc::from("r.example")),
-            is_bot: false,
             browser: Browser::Firefox,
             device: DeviceType::Mobile,
             country: CountryCode::new("se"),
+            ..test_pageview("s", visitor, ts, target)
         }
     }
 

@@ -448,7 +448,7 @@ impl ClassBreakdown {
 mod tests {
     use super::*;
     use crate::engine::Engine;
-    use crate::event::{Browser, CountryCode, DeviceType, EventKind, Timestamp, WebsiteId};
+    use crate::event::{test_pageview, CountryCode, WebsiteId};
     use crate::limits::EngineLimits;
 
     const T0: i64 = 1_772_532_000_000;
@@ -459,16 +459,8 @@ mod tests {
 
     fn event(ts: i64, visitor: u64, target: &str) -> Event {
         Event {
-            website: site(),
-            ts: Timestamp::from_unix_ms(ts).unwrap(),
-            visitor: VisitorId(visitor),
-            kind: EventKind::Pageview,
-            target: Arc::from(target),
-            referrer_domain: None,
-            is_bot: false,
-            browser: Browser::Chrome,
-            device: DeviceType::Desktop,
             country: CountryCode::new("se"),
+            ..test_pageview("s", visitor, ts, target)
         }
     }
 

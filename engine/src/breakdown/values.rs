@@ -748,21 +748,10 @@ impl ValueTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Timestamp, VisitorId, WebsiteId};
+    use crate::event::test_pageview;
 
     fn page(path: &str) -> Event {
-        Event {
-            website: WebsiteId::new("s").unwrap(),
-            ts: Timestamp::from_unix_ms(0).unwrap(),
-            visitor: VisitorId(1),
-            kind: EventKind::Pageview,
-            target: Arc::from(path),
-            referrer_domain: None,
-            is_bot: false,
-            browser: Browser::Chrome,
-            device: DeviceType::Desktop,
-            country: None,
-        }
+        test_pageview("s", 1, 0, path)
     }
 
     /// Records keep text ids in 16 bits: past `MAX_TEXT_SLOTS` texts, whatever the per-list
