@@ -75,11 +75,13 @@ impl MemoryBudget {
 /// is allocated.
 ///
 /// A checkpoint names its containers' capacities, so that a restored state holds, and accounts,
-/// what the original held. No container of a state that grew under the same budget is larger
-/// than the whole budget, because every growth is checked against it (`fits`, or the website's
-/// share). A larger claim therefore comes from a damaged file, and refusing it keeps that file
-/// from taking the process's memory. Hash tables pass their element size plus one control byte,
-/// a lower bound of their allocation.
+/// what the original held. A container that grows with visitors or events in exact mode (the
+/// visitor windows' slabs and tables, the exact breakdown's queue, nodes and tables) grows only
+/// when the growth is checked against the budget (`fits`, or the website's share), so none is
+/// larger than the whole budget. A larger claim therefore comes from a damaged file, and
+/// refusing it keeps that file from taking the process's memory. Hash tables pass their element
+/// size plus one control byte, a lower bound of their allocation. Containers of one element per
+/// value id are not governed by the budget; `breakdown::values::claim_id_capacity` bounds them.
 pub(crate) fn claim_capacity(
     capacity: u64,
     element_bytes: usize,

@@ -370,6 +370,55 @@ mod tests {
         assert_eq!(restored.budget().used_bytes(), engine.budget().used_bytes());
     }
 
+    /// An estimated breakdown holds one counter per value id whatever the budget, so under a
+    /// budget of one byte its real capacities import (they were once refused as larger than
+    /// the budget, failing every checkpoint made in approximate mode), while a capacity past
+    /// the id space is refused before allocating.
+    #[test]
+    fn an_estimate_imports_its_value_capacities_under_any_budget_but_not_past_the_id_space() {
+        let limits = EngineLimits {
+            visitor_memory_bytes: 1,
+            ..EngineLimits::default()
+        };
+        let engine = Engine::new(limits).unwrap();
+        engine.add_website(site("a")).unwrap();
+        for visitor in 0..100 {
+            let target = format!("/{visitor}");
+            engine
+                .ingest(event("a", 1_800_000_000_000, visitor, false, &target), None)
+                .unwrap();
+        }
+        let original = engine.export_website(&site("a")).unwrap();
+        let estimate = original.counts.humans.breakdown.estimated.as_ref().unwrap();
+        assert!(estimate.events_capacity > 1, "{}", estimate.events_capacity);
+        let restored = Engine::new(limits).unwrap();
+        restored.add_website(site("a")).unwrap();
+        restored
+            .import_website(&site("a"), original.clone())
+            .unwrap();
+        assert_eq!(restored.budget().used_bytes(), engine.budget().used_bytes());
+
+        let huge = u64::from(u32::MAX) - 2;
+        let mut events = original.clone();
+        let estimate = events.counts.humans.breakdown.estimated.as_mut().unwrap();
+        estimate.events_capacity = huge;
+        let mut minute = original;
+        let estimate = minute.counts.humans.breakdown.estimated.as_mut().unwrap();
+        let filled = estimate.minutes.iter_mut().find(|m| !m.values.is_empty());
+        filled.unwrap().values_capacity = huge;
+        for (what, damaged) in [("events", events), ("minute values", minute)] {
+            let restored = Engine::new(limits).unwrap();
+            restored.add_website(site("a")).unwrap();
+            assert!(
+                matches!(
+                    restored.import_website(&site("a"), damaged),
+                    Err(EngineError::InvalidExport(_))
+                ),
+                "{what}"
+            );
+        }
+    }
+
     #[test]
     fn unknown_and_duplicate_websites_are_refused() {
         let engine = Engine::new(EngineLimits::default()).unwrap();

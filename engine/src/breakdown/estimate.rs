@@ -205,7 +205,7 @@ impl EstimatedBreakdown {
 // Checkpoints: the estimate as plain data and back. The per-value totals are rebuilt from the
 // minutes.
 
-use crate::budget::claim_capacity;
+use super::values::claim_id_capacity;
 use crate::error::EngineError;
 use crate::export::EstimateMinuteExport;
 
@@ -238,7 +238,6 @@ impl EstimatedBreakdown {
         minutes: Vec<EstimateMinuteExport>,
         events_capacity: u64,
         clock_ms: i64,
-        limit_bytes: usize,
     ) -> Result<Self, EngineError> {
         let invalid = EngineError::InvalidExport;
         let too_many = |n: u64| n >= u64::from(u32::MAX);
@@ -248,11 +247,7 @@ impl EstimatedBreakdown {
         let clock_minute = clock_ms.div_euclid(MINUTE_MS);
         let mut estimate = Self {
             minutes: Vec::with_capacity(MINUTE_SLOTS),
-            events: Vec::with_capacity(claim_capacity(
-                events_capacity,
-                size_of::<u32>(),
-                limit_bytes,
-            )?),
+            events: Vec::with_capacity(claim_id_capacity(events_capacity)?),
             total_events: 0,
         };
         for (at, minute) in minutes.into_iter().enumerate() {
@@ -277,11 +272,7 @@ impl EstimatedBreakdown {
             {
                 return Err(invalid("estimated breakdown minute out of place"));
             }
-            let mut values = HashTable::with_capacity(claim_capacity(
-                minute.values_capacity,
-                size_of::<(u32, u32)>() + 1,
-                limit_bytes,
-            )?);
+            let mut values = HashTable::with_capacity(claim_id_capacity(minute.values_capacity)?);
             for (id, events) in minute.values {
                 let hash = hash_id(id);
                 let listed = values.find(hash, |&(value, _)| value == id).is_some();

@@ -852,6 +852,7 @@ impl ExactBreakdown {
 // counting the events again (so the spill of a visitor past `INLINE_PAIRS` values may land
 // on other values than before; the counts are the same).
 
+use super::values::claim_id_capacity;
 use crate::budget::claim_capacity;
 use crate::error::EngineError;
 use crate::export::{BreakdownEventExport, BreakdownVisitorExport, ExactBreakdownExport};
@@ -944,7 +945,7 @@ impl ExactBreakdown {
             nodes: Vec::with_capacity(claim(nodes, size_of::<VisitorNode>())?),
             free_nodes: Vec::with_capacity(claim(free_nodes, size_of::<u32>())?),
             table: HashTable::with_capacity(claim(table, size_of::<u32>() + 1)?),
-            counts: Vec::with_capacity(claim(counts, size_of::<ValueCounts>())?),
+            counts: Vec::with_capacity(claim_id_capacity(counts)?),
             minutes: [NO_MINUTE; MINUTE_SLOTS],
             spilled: HashTable::with_capacity(claim(spilled, size_of::<SpilledPair>() + 1)?),
         };

@@ -54,8 +54,8 @@ impl ClassBreakdown {
     }
 
     /// Rebuilds a breakdown over `window_secs` holding at most `values_per_list` texts per list
-    /// from `export`, or says which value is out of place; no allocation may claim more than
-    /// `limit_bytes`, the budget's limit.
+    /// from `export`, or says which value is out of place; no container the budget governs may
+    /// claim more than `limit_bytes`, the budget's limit.
     pub fn import(
         window_secs: u32,
         values_per_list: usize,
@@ -136,12 +136,8 @@ impl ClassBreakdown {
                     None => None,
                 };
                 class.values = ValueTable::import(values_per_list, export.texts, &refs)?;
-                let estimate = EstimatedBreakdown::import(
-                    minutes,
-                    events_capacity,
-                    export.clock_ms,
-                    limit_bytes,
-                )?;
+                let estimate =
+                    EstimatedBreakdown::import(minutes, events_capacity, export.clock_ms)?;
                 let shadow = match (shadow, shadow_values) {
                     (Some(s), Some(values)) => {
                         held_by(&class.values, &values)?;

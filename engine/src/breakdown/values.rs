@@ -76,6 +76,23 @@ pub(crate) const FIXED_IDS: u32 = OTHER_BASE + 3;
 /// target and referrer in 16 bits each (`u16::MAX` there means "no value"). Three lists of
 /// `EngineLimits::MAX_BREAKDOWN_VALUES_PER_LIST` fit.
 pub(crate) const MAX_TEXT_SLOTS: u32 = u16::MAX as u32 - FIXED_IDS;
+/// The largest capacity an import may restore for a container indexed or keyed by value id
+/// (per-value counts, an estimate's minute tables): one element per id, ids below 2^16, and
+/// less than as much again of the slack a container that grew by doubling keeps.
+const MAX_ID_CAPACITY: u64 = 2 << 16;
+
+/// The capacity, as a `usize`, that an import may allocate for a container of at most one
+/// element per value id, or an error before anything is allocated. Such containers grow with
+/// the distinct values, not with visitors, so the memory budget does not govern them (an
+/// estimate under a budget of one byte still holds its values' counts); the id space does.
+pub(crate) fn claim_id_capacity(capacity: u64) -> Result<usize, EngineError> {
+    match usize::try_from(capacity) {
+        Ok(capacity) if capacity as u64 <= MAX_ID_CAPACITY => Ok(capacity),
+        _ => Err(EngineError::InvalidExport(
+            "a value-id container larger than the id space",
+        )),
+    }
+}
 
 /// The text lists, in the order of their `(other)` ids.
 const TEXT_LISTS: [BreakdownList; 3] = [
