@@ -260,6 +260,38 @@ mod tests {
         }
     }
 
+    /// An engine under `limits` with website "a" holding one pageview of each of `visitors`
+    /// visitors at one instant, each on its own page.
+    fn engine_with_visitors(limits: EngineLimits, visitors: u64) -> Engine {
+        let engine = Engine::new(limits).unwrap();
+        engine.add_website(site("a")).unwrap();
+        for visitor in 0..visitors {
+            let target = format!("/{visitor}");
+            engine
+                .ingest(event("a", 1_800_000_000_000, visitor, false, &target), None)
+                .unwrap();
+        }
+        engine
+    }
+
+    /// Asserts that a fresh engine under `limits` refuses each damaged export of website "a".
+    fn assert_imports_refused<const N: usize>(
+        limits: EngineLimits,
+        damaged: [(&str, WebsiteExport); N],
+    ) {
+        for (what, export) in damaged {
+            let restored = Engine::new(limits).unwrap();
+            restored.add_website(site("a")).unwrap();
+            assert!(
+                matches!(
+                    restored.import_website(&site("a"), export),
+                    Err(EngineError::InvalidExport(_))
+                ),
+                "{what}"
+            );
+        }
+    }
+
     /// An export whose clocks, or whose estimate's minutes, lie outside the range of timestamps
     /// (a damaged checkpoint that decodes) is refused, not imported to overflow on the next
     /// advance, as the estimate's minute arithmetic once did (found by the `checkpoint_import`
@@ -271,12 +303,9 @@ mod tests {
             visitor_memory_bytes: 1,
             ..EngineLimits::default()
         };
-        let engine = Engine::new(limits).unwrap();
-        engine.add_website(site("a")).unwrap();
-        engine
-            .ingest(event("a", 1_800_000_000_000, 1, false, "/"), None)
+        let original = engine_with_visitors(limits, 1)
+            .export_website(&site("a"))
             .unwrap();
-        let original = engine.export_website(&site("a")).unwrap();
         // A minute placed in its slot (minute mod 32) with one event.
         let put_minute = |export: &mut WebsiteExport, minute: i64| {
             let estimate = export.counts.humans.breakdown.estimated.as_mut().unwrap();
@@ -309,17 +338,10 @@ mod tests {
             .unwrap();
         estimate.minutes[slot].minute -= 32 << 57;
         assert!(estimate.minutes[slot].minute < 0);
-        for (what, damaged) in [("clocks", clocks_far), ("minute", minute_before_time)] {
-            let restored = Engine::new(limits).unwrap();
-            restored.add_website(site("a")).unwrap();
-            assert!(
-                matches!(
-                    restored.import_website(&site("a"), damaged),
-                    Err(EngineError::InvalidExport(_))
-                ),
-                "{what}"
-            );
-        }
+        assert_imports_refused(
+            limits,
+            [("clocks", clocks_far), ("minute", minute_before_time)],
+        );
     }
 
     /// An export naming a container far larger than the memory budget (a damaged checkpoint
@@ -331,13 +353,7 @@ mod tests {
             visitor_memory_bytes: 64 << 20,
             ..EngineLimits::default()
         };
-        let engine = Engine::new(limits).unwrap();
-        engine.add_website(site("a")).unwrap();
-        for visitor in 0..100 {
-            engine
-                .ingest(event("a", 1_800_000_000_000, visitor, false, "/"), None)
-                .unwrap();
-        }
+        let engine = engine_with_visitors(limits, 100);
         let original = engine.export_website(&site("a")).unwrap();
         let huge = u64::from(u32::MAX) - 2;
         let mut slab = original.clone();
@@ -352,17 +368,7 @@ mod tests {
             .as_mut()
             .unwrap()
             .capacities[0] = huge;
-        for (what, damaged) in [("visitor slab", slab), ("breakdown queue", queue)] {
-            let restored = Engine::new(limits).unwrap();
-            restored.add_website(site("a")).unwrap();
-            assert!(
-                matches!(
-                    restored.import_website(&site("a"), damaged),
-                    Err(EngineError::InvalidExport(_))
-                ),
-                "{what}"
-            );
-        }
+        assert_imports_refused(limits, [("visitor slab", slab), ("breakdown queue", queue)]);
         // The same state with the capacities it really had imports under the same budget.
         let restored = Engine::new(limits).unwrap();
         restored.add_website(site("a")).unwrap();
@@ -380,14 +386,7 @@ mod tests {
             visitor_memory_bytes: 1,
             ..EngineLimits::default()
         };
-        let engine = Engine::new(limits).unwrap();
-        engine.add_website(site("a")).unwrap();
-        for visitor in 0..100 {
-            let target = format!("/{visitor}");
-            engine
-                .ingest(event("a", 1_800_000_000_000, visitor, false, &target), None)
-                .unwrap();
-        }
+        let engine = engine_with_visitors(limits, 100);
         let original = engine.export_website(&site("a")).unwrap();
         let estimate = original.counts.humans.breakdown.estimated.as_ref().unwrap();
         assert!(estimate.events_capacity > 1, "{}", estimate.events_capacity);
@@ -406,17 +405,7 @@ mod tests {
         let estimate = minute.counts.humans.breakdown.estimated.as_mut().unwrap();
         let filled = estimate.minutes.iter_mut().find(|m| !m.values.is_empty());
         filled.unwrap().values_capacity = huge;
-        for (what, damaged) in [("events", events), ("minute values", minute)] {
-            let restored = Engine::new(limits).unwrap();
-            restored.add_website(site("a")).unwrap();
-            assert!(
-                matches!(
-                    restored.import_website(&site("a"), damaged),
-                    Err(EngineError::InvalidExport(_))
-                ),
-                "{what}"
-            );
-        }
+        assert_imports_refused(limits, [("events", events), ("minute values", minute)]);
     }
 
     #[test]
