@@ -58,7 +58,9 @@ pub const FORMAT_VERSION: u16 = 3;
 /// apply differently) must be here, or a checkpoint made under another value could change an
 /// answer.
 const LIMIT_FIELDS: usize = 6;
-const LIMITS_AT: usize = 28;
+const SEQ_AT: usize = 12;
+const CREATED_AT: usize = SEQ_AT + 8;
+const LIMITS_AT: usize = CREATED_AT + 8;
 const BODY_LEN_AT: usize = LIMITS_AT + 8 * LIMIT_FIELDS;
 const BODY_CRC_AT: usize = BODY_LEN_AT + 8;
 /// Offset of the header's own checksum, which covers every byte before it.
@@ -363,8 +365,8 @@ pub fn decode(bytes: &[u8], limits: &EngineLimits) -> Result<Checkpoint, Refusal
     if crc32c::crc32c(&header[..HEADER_CRC_AT]) != stored_crc {
         return Err(damaged("header checksum mismatch"));
     }
-    let seq = u64_at(header, 12);
-    let created_ms = u64_at(header, 20) as i64;
+    let seq = u64_at(header, SEQ_AT);
+    let created_ms = u64_at(header, CREATED_AT) as i64;
     let mut found = [0u64; LIMIT_FIELDS];
     for (i, field) in found.iter_mut().enumerate() {
         *field = u64_at(header, LIMITS_AT + 8 * i);
