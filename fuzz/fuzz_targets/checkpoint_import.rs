@@ -5,9 +5,10 @@
 //! panicking. A checkpoint's checksums stop random damage before import; this covers a state
 //! that is well-formed but inconsistent, as a bug in the build that wrote it could leave.
 //!
-//! The sizes of allocations (`*capacity*` fields) are fuzzed too: the engine refuses a container
-//! larger than the memory budget before allocating it, so every budget here is small enough
-//! for the fuzzer's memory limits.
+//! The sizes of allocations (`*capacity*` fields) are fuzzed too: before allocating, the engine
+//! refuses a container that grows with visitors or events past the memory budget, and one of a
+//! value per id past the 16-bit id space (at most 2^17 elements), so every budget here is small
+//! enough for the fuzzer's memory limits.
 
 #![no_main]
 
