@@ -371,6 +371,10 @@ async fn maintain(state: Arc<AppState>) {
             if let Err(error) = state.salts.maintain(now) {
                 tracing::error!(%error, "salt maintenance failed");
             }
+            if let Err(error) = state.salts.prefetch(now) {
+                // The rotation at midnight fetches it then.
+                tracing::warn!(%error, "the next day's salt could not be fetched ahead");
+            }
         }
     }
 }

@@ -17,7 +17,9 @@
 //! bounded (`FETCH_WAIT`, off the async workers), and after a failed fetch requests fail at once
 //! for `FETCH_RETRY` instead of each asking the vault again: a cluster whose NATS is down at
 //! midnight must answer 503 quickly, not hold every request and worker for the key-value
-//! timeout in turn.
+//! timeout in turn. So that a working vault is never waited on at midnight at all, the
+//! maintenance timer fetches the next day's salt in the last `PREFETCH_AHEAD_MS` of a day
+//! (`prefetch`), and vaults keep tomorrow's salt across a restart.
 
 use std::fs;
 use std::io;
@@ -37,8 +39,9 @@ use crate::atomic_file::{remove_durably, write_atomically};
 /// Where the daily salts are kept between runs (and, in a cluster, shared). Called under the
 /// salt store's maintenance lock, possibly from the async runtime's threads.
 pub trait SaltVault: Send + Sync + std::fmt::Debug {
-    /// Today's salt (created when missing) and yesterday's if it is kept; every other kept salt
-    /// is destroyed.
+    /// Today's salt (created when missing) and yesterday's if it is kept; tomorrow's, fetched
+    /// ahead of midnight (`SaltStore::prefetch`), stays kept; every other kept salt is
+    /// destroyed.
     fn open(&self, today: i64) -> io::Result<(DailySalt, Option<DailySalt>)>;
     /// The salt of `day`: the one kept, else a fresh one kept from now on. Never two different
     /// salts for one day, whoever asks.
@@ -96,7 +99,7 @@ impl SaltVault for SaltFiles {
                 Some(d) if d == today - 1 => previous = read_salt(&path, d),
                 _ => {}
             }
-            let keep = day.is_some_and(|d| d == today || d == today - 1);
+            let keep = day.is_some_and(|d| is_kept_day(d, today));
             if !keep {
                 // Other days' salts, and leftovers of interrupted writes, must not outlive
                 // their use: a salt kept is a pseudonym that can be recomputed.
@@ -115,13 +118,16 @@ impl SaltVault for SaltFiles {
     }
 
     fn salt_for(&self, day: i64) -> io::Result<DailySalt> {
+        let path = salt_path(&self.dir, day);
+        // Tomorrow's salt may have been fetched ahead by a run that stopped before midnight.
+        if let Some(kept) = read_salt(&path, day) {
+            return Ok(kept);
+        }
         let salt = fresh_salt(day)?;
         // Persist before use so ids are reproducible after a restart. If the disk refuses,
         // keep serving with the salt in memory: ids would change on restart, which is logged,
         // while refusing traffic would lose data.
-        if let Err(error) =
-            write_atomically(&salt_path(&self.dir, day), salt.salt.as_bytes(), 0o600)
-        {
+        if let Err(error) = write_atomically(&path, salt.salt.as_bytes(), 0o600) {
             tracing::error!(%error, day, "new salt could not be persisted");
         }
         Ok(salt)
@@ -145,6 +151,18 @@ const FETCH_WAIT: Duration = Duration::from_millis(200);
 /// one of them asks the vault again.
 const FETCH_RETRY: Duration = Duration::from_secs(1);
 
+/// How long before a UTC midnight the maintenance timer fetches the next day's salt
+/// (`SaltStore::prefetch`), so that the first requests after midnight find it in memory instead
+/// of waiting on the vault: a key-value bucket replicated across NATS servers can take longer
+/// than `FETCH_WAIT` on a loaded machine, and two nodes race to create the salt right then.
+pub const PREFETCH_AHEAD_MS: i64 = 5 * 60 * 1000;
+
+/// Whether a vault keeps `day`'s salt on a start on `today`: yesterday's (the carry-over),
+/// today's, and tomorrow's (fetched ahead of midnight, used by no pseudonym yet).
+pub fn is_kept_day(day: i64, today: i64) -> bool {
+    (today - 1..=today + 1).contains(&day)
+}
+
 /// A fetch of a day's salt that failed.
 #[derive(Debug, Clone, Copy)]
 struct FailedFetch {
@@ -161,6 +179,9 @@ pub struct SaltStore {
     maintenance: TimedMutex<()>,
     /// The last failed fetch of a new day's salt; never held across vault work.
     failed_fetch: Mutex<Option<FailedFetch>>,
+    /// The next day's salt, fetched ahead of midnight; taken by the rotation to that day.
+    /// Never held across vault work.
+    fetched_ahead: Mutex<Option<DailySalt>>,
     fetch_wait: Duration,
     fetch_retry: Duration,
 }
@@ -213,6 +234,7 @@ impl SaltStore {
             schedule: ArcSwap::from_pointee(schedule),
             maintenance: TimedMutex::new(()),
             failed_fetch: Mutex::new(None),
+            fetched_ahead: Mutex::new(None),
             fetch_wait: FETCH_WAIT,
             fetch_retry: FETCH_RETRY,
         })
@@ -252,10 +274,26 @@ impl SaltStore {
         let mut dropped_days = Vec::new();
         let mut changed = false;
         if let Some(day) = next.day_to_rotate(now) {
-            if self.failed_recently(day) {
-                return Ok(());
-            }
-            let salt = match off_the_workers(|| self.vault.salt_for(day)) {
+            let ahead = self
+                .fetched_ahead
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
+            let ahead = match ahead {
+                Some(salt) if salt.day == day => Some(salt),
+                Some(skipped) => {
+                    // Fetched for a day the clock jumped past, so never used: it goes now.
+                    self.vault.destroy(skipped.day)?;
+                    None
+                }
+                None => None,
+            };
+            let salt = match ahead {
+                Some(salt) => Ok(salt),
+                None if self.failed_recently(day) => return Ok(()),
+                None => off_the_workers(|| self.vault.salt_for(day)),
+            };
+            let salt = match salt {
                 Ok(salt) => salt,
                 Err(error) => {
                     *self
@@ -281,6 +319,35 @@ impl SaltStore {
         for day in dropped_days {
             self.vault.destroy(day)?;
         }
+        Ok(())
+    }
+
+    /// Fetches the next UTC day's salt once `now` is within `PREFETCH_AHEAD_MS` of midnight and
+    /// keeps it for the rotation, so no request after midnight waits on the vault. Called by
+    /// the maintenance timer only, never on a request's path; skips (`Ok`) while another
+    /// maintainer works, since the next tick tries again.
+    pub fn prefetch(&self, now: Timestamp) -> io::Result<()> {
+        let tomorrow = now.utc_day() + 1;
+        if tomorrow * Timestamp::DAY_MS - now.unix_ms() > PREFETCH_AHEAD_MS {
+            return Ok(());
+        }
+        let held = self
+            .fetched_ahead
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .is_some_and(|salt| salt.day == tomorrow);
+        if held {
+            return Ok(());
+        }
+        let Some(_maintainer) = self.maintenance.try_lock() else {
+            return Ok(());
+        };
+        let salt = off_the_workers(|| self.vault.salt_for(tomorrow))?;
+        *self
+            .fetched_ahead
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(salt);
         Ok(())
     }
 
@@ -414,27 +481,33 @@ mod tests {
         assert_eq!(files(store.dir().unwrap()), [format!("{}.salt", DAY + 1)]);
     }
 
-    /// A vault that has today's salt but, like a cluster's with NATS gone, fails to give any
-    /// other day's after `delay`; it counts those calls and says when the first starts.
+    /// A vault that has today's salt and answers for any other day after `delay`: with a fresh
+    /// salt when `reachable`, else, like a cluster's with NATS gone, with an error. It counts
+    /// those calls and says when the first starts.
     #[derive(Debug)]
-    struct UnreachableVault {
+    struct SlowVault {
         delay: Duration,
+        reachable: bool,
         fetches: Arc<std::sync::atomic::AtomicUsize>,
         started: Mutex<Option<std::sync::mpsc::Sender<()>>>,
     }
 
-    impl SaltVault for UnreachableVault {
+    impl SaltVault for SlowVault {
         fn open(&self, today: i64) -> io::Result<(DailySalt, Option<DailySalt>)> {
             Ok((fresh_salt(today)?, None))
         }
-        fn salt_for(&self, _day: i64) -> io::Result<DailySalt> {
+        fn salt_for(&self, day: i64) -> io::Result<DailySalt> {
             self.fetches
                 .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             if let Some(started) = self.started.lock().unwrap().take() {
                 started.send(()).unwrap();
             }
             std::thread::sleep(self.delay);
-            Err(io::Error::new(io::ErrorKind::TimedOut, "no answer"))
+            if self.reachable {
+                fresh_salt(day)
+            } else {
+                Err(io::Error::new(io::ErrorKind::TimedOut, "no answer"))
+            }
         }
         fn destroy(&self, _day: i64) -> io::Result<()> {
             Ok(())
@@ -449,8 +522,9 @@ mod tests {
         let midnight = (DAY + 1) * Timestamp::DAY_MS;
         let (started_tx, started_rx) = std::sync::mpsc::channel();
         let fetches = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let vault = Box::new(UnreachableVault {
+        let vault = Box::new(SlowVault {
             delay: Duration::from_secs(2),
+            reachable: false,
             fetches: Arc::clone(&fetches),
             started: Mutex::new(Some(started_tx)),
         });
@@ -488,6 +562,67 @@ mod tests {
             fetches.load(std::sync::atomic::Ordering::SeqCst),
             1,
             "only the first request asked the vault"
+        );
+    }
+
+    /// With a vault that works but answers slower than `FETCH_WAIT` (a replicated bucket on a
+    /// loaded machine), the first requests after midnight used to race for the new salt: one
+    /// fetched it, the other waited `FETCH_WAIT` and was refused (CI's cluster midnight test,
+    /// once). Fetched ahead by the maintenance timer, the salt is in memory at midnight: every
+    /// request is identified and none asks the vault.
+    #[test]
+    fn a_salt_fetched_ahead_of_midnight_serves_the_first_requests_without_the_vault() {
+        let midnight = (DAY + 1) * Timestamp::DAY_MS;
+        let fetches = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let fetched = || fetches.load(std::sync::atomic::Ordering::SeqCst);
+        let vault = Box::new(SlowVault {
+            delay: FETCH_WAIT * 3,
+            reachable: true,
+            fetches: Arc::clone(&fetches),
+            started: Mutex::new(None),
+        });
+        let store = SaltStore::with_vault(vault, at(midnight - 3_600_000), CARRY_MS).unwrap();
+        // An hour before midnight is too early; inside the last minutes it fetches, once.
+        store.prefetch(at(midnight - 3_600_000)).unwrap();
+        assert_eq!(fetched(), 0);
+        store
+            .prefetch(at(midnight - PREFETCH_AHEAD_MS + 1))
+            .unwrap();
+        store.prefetch(at(midnight - 1_000)).unwrap();
+        assert_eq!(fetched(), 1);
+
+        let store = Arc::new(store);
+        let ip: IpAddr = "198.51.100.9".parse().unwrap();
+        let requests: Vec<_> = (0..2)
+            .map(|_| {
+                let store = Arc::clone(&store);
+                std::thread::spawn(move || store.identify(at(midnight + 5), ip, "UA"))
+            })
+            .collect();
+        let ids: Vec<_> = requests
+            .into_iter()
+            .map(|r| r.join().unwrap().unwrap().visitor)
+            .collect();
+        assert_eq!(ids[0], ids[1]);
+        assert_eq!(fetched(), 1, "no request asked the vault");
+    }
+
+    /// Local mode: tomorrow's salt fetched ahead is kept by a restart before midnight and is the
+    /// salt the day then uses, so ids after midnight do not depend on whether Pulse restarted.
+    #[test]
+    fn a_restart_before_midnight_keeps_the_salt_fetched_ahead() {
+        let data = tempfile::tempdir().unwrap();
+        let midnight = (DAY + 1) * Timestamp::DAY_MS;
+        let ip: IpAddr = "198.51.100.9".parse().unwrap();
+        let first = SaltStore::open(data.path(), at(midnight - 60_000), CARRY_MS).unwrap();
+        first.prefetch(at(midnight - 60_000)).unwrap();
+        let id = first.identify(at(midnight + 5), ip, "UA").unwrap().visitor;
+        drop(first);
+        let second = SaltStore::open(data.path(), at(midnight - 30_000), CARRY_MS).unwrap();
+        assert!(files(second.dir().unwrap()).contains(&format!("{}.salt", DAY + 1)));
+        assert_eq!(
+            second.identify(at(midnight + 5), ip, "UA").unwrap().visitor,
+            id
         );
     }
 

@@ -17,7 +17,7 @@ use pulse_engine::{DailySalt, Salt};
 use tokio::runtime::Handle;
 
 use super::{wait_for, KV_TIMEOUT};
-use crate::salts::{fresh_salt, SaltVault};
+use crate::salts::{fresh_salt, is_kept_day, SaltVault};
 
 /// The bucket of salts.
 #[derive(Debug)]
@@ -96,7 +96,7 @@ impl KvSalts {
         let mut stale = Vec::new();
         while let Some(key) = keys.next().await {
             let key = key.map_err(nats_error)?;
-            if !day_of(&key).is_some_and(|d| d == today || d == today - 1) {
+            if !day_of(&key).is_some_and(|d| is_kept_day(d, today)) {
                 stale.push(key);
             }
         }

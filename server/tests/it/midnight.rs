@@ -130,13 +130,25 @@ async fn the_carry_over_survives_a_restart_inside_it_and_the_salt_is_gone_at_a_s
 
 #[tokio::test]
 async fn yesterdays_salt_is_deleted_on_schedule_without_traffic() {
-    let proc = server_at(MIDNIGHT_MS - MINUTE_MS).await;
+    // 23:50: before the last minutes of the day, in which the new day's salt is fetched ahead.
+    let proc = server_at(MIDNIGHT_MS - 10 * MINUTE_MS).await;
     visit(&proc, "/before").await;
     assert_eq!(salt_days(proc.data_dir()), [DAY]);
 
-    // No request from here on: only the maintenance timer can rotate and delete.
-    proc.set_clock(MIDNIGHT_MS + CARRY_MS - MINUTE_MS).await;
+    // No request from here on: only the maintenance timer can fetch, rotate and delete.
+    // 23:59: it fetches the new day's salt ahead of midnight.
+    proc.set_clock(MIDNIGHT_MS - MINUTE_MS).await;
     let data_dir = proc.data_dir().to_owned();
+    assert!(
+        eventually(MAINTENANCE_DEADLINE, || {
+            let days = salt_days(&data_dir);
+            async move { days == [DAY, DAY + 1] }
+        })
+        .await,
+        "the maintenance timer did not fetch the new day's salt ahead of midnight: {:?}",
+        salt_days(&data_dir)
+    );
+    proc.set_clock(MIDNIGHT_MS + CARRY_MS - MINUTE_MS).await;
     assert!(
         eventually(MAINTENANCE_DEADLINE, || {
             let days = salt_days(&data_dir);
